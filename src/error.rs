@@ -1,0 +1,84 @@
+//! Typed errors for the library.
+//!
+//! Every error that a client can cause carries the OCI distribution-spec error code it maps to
+//! ([`Error::code`]); the HTTP layer turns that into status + JSON body in one place
+//! (`server::error`). Storage code never sees HTTP types.
+
+use crate::digest::Digest;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("blob unknown to registry: {0}")]
+    BlobUnknown(Digest),
+    #[error("blob upload unknown to registry")]
+    BlobUploadUnknown,
+    #[error("blob upload invalid: {0}")]
+    BlobUploadInvalid(String),
+    #[error("provided digest did not match uploaded content: {0}")]
+    DigestInvalid(String),
+    #[error("manifest references a blob or manifest that is not in the registry: {0}")]
+    ManifestBlobUnknown(Digest),
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest unknown to registry: {0}")]
+    ManifestUnknown(String),
+    #[error("invalid repository name: {0}")]
+    NameInvalid(String),
+    #[error("repository name not known to registry: {0}")]
+    NameUnknown(String),
+    #[error("provided length did not match content length: {0}")]
+    SizeInvalid(String),
+    #[error("manifest too large: {size} bytes (limit {limit})")]
+    ManifestTooLarge { size: u64, limit: u64 },
+    #[error("requested range not satisfiable: {0}")]
+    RangeInvalid(String),
+    #[error("invalid tag: {0}")]
+    TagInvalid(String),
+    #[error("invalid pagination parameter: {0}")]
+    PaginationInvalid(String),
+    #[error("the operation is unsupported: {0}")]
+    Unsupported(String),
+    #[error("no space left on the registry's disk")]
+    NoSpace,
+    #[error("the data directory is not a valid OCI image layout: {0}")]
+    Layout(String),
+    #[error("I/O error: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        // ENOSPC / EDQUOT deserve their own answer: the client cannot fix them by retrying at once.
+        match e.raw_os_error() {
+            Some(28) | Some(122) => Error::NoSpace,
+            _ => Error::Io(e),
+        }
+    }
+}
+
+impl Error {
+    /// The distribution-spec error code (`errors[].code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BlobUnknown(_) => "BLOB_UNKNOWN",
+            Error::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            Error::BlobUploadInvalid(_) => "BLOB_UPLOAD_INVALID",
+            Error::DigestInvalid(_) => "DIGEST_INVALID",
+            Error::ManifestBlobUnknown(_) => "MANIFEST_BLOB_UNKNOWN",
+            Error::ManifestInvalid(_) => "MANIFEST_INVALID",
+            Error::ManifestUnknown(_) => "MANIFEST_UNKNOWN",
+            Error::NameInvalid(_) => "NAME_INVALID",
+            Error::NameUnknown(_) => "NAME_UNKNOWN",
+            Error::SizeInvalid(_) => "SIZE_INVALID",
+            Error::ManifestTooLarge { .. } => "SIZE_INVALID",
+            Error::RangeInvalid(_) => "BLOB_UPLOAD_INVALID",
+            Error::TagInvalid(_) => "MANIFEST_INVALID",
+            Error::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
+            Error::Unsupported(_) => "UNSUPPORTED",
+            Error::NoSpace => "NO_SPACE",
+            Error::Layout(_) | Error::Io(_) => "UNKNOWN",
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! `index.json`: the layout's table of tags, and ferry's record of which repository holds which
+//! manifest.
+//!
+//! One descriptor per tag, annotated `org.opencontainers.image.ref.name = "REPO:TAG"` (what
+//! `skopeo copy oci:DIR:REPO:TAG` looks up), plus ferry's own `io.ferry.repository = REPO` so that
+//! manifests pushed by digest only (children of an index, referrers) are recorded too. Descriptors
+//! that another tool wrote are kept as they are; when their `ref.name` has the `REPO:TAG` shape they
+//! are served under that repository and tag.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::media;
+use crate::reference::{is_valid_name, is_valid_tag};
+
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub const FERRY_REPOSITORY: &str = "io.ferry.repository";
+pub const FERRY_SUBJECT: &str = "io.ferry.subject";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Descriptor {
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(rename = "artifactType", skip_serializing_if = "Option::is_none", default)]
+    pub artifact_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// Fields ferry does not interpret (`platform`, `urls`, `data`, …), kept byte-for-byte in spirit.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+impl Descriptor {
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.as_ref()?.get(key).map(String::as_str)
+    }
+
+    /// (repository, tag) this descriptor stands for, if any.
+    pub fn repo_and_tag(&self) -> (Option<&str>, Option<&str>) {
+        let repo = self.annotation(FERRY_REPOSITORY);
+        let refname = self.annotation(REF_NAME);
+        match (repo, refname) {
+            (Some(r), Some(n)) => {
+                let tag = n
+                    .strip_prefix(r)
+                    .and_then(|t| t.strip_prefix(':'))
+                    .filter(|t| is_valid_tag(t));
+                (Some(r), tag)
+            }
+            (Some(r), None) => (Some(r), None),
+            (None, Some(n)) => match n.rsplit_once(':') {
+                Some((r, t)) if is_valid_name(r) && is_valid_tag(t) => (Some(r), Some(t)),
+                _ => (None, None),
+            },
+            (None, None) => (None, None),
+        }
+    }
+
+    pub fn subject(&self) -> Option<&str> {
+        self.annotation(FERRY_SUBJECT)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IndexFile {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", skip_serializing_if = "Option::is_none", default)]
+    pub media_type: Option<String>,
+    pub manifests: Vec<Descriptor>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+impl Default for IndexFile {
+    fn default() -> Self {
+        IndexFile {
+            schema_version: 2,
+            media_type: Some(media::OCI_INDEX.to_owned()),
+            manifests: Vec::new(),
+            extra: Default::default(),
+        }
+    }
+}
+
+/// What a manifest PUT records.
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    pub repo: String,
+    pub tag: Option<String>,
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub subject: Option<Digest>,
+}
+
+impl NewEntry {
+    fn descriptor(&self, tag: Option<&str>) -> Descriptor {
+        let mut ann = BTreeMap::new();
+        ann.insert(FERRY_REPOSITORY.to_owned(), self.repo.clone());
+        if let Some(t) = tag {
+            ann.insert(REF_NAME.to_owned(), format!("{}:{}", self.repo, t));
+        }
+        if let Some(s) = &self.subject {
+            ann.insert(FERRY_SUBJECT.to_owned(), s.to_string());
+        }
+        Descriptor {
+            media_type: self.media_type.clone(),
+            digest: self.digest.clone(),
+            size: self.size,
+            artifact_type: self.artifact_type.clone(),
+            annotations: Some(ann),
+            extra: Default::default(),
+        }
+    }
+}
+
+impl IndexFile {
+    pub fn parse(bytes: &[u8]) -> Result<IndexFile, Error> {
+        serde_json::from_slice(bytes).map_err(|e| Error::Layout(format!("index.json: {e}")))
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // A Vec<u8> writer cannot fail and these types serialize infallibly; fall back to an
+        // empty object rather than panicking if that ever changes.
+        serde_json::to_vec_pretty(self).unwrap_or_else(|_| b"{}".to_vec())
+    }
+
+    fn position(&self, f: impl Fn(&Descriptor) -> bool) -> Option<usize> {
+        self.manifests.iter().position(f)
+    }
+
+    /// Record a manifest for a repository (and a tag). A tag that moves leaves the manifest it
+    /// pointed at in the repository as an untagged entry, as registries keep it by digest.
+    pub fn put(&mut self, e: &NewEntry) {
+        if let Some(tag) = &e.tag {
+            if let Some(i) = self.position(|d| d.repo_and_tag() == (Some(&e.repo), Some(tag))) {
+                let old = self.manifests.remove(i);
+                if old.digest == e.digest {
+                    // Same tag, same manifest: keep the fresh descriptor (type/size may be more precise).
+                } else if !self.has_repo_digest(&e.repo, &old.digest) {
+                    let mut untagged = old;
+                    if let Some(a) = untagged.annotations.as_mut() {
+                        a.remove(REF_NAME);
+                        a.insert(FERRY_REPOSITORY.to_owned(), e.repo.clone());
+                    }
+                    self.manifests.push(untagged);
+                }
+            }
+            self.manifests
+                .retain(|d| !(d.digest == e.digest && d.repo_and_tag() == (Some(&e.repo), None)));
+            self.manifests.push(e.descriptor(Some(tag)));
+        } else if !self.has_repo_digest(&e.repo, &e.digest) {
+            self.manifests.push(e.descriptor(None));
+        }
+    }
+
+    pub fn has_repo_digest(&self, repo: &str, digest: &Digest) -> bool {
+        self.manifests
+            .iter()
+            .any(|d| &d.digest == digest && d.repo_and_tag().0 == Some(repo))
+    }
+
+    /// Remove a tag; the manifest stays in the repository by digest. Returns false if unknown.
+    pub fn delete_tag(&mut self, repo: &str, tag: &str) -> bool {
+        let Some(i) = self.position(|d| d.repo_and_tag() == (Some(repo), Some(tag))) else {
+            return false;
+        };
+        let old = self.manifests.remove(i);
+        if !self.has_repo_digest(repo, &old.digest) {
+            let mut untagged = old;
+            if let Some(a) = untagged.annotations.as_mut() {
+                a.remove(REF_NAME);
+                a.insert(FERRY_REPOSITORY.to_owned(), repo.to_owned());
+            }
+            self.manifests.push(untagged);
+        }
+        true
+    }
+
+    /// Remove a manifest and every tag pointing at it from a repository. Returns how many
+    /// descriptors went.
+    pub fn delete_manifest(&mut self, repo: &str, digest: &Digest) -> usize {
+        let before = self.manifests.len();
+        self.manifests
+            .retain(|d| !(&d.digest == digest && d.repo_and_tag().0 == Some(repo)));
+        before - self.manifests.len()
+    }
+
+    pub fn names_digest(&self, digest: &Digest) -> bool {
+        self.manifests.iter().any(|d| &d.digest == digest)
+    }
+}
+
+/// A parsed `index.json` with lookup tables, shared read-only between requests.
+#[derive(Debug, Default)]
+pub struct Index {
+    pub file: IndexFile,
+    tags: HashMap<(String, String), usize>,
+    repo_digest: HashMap<(String, Digest), usize>,
+    digest: HashMap<Digest, usize>,
+    repos: BTreeSet<String>,
+}
+
+impl Index {
+    pub fn new(file: IndexFile) -> Index {
+        let mut idx = Index {
+            file,
+            ..Default::default()
+        };
+        for (i, d) in idx.file.manifests.iter().enumerate() {
+            idx.digest.entry(d.digest.clone()).or_insert(i);
+            if let (Some(repo), tag) = d.repo_and_tag() {
+                idx.repos.insert(repo.to_owned());
+                idx.repo_digest
+                    .entry((repo.to_owned(), d.digest.clone()))
+                    .or_insert(i);
+                if let Some(t) = tag {
+                    idx.tags.insert((repo.to_owned(), t.to_owned()), i);
+                }
+            }
+        }
+        idx
+    }
+
+    pub fn tag(&self, repo: &str, tag: &str) -> Option<&Descriptor> {
+        self.tags
+            .get(&(repo.to_owned(), tag.to_owned()))
+            .map(|&i| &self.file.manifests[i])
+    }
+
+    /// The descriptor recorded for `digest` in `repo`, or else in any repository.
+    pub fn by_digest(&self, repo: &str, digest: &Digest) -> Option<&Descriptor> {
+        self.repo_digest
+            .get(&(repo.to_owned(), digest.clone()))
+            .or_else(|| self.digest.get(digest))
+            .map(|&i| &self.file.manifests[i])
+    }
+
+    pub fn has_repo(&self, repo: &str) -> bool {
+        self.repos.contains(repo)
+    }
+
+    pub fn repos(&self) -> impl Iterator<Item = &str> {
+        self.repos.iter().map(String::as_str)
+    }
+
+    /// Tags of a repository in lexical order.
+    pub fn tags_of(&self, repo: &str) -> Vec<&str> {
+        let mut tags: Vec<&str> = self
+            .tags
+            .keys()
+            .filter(|(r, _)| r == repo)
+            .map(|(_, t)| t.as_str())
+            .collect();
+        tags.sort_unstable();
+        tags
+    }
+
+    /// Manifests of `repo` whose subject is `subject`.
+    pub fn referrers(&self, repo: &str, subject: &Digest) -> Vec<&Descriptor> {
+        let want = subject.to_string();
+        let mut seen = BTreeSet::new();
+        self.file
+            .manifests
+            .iter()
+            .filter(|d| d.repo_and_tag().0 == Some(repo) && d.subject() == Some(want.as_str()))
+            .filter(|d| seen.insert(d.digest.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(repo: &str, tag: Option<&str>, n: u8) -> NewEntry {
+        NewEntry {
+            repo: repo.into(),
+            tag: tag.map(Into::into),
+            digest: Digest::sha256_of(&[n]),
+            media_type: media::OCI_MANIFEST.into(),
+            size: 1,
+            artifact_type: None,
+            subject: None,
+        }
+    }
+
+    #[test]
+    fn moving_a_tag_keeps_the_old_manifest_by_digest() {
+        let mut f = IndexFile::default();
+        f.put(&entry("a/b", Some("t"), 1));
+        f.put(&entry("a/b", Some("t"), 2));
+        let idx = Index::new(f.clone());
+        assert_eq!(idx.tag("a/b", "t").unwrap().digest, Digest::sha256_of(&[2]));
+        assert!(f.has_repo_digest("a/b", &Digest::sha256_of(&[1])));
+        assert_eq!(idx.tags_of("a/b"), vec!["t"]);
+        assert_eq!(f.manifests.len(), 2);
+    }
+
+    #[test]
+    fn untagged_then_tagged_is_one_entry() {
+        let mut f = IndexFile::default();
+        f.put(&entry("r", None, 1));
+        f.put(&entry("r", None, 1));
+        assert_eq!(f.manifests.len(), 1);
+        f.put(&entry("r", Some("x"), 1));
+        assert_eq!(f.manifests.len(), 1);
+        f.put(&entry("r", Some("y"), 1));
+        assert_eq!(f.manifests.len(), 2);
+        assert!(f.delete_tag("r", "x"));
+        assert!(f.delete_tag("r", "y"));
+        assert_eq!(f.manifests.len(), 1, "manifest stays by digest");
+        assert_eq!(f.delete_manifest("r", &Digest::sha256_of(&[1])), 1);
+        assert!(f.manifests.is_empty());
+    }
+
+    #[test]
+    fn foreign_ref_names() {
+        let bytes = br#"{"schemaVersion":2,"manifests":[
+          {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:f60757f1b492b4e34473f5a93b1894d629809618d5576d5a366e093c0733b9c6","size":1231,"annotations":{"org.opencontainers.image.ref.name":"latest"}},
+          {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:f60757f1b492b4e34473f5a93b1894d629809618d5576d5a366e093c0733b9c6","size":1231,"annotations":{"org.opencontainers.image.ref.name":"cache/app:bx"},"platform":{"os":"linux"}}]}"#;
+        let f = IndexFile::parse(bytes).unwrap();
+        let idx = Index::new(f.clone());
+        assert!(idx.tag("cache/app", "bx").is_some());
+        assert_eq!(idx.repos().collect::<Vec<_>>(), vec!["cache/app"]);
+        let out = String::from_utf8(f.to_bytes()).unwrap();
+        assert!(out.contains("\"platform\""), "unknown fields are kept: {out}");
+    }
+}

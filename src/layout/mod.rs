@@ -1,0 +1,626 @@
+//! The OCI image layout store: ferry's data directory and its portable directory are both one of
+//! these.
+//!
+//! ```text
+//! DIR/oci-layout               {"imageLayoutVersion":"1.0.0"}
+//! DIR/index.json               tags and repository records (see [`index`])
+//! DIR/blobs/<alg>/<hex>        every blob and manifest, shared by all repositories
+//! DIR/.ferry/uploads/<uuid>    upload sessions in progress
+//! DIR/.ferry/tmp/              temp files, renamed into place when complete
+//! DIR/.ferry/lock              advisory lock serialising index.json rewrites across processes
+//! ```
+//!
+//! The invariants (DESIGN.md): a file under `blobs/` exists only once its bytes hashed to its
+//! name (written to a temp file, verified, fsynced, renamed, directory fsynced); a manifest is
+//! stored only when everything it references exists; `index.json` is replaced atomically under
+//! the lock, and readers pick up a new one (from this or another process) on their next request.
+
+pub mod index;
+pub mod upload;
+pub mod write;
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde_json::{json, Value};
+
+use crate::digest::{Algorithm, Digest};
+use crate::error::{Error, Result};
+use crate::media::{self, EdgeKind};
+use crate::reference::{Reference, RepoName};
+use index::{Index, IndexFile, NewEntry};
+use upload::Uploads;
+
+pub const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Identity of an `index.json` version: a rename gives a new inode, a rewrite a new mtime.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    ino: u64,
+    mtime_ns: i128,
+    len: u64,
+}
+
+/// A manifest found by [`Store::manifest`].
+#[derive(Clone, Debug)]
+pub struct ManifestMeta {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    pub path: PathBuf,
+}
+
+/// What a manifest PUT stored.
+#[derive(Clone, Debug)]
+pub struct PutManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+pub struct Store {
+    root: PathBuf,
+    read_only: bool,
+    cache: Mutex<Option<(Stamp, Arc<Index>)>>,
+    index_write: tokio::sync::Mutex<()>,
+    uploads: Uploads,
+}
+
+fn blocking_err(e: tokio::task::JoinError) -> Error {
+    Error::Io(io::Error::other(format!("blocking task failed: {e}")))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(blocking_err)?
+}
+
+impl Store {
+    /// Open (and, unless read-only, create) a layout directory.
+    pub fn open(root: impl Into<PathBuf>, read_only: bool) -> Result<Store> {
+        let root: PathBuf = root.into();
+        let layout_file = root.join("oci-layout");
+        match std::fs::read(&layout_file) {
+            Ok(bytes) => {
+                let v: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Layout(format!("{}: {e}", layout_file.display())))?;
+                if v.get("imageLayoutVersion").and_then(Value::as_str) != Some("1.0.0") {
+                    return Err(Error::Layout(format!(
+                        "{}: unsupported imageLayoutVersion",
+                        layout_file.display()
+                    )));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !read_only => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::Layout(format!(
+                    "{} is not an OCI image layout (no oci-layout file)",
+                    root.display()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let store = Store {
+            uploads: Uploads::new(root.join(".ferry/uploads")),
+            root,
+            read_only,
+            cache: Mutex::new(None),
+            index_write: tokio::sync::Mutex::new(()),
+        };
+        if !read_only {
+            store.init()?;
+        }
+        Ok(store)
+    }
+
+    fn init(&self) -> Result<()> {
+        for d in [
+            "blobs/sha256",
+            "blobs/sha512",
+            ".ferry/uploads",
+            ".ferry/tmp",
+        ] {
+            std::fs::create_dir_all(self.root.join(d))?;
+        }
+        // Leftovers of a crash: temp files are never referenced, so they can always go.
+        for entry in std::fs::read_dir(self.tmp_dir())? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        if !self.root.join("oci-layout").exists() {
+            write::write_atomic(&self.tmp_dir(), &self.root.join("oci-layout"), OCI_LAYOUT_CONTENT)?;
+        }
+        if !self.root.join("index.json").exists() {
+            let bytes = IndexFile::default().to_bytes();
+            write::write_atomic(&self.tmp_dir(), &self.root.join("index.json"), &bytes)?;
+        }
+        Ok(())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join(".ferry/tmp")
+    }
+
+    fn ensure_writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Error::Unsupported(
+                "this registry is read-only (serving with --read-only)".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(d.algorithm().as_str())
+            .join(d.hex())
+    }
+
+    // ---------------------------------------------------------------- index.json
+
+    /// The current `index.json`, re-read only when the file changed.
+    pub fn index(&self) -> Result<Arc<Index>> {
+        let path = self.root.join("index.json");
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Arc::new(Index::default()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let stamp = Stamp {
+            ino: meta.ino(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            len: meta.len(),
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, idx)) = cache.as_ref() {
+            if *s == stamp {
+                return Ok(idx.clone());
+            }
+        }
+        let bytes = std::fs::read(&path)?;
+        let idx = Arc::new(Index::new(IndexFile::parse(&bytes)?));
+        *cache = Some((stamp, idx.clone()));
+        Ok(idx)
+    }
+
+    /// Read-modify-write `index.json` under the in-process mutex and the cross-process lock file.
+    pub async fn update_index<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut IndexFile) -> Result<(T, bool)> + Send + 'static,
+    {
+        self.ensure_writable()?;
+        let _guard = self.index_write.lock().await;
+        let root = self.root.clone();
+        let tmp = self.tmp_dir();
+        blocking(move || {
+            let lock = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(root.join(".ferry/lock"))?;
+            lock.lock()?; // released when `lock` is dropped
+            let path = root.join("index.json");
+            let mut file = match std::fs::read(&path) {
+                Ok(b) => IndexFile::parse(&b)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => IndexFile::default(),
+                Err(e) => return Err(e.into()),
+            };
+            let (out, changed) = f(&mut file)?;
+            if changed {
+                write::write_atomic(&tmp, &path, &file.to_bytes())?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    // ---------------------------------------------------------------- blobs
+
+    /// Size of a stored blob, or `None`.
+    pub async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
+        match tokio::fs::metadata(self.blob_path(d)).await {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn open_blob(&self, d: &Digest) -> Result<(tokio::fs::File, u64)> {
+        match tokio::fs::File::open(self.blob_path(d)).await {
+            Ok(f) => {
+                let len = f.metadata().await?.len();
+                Ok((f, len))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::BlobUnknown(d.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn delete_blob(&self, d: &Digest) -> Result<()> {
+        self.ensure_writable()?;
+        match tokio::fs::remove_file(self.blob_path(d)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::BlobUnknown(d.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Verify a finished upload file against `expected` and rename it into place.
+    async fn commit_file(&self, path: PathBuf, computed: Digest, expected: &Digest) -> Result<()> {
+        let computed = if expected.algorithm() == computed.algorithm() {
+            computed
+        } else {
+            // Uploads are hashed with sha256 while they stream; a sha512 upload is re-read once.
+            let p = path.clone();
+            let alg = expected.algorithm();
+            blocking(move || hash_file(&p, alg)).await?
+        };
+        if &computed != expected {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(Error::DigestInvalid(format!(
+                "expected {expected}, content hashes to {computed}"
+            )));
+        }
+        let target = self.blob_path(expected);
+        blocking(move || {
+            File::open(&path)?.sync_all()?;
+            // Renaming over an existing blob is harmless: same name, same bytes.
+            std::fs::rename(&path, &target)?;
+            if let Some(dir) = target.parent() {
+                write::fsync_dir(dir)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    // ---------------------------------------------------------------- uploads
+
+    pub async fn upload_start(&self) -> Result<String> {
+        self.ensure_writable()?;
+        self.uploads.start().await
+    }
+
+    /// Bytes received so far by a session.
+    pub async fn upload_status(&self, id: &str) -> Result<u64> {
+        let h = self.uploads.get(id).await?;
+        let up = h.lock().await;
+        Ok(up.len)
+    }
+
+    /// Append a chunk. `range_start` is the first byte of `Content-Range`, which must be where the
+    /// session stands (else 416). Returns the new length.
+    pub async fn upload_append<S, E>(
+        &self,
+        id: &str,
+        range_start: Option<u64>,
+        body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        self.ensure_writable()?;
+        let h = self.uploads.get(id).await?;
+        let mut up = h.lock().await;
+        if let Some(start) = range_start {
+            if start != up.len {
+                return Err(Error::RangeInvalid(format!(
+                    "chunk starts at {start}, the upload has {} bytes",
+                    up.len
+                )));
+            }
+        }
+        let file = open_for_append(&up.path, up.len).await?;
+        let out = write::stream_to_file(file, up.len, up.hasher.clone(), body, None).await?;
+        if let Some(e) = out.disk_error {
+            return Err(e.into());
+        }
+        up.len += out.written;
+        up.hasher = out.hasher;
+        if let Some(e) = out.body_error {
+            return Err(Error::BlobUploadInvalid(format!("request body failed: {e}")));
+        }
+        Ok(up.len)
+    }
+
+    /// Append the last chunk (if any), verify against `digest`, and publish the blob.
+    pub async fn upload_finish<S, E>(
+        &self,
+        id: &str,
+        range_start: Option<u64>,
+        body: S,
+        digest: &Digest,
+    ) -> Result<()>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        self.upload_append(id, range_start, body).await?;
+        let h = self.uploads.get(id).await?;
+        let up = h.lock().await;
+        let res = self
+            .commit_file(up.path.clone(), up.hasher.clone().finish(), digest)
+            .await;
+        // Success renamed the file; a digest mismatch removed it. Either way the session is over.
+        if !matches!(res, Err(Error::Io(_)) | Err(Error::NoSpace)) {
+            self.uploads.forget(&up.id);
+        }
+        res
+    }
+
+    pub async fn upload_cancel(&self, id: &str) -> Result<()> {
+        self.ensure_writable()?;
+        let h = self.uploads.get(id).await?;
+        let up = h.lock().await;
+        let _ = tokio::fs::remove_file(&up.path).await;
+        self.uploads.forget(&up.id);
+        Ok(())
+    }
+
+    /// A whole blob in one request (`POST ?digest=`), through a temporary session.
+    pub async fn put_blob<S, E>(&self, body: S, digest: &Digest) -> Result<()>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let id = self.upload_start().await?;
+        let res = self.upload_finish(&id, None, body, digest).await;
+        if res.is_err() {
+            let _ = self.upload_cancel(&id).await;
+        }
+        res
+    }
+
+    pub fn open_uploads(&self) -> usize {
+        self.uploads.open_count()
+    }
+
+    // ---------------------------------------------------------------- manifests
+
+    /// Store a manifest exactly as received and record it (and its tag) in `index.json`.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        bytes: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<PutManifest> {
+        self.ensure_writable()?;
+        if bytes.len() as u64 > media::MAX_MANIFEST_BYTES {
+            return Err(Error::ManifestTooLarge {
+                size: bytes.len() as u64,
+                limit: media::MAX_MANIFEST_BYTES,
+            });
+        }
+        let info = media::parse_manifest(&bytes, content_type)?;
+        let digest = match reference {
+            Reference::Digest(d) => {
+                let actual = Digest::of(d.algorithm(), &bytes);
+                if &actual != d {
+                    return Err(Error::DigestInvalid(format!(
+                        "manifest hashes to {actual}, not {d}"
+                    )));
+                }
+                d.clone()
+            }
+            Reference::Tag(_) => Digest::sha256_of(&bytes),
+        };
+        // Invariant 2: everything the manifest references exists before it is stored.
+        for edge in &info.edges {
+            match self.blob_size(&edge.digest).await? {
+                None => return Err(Error::ManifestBlobUnknown(edge.digest.clone())),
+                Some(size) if size != edge.size => {
+                    return Err(Error::ManifestInvalid(format!(
+                        "{} {} is {} bytes, the manifest says {}",
+                        match edge.kind {
+                            EdgeKind::Blob => "blob",
+                            EdgeKind::Manifest => "manifest",
+                        },
+                        edge.digest,
+                        size,
+                        edge.size
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let target = self.blob_path(&digest);
+        if self.blob_size(&digest).await? != Some(bytes.len() as u64) {
+            let tmp = self.tmp_dir();
+            let b = bytes.clone();
+            blocking(move || Ok(write::write_atomic(&tmp, &target, &b)?)).await?;
+        }
+        let entry = NewEntry {
+            repo: repo.as_str().to_owned(),
+            tag: match reference {
+                Reference::Tag(t) => Some(t.clone()),
+                Reference::Digest(_) => None,
+            },
+            digest: digest.clone(),
+            media_type: info.media_type.clone(),
+            size: bytes.len() as u64,
+            artifact_type: info.subject.as_ref().and(info.artifact_type.clone()),
+            subject: info.subject.clone(),
+        };
+        self.update_index(move |f| {
+            let before = f.manifests.len();
+            let snapshot = serde_json::to_value(&f.manifests).ok();
+            f.put(&entry);
+            let changed =
+                f.manifests.len() != before || serde_json::to_value(&f.manifests).ok() != snapshot;
+            Ok(((), changed))
+        })
+        .await?;
+        Ok(PutManifest {
+            digest,
+            subject: info.subject,
+        })
+    }
+
+    /// Find a manifest by tag or digest.
+    pub async fn manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestMeta> {
+        let idx = self.index()?;
+        let unknown = || Error::ManifestUnknown(format!("{repo}:{reference}"));
+        let (digest, media_type) = match reference {
+            Reference::Tag(t) => {
+                let d = idx.tag(repo.as_str(), t).ok_or_else(unknown)?;
+                (d.digest.clone(), Some(d.media_type.clone()))
+            }
+            Reference::Digest(d) => (
+                d.clone(),
+                idx.by_digest(repo.as_str(), d).map(|x| x.media_type.clone()),
+            ),
+        };
+        let path = self.blob_path(&digest);
+        let size = self.blob_size(&digest).await?.ok_or_else(unknown)?;
+        let media_type = match media_type {
+            Some(mt) => mt,
+            None => {
+                // A manifest no descriptor describes (a child in a layout another tool wrote):
+                // tell its type from its bytes, if it is a manifest at all.
+                if size > media::MAX_MANIFEST_BYTES {
+                    return Err(unknown());
+                }
+                let bytes = tokio::fs::read(&path).await?;
+                media::sniff_media_type(&bytes).ok_or_else(unknown)?
+            }
+        };
+        Ok(ManifestMeta {
+            media_type,
+            digest,
+            size,
+            path,
+        })
+    }
+
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        self.ensure_writable()?;
+        let repo_s = repo.as_str().to_owned();
+        let unknown = Error::ManifestUnknown(format!("{repo}:{reference}"));
+        match reference {
+            Reference::Tag(t) => {
+                let t = t.clone();
+                let found = self
+                    .update_index(move |f| {
+                        let ok = f.delete_tag(&repo_s, &t);
+                        Ok((ok, ok))
+                    })
+                    .await?;
+                if found {
+                    Ok(())
+                } else {
+                    Err(unknown)
+                }
+            }
+            Reference::Digest(d) => {
+                let d2 = d.clone();
+                let (removed, still_named) = self
+                    .update_index(move |f| {
+                        let n = f.delete_manifest(&repo_s, &d2);
+                        Ok(((n, f.names_digest(&d2)), n > 0))
+                    })
+                    .await?;
+                if removed == 0 && self.blob_size(d).await?.is_none() {
+                    return Err(unknown);
+                }
+                if !still_named {
+                    // No repository records it any more: drop the bytes too, so a GET by digest
+                    // answers 404 as clients expect after a delete.
+                    match tokio::fs::remove_file(self.blob_path(d)).await {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The referrers API body: an image index of the manifests in `repo` whose subject is `subject`.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Value> {
+        let idx = self.index()?;
+        let mut out = Vec::new();
+        for d in idx.referrers(repo.as_str(), subject) {
+            if artifact_type.is_some_and(|a| d.artifact_type.as_deref() != Some(a)) {
+                continue;
+            }
+            let mut desc = json!({
+                "mediaType": d.media_type,
+                "digest": d.digest.to_string(),
+                "size": d.size,
+            });
+            if let Some(a) = &d.artifact_type {
+                desc["artifactType"] = json!(a);
+            }
+            // Annotations come from the manifest itself, as the spec asks.
+            if let Ok(bytes) = tokio::fs::read(self.blob_path(&d.digest)).await {
+                if let Ok(info) = media::parse_manifest(&bytes, Some(&d.media_type)) {
+                    if let Some(a) = info.annotations {
+                        desc["annotations"] = Value::Object(a);
+                    }
+                }
+            }
+            out.push(desc);
+        }
+        Ok(json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_INDEX,
+            "manifests": out,
+        }))
+    }
+}
+
+async fn open_for_append(path: &Path, len: u64) -> Result<File> {
+    let path = path.to_owned();
+    blocking(move || {
+        let f = match OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::BlobUploadUnknown),
+            Err(e) => return Err(e.into()),
+        };
+        // Trust the session's length over the file's: bytes past it were never acknowledged.
+        f.set_len(len)?;
+        use std::io::Seek;
+        let mut f = f;
+        f.seek(io::SeekFrom::Start(len))?;
+        Ok(f)
+    })
+    .await
+}
+
+/// Hash a whole file (used for sha512 uploads and by tests).
+pub fn hash_file(path: &Path, alg: Algorithm) -> Result<Digest> {
+    let mut f = File::open(path)?;
+    let mut h = alg.hasher();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finish());
+        }
+        h.update(&buf[..n]);
+    }
+}

@@ -1,0 +1,119 @@
+//! Upload sessions: one file per session under `.ferry/uploads/<uuid>`, plus the running hash in
+//! memory so that each chunk is hashed once, as it streams in.
+//!
+//! After a restart the in-memory state is gone; a session whose file is still there is recovered
+//! on first use by re-hashing the file (the only time its bytes are read twice).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::digest::{Algorithm, Hasher};
+use crate::error::{Error, Result};
+
+/// The state of one upload session. Invariant: `hasher` has seen exactly the `len` bytes of the file.
+pub struct Upload {
+    pub id: String,
+    pub path: PathBuf,
+    pub len: u64,
+    pub hasher: Hasher,
+}
+
+pub type UploadHandle = Arc<tokio::sync::Mutex<Upload>>;
+
+pub struct Uploads {
+    dir: PathBuf,
+    sessions: Mutex<HashMap<String, UploadHandle>>,
+}
+
+/// Session ids are UUIDs; anything else cannot name a session (and so cannot name a path).
+fn valid_id(id: &str) -> bool {
+    uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id)
+}
+
+impl Uploads {
+    pub fn new(dir: PathBuf) -> Uploads {
+        Uploads {
+            dir,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, UploadHandle>> {
+        // A panic while holding this lock cannot leave the map half-updated (single inserts and
+        // removes), so a poisoned lock is still safe to use.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub async fn start(&self) -> Result<String> {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let path = self.dir.join(&id);
+        tokio::fs::File::create(&path).await?;
+        let up = Upload {
+            id: id.clone(),
+            path,
+            len: 0,
+            hasher: Algorithm::Sha256.hasher(),
+        };
+        self.sessions()
+            .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(up)));
+        Ok(id)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<UploadHandle> {
+        if !valid_id(id) {
+            return Err(Error::BlobUploadUnknown);
+        }
+        if let Some(h) = self.sessions().get(id) {
+            return Ok(h.clone());
+        }
+        let path = self.dir.join(id);
+        let recovered = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Upload>> {
+            let mut f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let mut hasher = Algorithm::Sha256.hasher();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut len = 0u64;
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                len += n as u64;
+            }
+            let id = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(Some(Upload {
+                id,
+                path,
+                len,
+                hasher,
+            }))
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))??;
+        let up = recovered.ok_or(Error::BlobUploadUnknown)?;
+        let handle = Arc::new(tokio::sync::Mutex::new(up));
+        Ok(self
+            .sessions()
+            .entry(id.to_owned())
+            .or_insert(handle)
+            .clone())
+    }
+
+    /// Forget a session (its file was renamed into place or is removed by the caller).
+    pub fn forget(&self, id: &str) {
+        self.sessions().remove(id);
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.sessions().len()
+    }
+}

@@ -1,0 +1,139 @@
+//! Durable writes: temp file in the store → write → fsync → rename → fsync the directory, and a
+//! streaming writer that hashes while it writes.
+//!
+//! The streaming writer runs on a blocking thread fed through a bounded channel: the network side
+//! never waits for the disk longer than it takes to queue a chunk, and memory stays bounded by the
+//! channel's capacity (a few chunks) whatever the blob's size.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use crate::digest::Hasher;
+
+/// Chunks queued between the network and the disk thread.
+const CHANNEL_CHUNKS: usize = 16;
+/// Bytes gathered before a `write` syscall.
+const WRITE_BUFFER: usize = 1 << 20;
+
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Write `bytes` to `target` atomically: readers see the old file or the whole new one.
+pub fn write_atomic(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // Readable by other users and tools (skopeo, a docker container), like any registry file.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(std::fs::Permissions::from_mode(0o644))
+        .tempfile_in(tmp_dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(target).map_err(|e| e.error)?;
+    if let Some(parent) = target.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// What a streaming write did. `file` and `hasher` always agree: on a disk error the chunk stream
+/// is rolled back to where it started.
+pub struct WriteOutcome {
+    pub file: File,
+    pub hasher: Hasher,
+    pub written: u64,
+    /// The disk failed (rolled back).
+    pub disk_error: Option<io::Error>,
+    /// The body failed part-way (the client went away); what arrived is kept.
+    pub body_error: Option<String>,
+    /// More bytes arrived than allowed; rolled back.
+    pub over_limit: bool,
+}
+
+/// Stream `body` onto the end of `file` (whose length is `start`), hashing as it goes.
+pub async fn stream_to_file<S, E>(
+    file: File,
+    start: u64,
+    hasher: Hasher,
+    mut body: S,
+    limit: Option<u64>,
+) -> io::Result<WriteOutcome>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+    let original = hasher.clone();
+    let disk = tokio::task::spawn_blocking(move || {
+        let mut hasher = hasher;
+        let mut out = io::BufWriter::with_capacity(WRITE_BUFFER, file);
+        let mut written = 0u64;
+        let mut err = None;
+        while let Some(chunk) = rx.blocking_recv() {
+            if let Err(e) = out.write_all(&chunk) {
+                err = Some(e);
+                break;
+            }
+            hasher.update(&chunk);
+            written += chunk.len() as u64;
+        }
+        if err.is_none() {
+            if let Err(e) = out.flush() {
+                err = Some(e);
+            }
+        }
+        let file = match out.into_inner() {
+            Ok(f) => f,
+            Err(e) => {
+                let (e, w) = e.into_parts();
+                err.get_or_insert(e);
+                w.into_parts().0
+            }
+        };
+        (file, hasher, written, err)
+    });
+
+    let mut body_error = None;
+    let mut over_limit = false;
+    let mut sent = 0u64;
+    while let Some(item) = body.next().await {
+        match item {
+            Ok(chunk) => {
+                sent += chunk.len() as u64;
+                if limit.is_some_and(|l| sent > l) {
+                    over_limit = true;
+                    break;
+                }
+                if tx.send(chunk).await.is_err() {
+                    break; // the disk thread stopped on an error; it reports it below
+                }
+            }
+            Err(e) => {
+                body_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let (file, hasher, written, disk_error) = disk
+        .await
+        .map_err(|e| io::Error::other(format!("writer thread: {e}")))?;
+    let mut outcome = WriteOutcome {
+        file,
+        hasher,
+        written,
+        disk_error,
+        body_error,
+        over_limit,
+    };
+    if outcome.disk_error.is_some() || outcome.over_limit {
+        outcome.file.set_len(start)?;
+        outcome.hasher = original;
+        outcome.written = 0;
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,27 @@
+//! ferry carries container images and BuildKit build caches across an air gap.
+//!
+//! There is one kind of thing ferry moves, a *content graph* (manifests that point at manifests and
+//! blobs, all named by digest), and ferry keeps it in one on-disk format: a standard OCI image layout.
+//! The registry served by `ferry serve` is an HTTP front over such a directory, so the data directory
+//! and a portable (USB) directory are the same thing and other tools (skopeo, BuildKit's
+//! `type=local` cache) can read what ferry writes.
+//!
+//! Module map:
+//!
+//! - [`digest`]: the `Digest` type (`sha256:…`, `sha512:…`), parsing, and streaming hashers.
+//! - [`reference`]: repository names and tags per the distribution-spec grammar.
+//! - [`media`]: media types, "is this a manifest?", and the edges of the graph (children of a
+//!   manifest), including BuildKit's legacy cache indexes whose children are blobs.
+//! - [`layout`]: the OCI image layout store: blobs written atomically after verification,
+//!   `index.json` as the tag table (replaced atomically under a lock), upload sessions.
+//! - [`server`]: the HTTP registry (OCI distribution-spec v1.1) over a [`layout::Store`].
+//! - [`error`]: the library's typed errors and their OCI error codes.
+
+pub mod digest;
+pub mod error;
+pub mod layout;
+pub mod media;
+pub mod reference;
+pub mod server;
+
+pub use error::{Error, Result};

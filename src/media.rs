@@ -1,0 +1,285 @@
+//! Media types and the edges of the content graph.
+//!
+//! The one rule that matters most for BuildKit (DESIGN.md invariant 4): the children of an index or
+//! manifest list are manifests **only when their media type is a manifest type**. BuildKit's legacy
+//! cache export is an index whose `manifests[]` are layer blobs plus one
+//! `application/vnd.buildkit.cacheconfig.v0` blob; treating those as manifests is exactly how other
+//! registries and copy tools break caches. Image manifests have a `config` and `layers`, all blobs.
+//! A `subject` is a weak edge: the spec allows it to dangle, so it is reported separately.
+
+use serde_json::Value;
+
+use crate::digest::Digest;
+use crate::error::Error;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+pub const BUILDKIT_CACHE_CONFIG: &str = "application/vnd.buildkit.cacheconfig.v0";
+pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
+/// Largest manifest accepted or read, as in Distribution and the spec's recommendation.
+pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+
+pub fn is_index_type(mt: &str) -> bool {
+    mt == OCI_INDEX || mt == DOCKER_LIST
+}
+
+/// The four manifest media types ferry stores and serves as manifests.
+pub fn is_manifest_type(mt: &str) -> bool {
+    mt == OCI_MANIFEST || mt == DOCKER_MANIFEST || is_index_type(mt)
+}
+
+/// `Content-Type` values may carry parameters (`; charset=utf-8`); the media type is the part before.
+pub fn essence(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or("").trim()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EdgeKind {
+    Blob,
+    Manifest,
+}
+
+/// One child of a manifest: a descriptor, classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Edge {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub kind: EdgeKind,
+}
+
+/// What ferry needs to know about a manifest: its type, its children, and what the referrers API
+/// reports about it.
+#[derive(Clone, Debug)]
+pub struct ManifestInfo {
+    pub media_type: String,
+    pub edges: Vec<Edge>,
+    pub subject: Option<Digest>,
+    /// `artifactType`, or for image manifests without one, `config.mediaType` (referrers API rule).
+    pub artifact_type: Option<String>,
+    pub annotations: Option<serde_json::Map<String, Value>>,
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::ManifestInvalid(msg.into())
+}
+
+fn parse_descriptor(v: &Value, what: &str) -> Result<(Digest, u64, String), Error> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid(format!("{what} is not a descriptor object")))?;
+    let digest = obj
+        .get("digest")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(format!("{what} has no digest")))?
+        .parse::<Digest>()
+        .map_err(|e| invalid(format!("{what}: {e}")))?;
+    let size = obj
+        .get("size")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| invalid(format!("{what} has no valid size")))?;
+    let media_type = obj
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(format!("{what} has no mediaType")))?
+        .to_owned();
+    Ok((digest, size, media_type))
+}
+
+/// Guess a stored manifest's media type from its bytes, for manifests that came without one (a
+/// layout written by another tool, where only the root is described in `index.json`).
+pub fn sniff_media_type(bytes: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(bytes).ok()?;
+    let obj = v.as_object()?;
+    if let Some(mt) = obj.get("mediaType").and_then(Value::as_str) {
+        return is_manifest_type(mt).then(|| mt.to_owned());
+    }
+    if obj.get("schemaVersion").and_then(Value::as_u64) != Some(2) {
+        return None;
+    }
+    if obj.get("manifests").is_some() {
+        Some(OCI_INDEX.to_owned())
+    } else if obj.get("config").is_some() {
+        Some(OCI_MANIFEST.to_owned())
+    } else {
+        None
+    }
+}
+
+/// Parse a manifest and classify its children. `declared` is the media type the client sent
+/// (`Content-Type`) or that the store recorded; it wins over the JSON `mediaType`, which must agree
+/// with it when both are present.
+pub fn parse_manifest(bytes: &[u8], declared: Option<&str>) -> Result<ManifestInfo, Error> {
+    let declared = declared.map(essence).filter(|s| !s.is_empty());
+    if let Some(d) = declared {
+        if d == DOCKER_SCHEMA1 || d == DOCKER_SCHEMA1_SIGNED {
+            return Err(invalid(
+                "Docker schema1 manifests are not supported (deprecated since 2017); push with a current client",
+            ));
+        }
+    }
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid("manifest is not a JSON object"))?;
+    match obj.get("schemaVersion").and_then(Value::as_u64) {
+        Some(2) => {}
+        Some(1) => {
+            return Err(invalid(
+                "Docker schema1 manifests are not supported (deprecated since 2017); push with a current client",
+            ))
+        }
+        _ => return Err(invalid("schemaVersion must be 2")),
+    }
+    let json_mt = match obj.get("mediaType") {
+        None => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => return Err(invalid("mediaType must be a string")),
+    };
+    let media_type = match (declared, json_mt) {
+        (Some(d), Some(j)) if d != j => {
+            return Err(invalid(format!(
+                "Content-Type {d} does not match the manifest's mediaType {j}"
+            )))
+        }
+        (Some(d), _) => d.to_owned(),
+        (None, Some(j)) => j.to_owned(),
+        (None, None) => sniff_media_type(bytes)
+            .ok_or_else(|| invalid("cannot tell the manifest's media type"))?,
+    };
+    if !is_manifest_type(&media_type) {
+        return Err(invalid(format!("unsupported manifest media type {media_type}")));
+    }
+
+    let mut edges = Vec::new();
+    let mut config_media_type = None;
+    if is_index_type(&media_type) {
+        let list = obj
+            .get("manifests")
+            .and_then(Value::as_array)
+            .ok_or_else(|| invalid("index has no manifests array"))?;
+        for (i, d) in list.iter().enumerate() {
+            let (digest, size, mt) = parse_descriptor(d, &format!("manifests[{i}]"))?;
+            let kind = if is_manifest_type(&mt) {
+                EdgeKind::Manifest
+            } else {
+                EdgeKind::Blob
+            };
+            edges.push(Edge {
+                digest,
+                size,
+                media_type: mt,
+                kind,
+            });
+        }
+    } else {
+        let config = obj
+            .get("config")
+            .ok_or_else(|| invalid("image manifest has no config"))?;
+        let (digest, size, mt) = parse_descriptor(config, "config")?;
+        config_media_type = Some(mt.clone());
+        edges.push(Edge {
+            digest,
+            size,
+            media_type: mt,
+            kind: EdgeKind::Blob,
+        });
+        match obj.get("layers") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(layers)) => {
+                for (i, l) in layers.iter().enumerate() {
+                    let (digest, size, mt) = parse_descriptor(l, &format!("layers[{i}]"))?;
+                    edges.push(Edge {
+                        digest,
+                        size,
+                        media_type: mt,
+                        kind: EdgeKind::Blob,
+                    });
+                }
+            }
+            Some(_) => return Err(invalid("layers must be an array")),
+        }
+    }
+    let subject = match obj.get("subject") {
+        None | Some(Value::Null) => None,
+        Some(s) => Some(parse_descriptor(s, "subject")?.0),
+    };
+    let artifact_type = obj
+        .get("artifactType")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or(config_media_type);
+    let annotations = obj.get("annotations").and_then(Value::as_object).cloned();
+    Ok(ManifestInfo {
+        media_type,
+        edges,
+        subject,
+        artifact_type,
+        annotations,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "sha256:6b9b508719e00b1f764587f77d2f5ce412b6e9574434c763d38b78b2e174b2dc";
+    const D2: &str = "sha256:312e079459047e103b8485e2c4b5238ff5423547adcb10dc2d9acbe79f7c975f";
+
+    #[test]
+    fn legacy_cache_index_children_are_blobs() {
+        let idx = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[
+              {{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{D1}","size":4323}},
+              {{"mediaType":"{BUILDKIT_CACHE_CONFIG}","digest":"{D2}","size":1108}}]}}"#
+        );
+        let info = parse_manifest(idx.as_bytes(), Some(OCI_INDEX)).unwrap();
+        assert_eq!(info.edges.len(), 2);
+        assert!(info.edges.iter().all(|e| e.kind == EdgeKind::Blob));
+    }
+
+    #[test]
+    fn index_children_of_manifest_type_are_manifests() {
+        let idx = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":1}}]}}"#
+        );
+        let info = parse_manifest(idx.as_bytes(), Some(OCI_INDEX)).unwrap();
+        assert_eq!(info.edges[0].kind, EdgeKind::Manifest);
+    }
+
+    #[test]
+    fn image_manifest_with_cacheconfig_config() {
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"{BUILDKIT_CACHE_CONFIG}","digest":"{D2}","size":1108}},"layers":[{{"mediaType":"x","digest":"{D1}","size":4323}}],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":3}}}}"#
+        );
+        let info = parse_manifest(m.as_bytes(), None).unwrap();
+        assert_eq!(info.media_type, OCI_MANIFEST);
+        assert_eq!(info.edges.len(), 2);
+        assert_eq!(info.artifact_type.as_deref(), Some(BUILDKIT_CACHE_CONFIG));
+        assert_eq!(info.subject.unwrap().to_string(), D1);
+    }
+
+    #[test]
+    fn rejects() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("[]", None),
+            ("{", None),
+            (r#"{"schemaVersion":1,"fsLayers":[]}"#, None),
+            ("{}", Some(DOCKER_SCHEMA1_SIGNED)),
+            (r#"{"schemaVersion":2,"mediaType":"a/b","config":{}}"#, None),
+            (r#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:00","size":1}}"#, Some(OCI_MANIFEST)),
+            (r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#, Some(OCI_MANIFEST)),
+        ];
+        for (body, ct) in cases {
+            assert!(
+                matches!(parse_manifest(body.as_bytes(), *ct), Err(Error::ManifestInvalid(_))),
+                "{body} accepted"
+            );
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Request handlers: one function per endpoint and method, each a thin translation between HTTP and
+//! [`crate::layout::Store`].
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::endpoint::{parse_endpoint, Endpoint};
+use super::error::ApiError;
+use super::range::{parse_content_range, parse_range, ByteRange};
+use super::App;
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::media;
+use crate::reference::{Reference, RepoName};
+
+type HResult = Result<Response, ApiError>;
+
+/// Largest `n` honoured for pagination; larger requests get this many and a `Link` to the rest.
+pub const MAX_PAGE: usize = 10_000;
+/// Buffer for streaming blobs out.
+const READ_CHUNK: usize = 256 * 1024;
+
+pub async fn handle(app: Arc<App>, req: Request) -> Response {
+    match dispatch(app, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn query_params(req: &Request) -> Vec<(String, String)> {
+    let q = req.uri().query().unwrap_or("");
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn unsupported_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "UNSUPPORTED",
+        "the method is not supported on this endpoint",
+    )
+}
+
+fn is_write(m: &Method) -> bool {
+    matches!(*m, Method::PUT | Method::POST | Method::PATCH | Method::DELETE)
+}
+
+fn repo(name: &str) -> Result<RepoName, ApiError> {
+    Ok(RepoName::parse(name)?)
+}
+
+fn digest(s: &str) -> Result<Digest, ApiError> {
+    s.parse::<Digest>()
+        .map_err(|e| Error::DigestInvalid(e.to_string()).into())
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+async fn dispatch(app: Arc<App>, req: Request) -> HResult {
+    let Some(ep) = parse_endpoint(req.uri().path()) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            "no such endpoint",
+        ));
+    };
+    let method = req.method().clone();
+    if app.store.read_only() && is_write(&method) {
+        return Err(Error::Unsupported(
+            "this registry is read-only (serving with --read-only); writes are refused".into(),
+        )
+        .into());
+    }
+    let head = method == Method::HEAD;
+    match (ep, method) {
+        (Endpoint::Base, Method::GET | Method::HEAD) => Ok(json_response(json!({}), None)),
+        (Endpoint::Catalog, Method::GET) => catalog(&app, &req),
+        (Endpoint::Tags { name }, Method::GET) => tags(&app, &req, &repo(&name)?),
+        (Endpoint::Manifest { name, reference }, Method::GET | Method::HEAD) => {
+            get_manifest(&app, &repo(&name)?, &reference, head).await
+        }
+        (Endpoint::Manifest { name, reference }, Method::PUT) => {
+            put_manifest(&app, &repo(&name)?, &reference, req).await
+        }
+        (Endpoint::Manifest { name, reference }, Method::DELETE) => {
+            let r = Reference::parse(&reference)?;
+            app.store.delete_manifest(&repo(&name)?, &r).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        (Endpoint::Blob { name, digest: d }, Method::GET | Method::HEAD) => {
+            repo(&name)?;
+            get_blob(&app, &digest(&d)?, req.headers(), head).await
+        }
+        (Endpoint::Blob { name, digest: d }, Method::DELETE) => {
+            repo(&name)?;
+            app.store.delete_blob(&digest(&d)?).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        (Endpoint::UploadStart { name }, Method::POST) => start_upload(&app, &repo(&name)?, req).await,
+        (Endpoint::Upload { name, id }, Method::GET) => {
+            let r = repo(&name)?;
+            let len = app.store.upload_status(&id).await?;
+            Ok(upload_accepted(&r, &id, len, StatusCode::NO_CONTENT))
+        }
+        (Endpoint::Upload { name, id }, Method::PATCH) => {
+            let r = repo(&name)?;
+            let start = content_range_start(req.headers())?;
+            let body = req.into_body().into_data_stream();
+            let len = app.store.upload_append(&id, start, body).await?;
+            Ok(upload_accepted(&r, &id, len, StatusCode::ACCEPTED))
+        }
+        (Endpoint::Upload { name, id }, Method::PUT) => {
+            let r = repo(&name)?;
+            let params = query_params(&req);
+            let d = digest(param(&params, "digest").ok_or_else(|| {
+                Error::DigestInvalid("the closing PUT needs ?digest=".into())
+            })?)?;
+            let start = content_range_start(req.headers())?;
+            let body = req.into_body().into_data_stream();
+            app.store.upload_finish(&id, start, body, &d).await?;
+            Ok(blob_created(&r, &d))
+        }
+        (Endpoint::Upload { name, id }, Method::DELETE) => {
+            repo(&name)?;
+            app.store.upload_cancel(&id).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (Endpoint::Referrers { name, digest: d }, Method::GET) => {
+            let r = repo(&name)?;
+            let d = digest(&d)?;
+            let params = query_params(&req);
+            let filter = param(&params, "artifactType");
+            let body = app.store.referrers(&r, &d, filter).await?;
+            let mut res = (StatusCode::OK, body.to_string()).into_response();
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(media::OCI_INDEX));
+            if filter.is_some() {
+                res.headers_mut()
+                    .insert("OCI-Filters-Applied", HeaderValue::from_static("artifactType"));
+            }
+            Ok(res)
+        }
+        _ => Err(unsupported_method()),
+    }
+}
+
+fn content_range_start(h: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match h.get(header::CONTENT_RANGE) {
+        None => Ok(None),
+        Some(v) => {
+            let s = v.to_str().unwrap_or("");
+            let (start, _end) = parse_content_range(s).ok_or_else(|| {
+                ApiError::from(Error::RangeInvalid(format!("bad Content-Range {s:?}")))
+            })?;
+            Ok(Some(start))
+        }
+    }
+}
+
+fn upload_location(r: &RepoName, id: &str) -> String {
+    format!("/v2/{r}/blobs/uploads/{id}")
+}
+
+fn upload_accepted(r: &RepoName, id: &str, len: u64, status: StatusCode) -> Response {
+    let mut res = status.into_response();
+    let h = res.headers_mut();
+    h.insert(header::LOCATION, hv(&upload_location(r, id)));
+    h.insert(header::RANGE, hv(&format!("0-{}", len.saturating_sub(1))));
+    h.insert("Docker-Upload-UUID", hv(id));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    res
+}
+
+fn blob_created(r: &RepoName, d: &Digest) -> Response {
+    let mut res = StatusCode::CREATED.into_response();
+    let h = res.headers_mut();
+    h.insert(header::LOCATION, hv(&format!("/v2/{r}/blobs/{d}")));
+    h.insert("Docker-Content-Digest", hv(&d.to_string()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    res
+}
+
+async fn start_upload(app: &App, r: &RepoName, req: Request) -> HResult {
+    let params = query_params(&req);
+    if let Some(m) = param(&params, "mount") {
+        // Blobs are shared by every repository of the store, so a mount succeeds whenever the
+        // blob exists (with or without `from`: automatic cross-mount). Otherwise fall through to
+        // a new session, as the spec asks.
+        if let Ok(d) = m.parse::<Digest>() {
+            if app.store.blob_size(&d).await?.is_some() {
+                return Ok(blob_created(r, &d));
+            }
+        }
+    }
+    if let Some(d) = param(&params, "digest") {
+        let d = digest(d)?;
+        let body = req.into_body().into_data_stream();
+        app.store.put_blob(body, &d).await?;
+        return Ok(blob_created(r, &d));
+    }
+    let id = app.store.upload_start().await?;
+    Ok(upload_accepted(r, &id, 0, StatusCode::ACCEPTED))
+}
+
+async fn get_blob(app: &App, d: &Digest, headers: &HeaderMap, head: bool) -> HResult {
+    let (mut file, len) = app.store.open_blob(d).await?;
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => None,
+        Some(s) => match parse_range(s, len) {
+            ByteRange::Whole => None,
+            ByteRange::Part(a, b) => Some((a, b)),
+            ByteRange::Unsatisfiable => {
+                let mut res = ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "BLOB_UNKNOWN",
+                    format!("range {s:?} is outside the blob's {len} bytes"),
+                )
+                .into_response();
+                res.headers_mut()
+                    .insert(header::CONTENT_RANGE, hv(&format!("bytes */{len}")));
+                return Ok(res);
+            }
+        },
+    };
+    let (status, start, count) = match range {
+        Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        None => (StatusCode::OK, 0, len),
+    };
+    let body = if head {
+        Body::empty()
+    } else {
+        if start > 0 {
+            file.seek(std::io::SeekFrom::Start(start))
+                .await
+                .map_err(Error::from)?;
+        }
+        let reader = file.take(count);
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK))
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_LENGTH, hv(&count.to_string()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert("Docker-Content-Digest", hv(&d.to_string()));
+    h.insert(header::ETAG, hv(&format!("\"{d}\"")));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some((a, b)) = range {
+        h.insert(header::CONTENT_RANGE, hv(&format!("bytes {a}-{b}/{len}")));
+    }
+    Ok(res)
+}
+
+async fn get_manifest(app: &App, r: &RepoName, reference: &str, head: bool) -> HResult {
+    let reference = Reference::parse(reference)?;
+    let m = app.store.manifest(r, &reference).await?;
+    // Stored bytes are served whatever `Accept` says (see fixtures/buildkit/traffic/accept-matrix):
+    // real clients send `*/*` or the full list, and the bytes must never be converted.
+    let body = if head {
+        Body::empty()
+    } else {
+        let bytes = tokio::fs::read(&m.path).await.map_err(Error::from)?;
+        if bytes.len() as u64 != m.size {
+            return Err(Error::ManifestUnknown(reference.to_string()).into());
+        }
+        Body::from(bytes)
+    };
+    let mut res = Response::new(body);
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, hv(&m.media_type));
+    h.insert(header::CONTENT_LENGTH, hv(&m.size.to_string()));
+    h.insert("Docker-Content-Digest", hv(&m.digest.to_string()));
+    h.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));
+    Ok(res)
+}
+
+async fn put_manifest(app: &App, r: &RepoName, reference: &str, req: Request) -> HResult {
+    let reference = Reference::parse(reference)?;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let limit = media::MAX_MANIFEST_BYTES as usize;
+    let bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                Error::ManifestTooLarge {
+                    size: limit as u64 + 1,
+                    limit: limit as u64,
+                }
+            } else {
+                Error::ManifestInvalid(format!("reading the body failed: {e}"))
+            }
+        })?;
+    let put = app
+        .store
+        .put_manifest(r, &reference, bytes, content_type.as_deref())
+        .await?;
+    let mut res = StatusCode::CREATED.into_response();
+    let h = res.headers_mut();
+    h.insert(header::LOCATION, hv(&format!("/v2/{r}/manifests/{}", put.digest)));
+    h.insert("Docker-Content-Digest", hv(&put.digest.to_string()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    if let Some(s) = put.subject {
+        h.insert("OCI-Subject", hv(&s.to_string()));
+    }
+    Ok(res)
+}
+
+/// `n` / `last` pagination over a sorted list, with the `Link` header for the next page.
+fn paginate(
+    req: &Request,
+    items: Vec<&str>,
+    path: &str,
+) -> Result<(Vec<String>, Option<String>), ApiError> {
+    let params = query_params(req);
+    let n = match param(&params, "n") {
+        None => None,
+        Some(s) => Some(
+            s.parse::<usize>()
+                .map_err(|_| Error::PaginationInvalid(format!("n={s:?}")))?
+                .min(MAX_PAGE),
+        ),
+    };
+    let last = param(&params, "last");
+    let after: Vec<&str> = items
+        .into_iter()
+        .filter(|t| last.is_none_or(|l| *t > l))
+        .collect();
+    let take = n.unwrap_or(usize::MAX);
+    let page: Vec<String> = after.iter().take(take).map(|s| s.to_string()).collect();
+    let link = match (n, page.last()) {
+        (Some(n), Some(l)) if after.len() > page.len() => Some(format!(
+            "<{path}?n={n}&last={}>; rel=\"next\"",
+            percent_encoding::utf8_percent_encode(l, percent_encoding::NON_ALPHANUMERIC)
+        )),
+        _ => None,
+    };
+    Ok((page, link))
+}
+
+fn json_response(body: serde_json::Value, link: Option<String>) -> Response {
+    let mut res = (StatusCode::OK, body.to_string()).into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(l) = link {
+        res.headers_mut().insert(header::LINK, hv(&l));
+    }
+    res
+}
+
+fn tags(app: &App, req: &Request, r: &RepoName) -> HResult {
+    let idx = app.store.index()?;
+    if !idx.has_repo(r.as_str()) {
+        return Err(Error::NameUnknown(r.to_string()).into());
+    }
+    let (page, link) = paginate(req, idx.tags_of(r.as_str()), &format!("/v2/{r}/tags/list"))?;
+    Ok(json_response(json!({ "name": r.as_str(), "tags": page }), link))
+}
+
+fn catalog(app: &App, req: &Request) -> HResult {
+    let idx = app.store.index()?;
+    let (page, link) = paginate(req, idx.repos().collect(), "/v2/_catalog")?;
+    Ok(json_response(json!({ "repositories": page }), link))
+}
