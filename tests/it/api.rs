@@ -1,0 +1,698 @@
+//! The distribution-spec API through reqwest: every endpoint, every error code.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+fn hdr<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn base_endpoint() {
+    let s = TestServer::start().await;
+    let r = http().get(format!("{}/v2/", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(hdr(&r, "docker-distribution-api-version"), "registry/2.0");
+    let r = http().get(format!("{}/v2", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http().get(format!("{}/nope", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn monolithic_and_session_uploads() {
+    let s = TestServer::start().await;
+    let data = bytes(100_000, 1);
+    let d = push_blob(&s.url, "a/b/c", &data).await;
+
+    let r = http().head(format!("{}/v2/a/b/c/blobs/{d}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(hdr(&r, "content-length"), "100000");
+    assert_eq!(hdr(&r, "docker-content-digest"), d.to_string());
+    let r = http().get(format!("{}/v2/a/b/c/blobs/{d}", s.url)).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
+
+    // POST a session, then PUT the whole body to its Location.
+    let data2 = bytes(5000, 2);
+    let d2 = sha256(&data2);
+    let r = http().post(format!("{}/v2/x/blobs/uploads/", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let loc = hdr(&r, "location").to_owned();
+    assert!(loc.starts_with("/v2/x/blobs/uploads/"), "{loc}");
+    assert!(!hdr(&r, "docker-upload-uuid").is_empty());
+    assert_eq!(hdr(&r, "range"), "0-0");
+    let r = http()
+        .put(format!("{}{loc}?digest={d2}", s.url))
+        .body(data2.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(hdr(&r, "location"), format!("/v2/x/blobs/{d2}"));
+    assert_eq!(hdr(&r, "docker-content-digest"), d2.to_string());
+    assert!(leftovers(&s.dir).is_empty(), "{:?}", leftovers(&s.dir));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(s.dir.join("blobs/sha256").join(d2.hex())).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o044, 0o044, "blobs are readable by others: {mode:o}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn chunked_upload_in_order_out_of_order_status_and_resume() {
+    let s = TestServer::start().await;
+    let data = bytes(10_000, 3);
+    let d = sha256(&data);
+    let r = http()
+        .post(format!("{}/v2/chunky/blobs/uploads/", s.url))
+        .header("Content-Length", "0")
+        .send()
+        .await
+        .unwrap();
+    let loc = hdr(&r, "location").to_owned();
+
+    // Out of order first: 416, nothing written.
+    let r = http()
+        .patch(format!("{}{loc}", s.url))
+        .header("Content-Range", "4000-9999")
+        .body(data[4000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+
+    let r = http()
+        .patch(format!("{}{loc}", s.url))
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Range", "0-3999")
+        .body(data[..4000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(hdr(&r, "range"), "0-3999");
+    let loc2 = hdr(&r, "location").to_owned();
+
+    // Retrying the same chunk is out of order now.
+    let r = http()
+        .patch(format!("{}{loc}", s.url))
+        .header("Content-Range", "0-3999")
+        .body(data[..4000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_INVALID");
+
+    // Status.
+    let r = http().get(format!("{}{loc}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(hdr(&r, "range"), "0-3999");
+    assert!(!hdr(&r, "location").is_empty());
+
+    // A chunk without Content-Range (docker's streamed PATCH) appends.
+    let r = http()
+        .patch(format!("{}{loc2}", s.url))
+        .body(data[4000..7000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(hdr(&r, "range"), "0-6999");
+
+    // Final chunk with the closing PUT; the Location already carrying a query is fine.
+    let r = http()
+        .put(format!("{}{loc2}?foo=bar&digest={d}", s.url))
+        .header("Content-Range", "7000-9999")
+        .body(data[7000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let got = http().get(format!("{}/v2/chunky/blobs/{d}", s.url)).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap().as_ref(), &data[..]);
+    // The session is gone.
+    let r = http().get(format!("{}{loc}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    assert!(leftovers(&s.dir).is_empty());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn digest_mismatch_stores_nothing() {
+    let s = TestServer::start().await;
+    let data = bytes(1000, 4);
+    let wrong = sha256(b"something else");
+    let r = http()
+        .post(format!("{}/v2/r/blobs/uploads/?digest={wrong}", s.url))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    for d in [wrong, sha256(&data)] {
+        let r = http().head(format!("{}/v2/r/blobs/{d}", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+    // Same through a session.
+    let r = http().post(format!("{}/v2/r/blobs/uploads/", s.url)).send().await.unwrap();
+    let loc = hdr(&r, "location").to_owned();
+    let r = http()
+        .put(format!("{}{loc}?digest={}", s.url, sha256(b"x")))
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    // PUT without digest.
+    let r = http().post(format!("{}/v2/r/blobs/uploads/", s.url)).send().await.unwrap();
+    let loc = hdr(&r, "location").to_owned();
+    let r = http().put(format!("{}{loc}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    let r = http().delete(format!("{}{loc}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(leftovers(&s.dir).is_empty(), "{:?}", leftovers(&s.dir));
+    assert_eq!(std::fs::read_dir(s.dir.join("blobs/sha256")).unwrap().count(), 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn sha512_blobs() {
+    let s = TestServer::start().await;
+    let data = bytes(70_000, 5);
+    let d = ferry::digest::Digest::of(ferry::digest::Algorithm::Sha512, &data);
+    let r = http()
+        .post(format!("{}/v2/r/blobs/uploads/?digest={d}", s.url))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = http().get(format!("{}/v2/r/blobs/{d}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
+    assert!(s.dir.join("blobs/sha512").join(d.hex()).is_file());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cross_repo_mount() {
+    let s = TestServer::start().await;
+    let d = push_blob(&s.url, "src/repo", b"mount me").await;
+    let r = http()
+        .post(format!("{}/v2/dst/repo/blobs/uploads/?mount={d}&from=src/repo", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(hdr(&r, "location"), format!("/v2/dst/repo/blobs/{d}"));
+    // Automatic cross-mount: no `from`.
+    let r = http()
+        .post(format!("{}/v2/third/blobs/uploads/?mount={d}", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // Unknown blob: a fresh session instead.
+    let r = http()
+        .post(format!("{}/v2/dst/repo/blobs/uploads/?mount={}&from=src/repo", s.url, sha256(b"nope")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert!(hdr(&r, "location").starts_with("/v2/dst/repo/blobs/uploads/"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn ranges() {
+    let s = TestServer::start().await;
+    let data = bytes(1000, 6);
+    let d = push_blob(&s.url, "r", &data).await;
+    let get = |range: &'static str| {
+        let url = format!("{}/v2/r/blobs/{d}", s.url);
+        async move { http().get(url).header("Range", range).send().await.unwrap() }
+    };
+    let r = get("bytes=10-19").await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(hdr(&r, "content-range"), "bytes 10-19/1000");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[10..20]);
+    let r = get("bytes=990-").await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[990..]);
+    let r = get("bytes=-5").await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[995..]);
+    let r = get("bytes=1000-").await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(hdr(&r, "content-range"), "bytes */1000");
+    let r = get("bytes=5-2").await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let r = get("bytes=0-99999999999999999999999").await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn manifests_by_tag_and_digest_exact_bytes() {
+    let s = TestServer::start().await;
+    let m = push_image(&s.url, "lib/app", "v1", 7).await;
+    let d = sha256(&m);
+    for reference in ["v1".to_owned(), d.to_string()] {
+        let r = http()
+            .get(format!("{}/v2/lib/app/manifests/{reference}?ns=docker.io", s.url))
+            .header("Accept", "*/*")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(hdr(&r, "content-type"), OCI_MANIFEST);
+        assert_eq!(hdr(&r, "docker-content-digest"), d.to_string());
+        assert_eq!(hdr(&r, "content-length"), m.len().to_string());
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &m[..]);
+        let r = http()
+            .head(format!("{}/v2/lib/app/manifests/{reference}", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(hdr(&r, "content-length"), m.len().to_string());
+        assert_eq!(hdr(&r, "docker-content-digest"), d.to_string());
+    }
+    // Accept naming another type still gets the stored bytes (never converted).
+    let r = http()
+        .get(format!("{}/v2/lib/app/manifests/v1", s.url))
+        .header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &m[..]);
+    // Re-pushing identical bytes by digest is fine and idempotent.
+    let r = put_manifest(&s.url, "lib/app", &d.to_string(), OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(hdr(&r, "location"), format!("/v2/lib/app/manifests/{d}"));
+    // Unknown tag and digest.
+    let r = http().get(format!("{}/v2/lib/app/manifests/nope", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    let r = http()
+        .get(format!("{}/v2/lib/app/manifests/{}", s.url, sha256(b"none")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn manifest_errors() {
+    let s = TestServer::start().await;
+    let config = b"{}".to_vec();
+    let layer = bytes(100, 8);
+    push_blob(&s.url, "r", &config).await;
+    // Layer not pushed: MANIFEST_BLOB_UNKNOWN, with the digest in the detail.
+    let m = image_manifest(&config, &[&layer]);
+    let r = put_manifest(&s.url, "r", "t", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "MANIFEST_BLOB_UNKNOWN");
+    assert_eq!(v["errors"][0]["detail"]["digest"], sha256(&layer).to_string());
+    // An index whose child manifest is missing.
+    let idx = json!({"schemaVersion":2,"mediaType":OCI_INDEX,"manifests":[
+        {"mediaType":OCI_MANIFEST,"digest":sha256(&m).to_string(),"size":m.len()}]});
+    let r = put_manifest(&s.url, "r", "i", OCI_INDEX, idx.to_string().as_bytes()).await;
+    assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
+    // Wrong size in a descriptor.
+    push_blob(&s.url, "r", &layer).await;
+    let bad = String::from_utf8(m.clone()).unwrap().replace("\"size\":100", "\"size\":101");
+    let r = put_manifest(&s.url, "r", "t", OCI_MANIFEST, bad.as_bytes()).await;
+    assert_eq!(error_code(r).await, "MANIFEST_INVALID");
+    // Digest reference that does not match the bytes.
+    let r = put_manifest(&s.url, "r", &sha256(b"other").to_string(), OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    // Garbage, schema1, mismatched mediaType.
+    for (body, ct) in [
+        (&b"not json"[..], OCI_MANIFEST),
+        (br#"{"schemaVersion":1,"name":"r","tag":"t","fsLayers":[]}"#, "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+        (br#"{"schemaVersion":1,"name":"r","tag":"t","fsLayers":[]}"#, "application/json"),
+        (&m[..], OCI_INDEX),
+    ] {
+        let r = put_manifest(&s.url, "r", "t", ct, body).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{ct}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["errors"][0]["code"], "MANIFEST_INVALID");
+        if ct.contains("v1+prettyjws") {
+            assert!(v["errors"][0]["message"].as_str().unwrap().contains("schema1"));
+        }
+    }
+    // Over 4 MiB.
+    let big = vec![b' '; 4 * 1024 * 1024 + 1];
+    let r = put_manifest(&s.url, "r", "big", OCI_MANIFEST, &big).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_code(r).await, "SIZE_INVALID");
+    // Bad tag.
+    let r = put_manifest(&s.url, "r", "-bad", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Nothing of the above was recorded.
+    let r = http().get(format!("{}/v2/r/tags/list", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "NAME_UNKNOWN");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn names_and_digests_are_validated() {
+    let s = TestServer::start().await;
+    let d = sha256(b"x");
+    for path in [
+        format!("/v2/UPPER/blobs/{d}"),
+        format!("/v2/a//b/blobs/{d}"),
+        format!("/v2/{}/blobs/{d}", "a".repeat(256)),
+    ] {
+        let r = http().get(format!("{}{path}", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(error_code(r).await, "NAME_INVALID", "{path}");
+    }
+    // Paths a normalizing client would never send, straight onto the socket.
+    for path in [
+        format!("/v2/a/../b/blobs/{d}"),
+        format!("/v2/../../etc/blobs/{d}"),
+        format!("/v2/a/./b/manifests/latest"),
+        format!("/v2/%2e%2e/blobs/{d}"),
+        format!("/v2/a%2f..%2fb/blobs/{d}"),
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let (status, text) = raw_request(s.addr, req.as_bytes()).await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(text.contains("NAME_INVALID"), "{text}");
+    }
+    for bad in ["sha256:abc", "md5:00", "sha256:..%2f..%2fetc%2fpasswd", &format!("sha256:{}", "g".repeat(64)), &d.to_string().to_uppercase()] {
+        let r = http().get(format!("{}/v2/a/blobs/{bad}", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    }
+    let r = http().get(format!("{}/v2/a/blobs/uploads/not-a-uuid", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    let r = http().get(format!("{}/v2/a/blobs/uploads/..%2f..%2fx", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Method not allowed on an endpoint.
+    let r = http().post(format!("{}/v2/a/manifests/t", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error_code(r).await, "UNSUPPORTED");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn tags_and_catalog_pagination() {
+    let s = TestServer::start().await;
+    let m = push_image(&s.url, "p/one", "base", 9).await;
+    for t in ["c", "a", "b", "d"] {
+        let r = put_manifest(&s.url, "p/one", t, OCI_MANIFEST, &m).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    push_image(&s.url, "p/two", "x", 10).await;
+    push_image(&s.url, "a", "x", 11).await;
+
+    let r = http().get(format!("{}/v2/p/one/tags/list", s.url)).send().await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v, json!({"name":"p/one","tags":["a","b","base","c","d"]}));
+
+    let r = http().get(format!("{}/v2/p/one/tags/list?n=2", s.url)).send().await.unwrap();
+    assert_eq!(hdr(&r, "link"), "</v2/p/one/tags/list?n=2&last=b>; rel=\"next\"");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["tags"], json!(["a", "b"]));
+    let r = http().get(format!("{}/v2/p/one/tags/list?n=2&last=b", s.url)).send().await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["tags"], json!(["base", "c"]));
+    let r = http().get(format!("{}/v2/p/one/tags/list?n=10&last=c", s.url)).send().await.unwrap();
+    assert!(r.headers().get("link").is_none());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["tags"], json!(["d"]));
+    let r = http().get(format!("{}/v2/p/one/tags/list?n=0", s.url)).send().await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["tags"], json!([]));
+    let r = http().get(format!("{}/v2/p/one/tags/list?n=-1", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "PAGINATION_NUMBER_INVALID");
+
+    let r = http().get(format!("{}/v2/_catalog", s.url)).send().await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v, json!({"repositories":["a","p/one","p/two"]}));
+    let r = http().get(format!("{}/v2/_catalog?n=1&last=a", s.url)).send().await.unwrap();
+    assert_eq!(hdr(&r, "link"), "</v2/_catalog?n=1&last=p%2Fone>; rel=\"next\"");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["repositories"], json!(["p/one"]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn referrers_and_subject() {
+    let s = TestServer::start().await;
+    let subject = push_image(&s.url, "ref/app", "v1", 12).await;
+    let sd = sha256(&subject);
+    let empty = b"{}";
+    push_blob(&s.url, "ref/app", empty).await;
+    let sig = b"signature".to_vec();
+    push_blob(&s.url, "ref/app", &sig).await;
+    let referrer = |artifact: &str| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact,
+            "config": {"mediaType":"application/vnd.oci.empty.v1+json","digest":sha256(empty).to_string(),"size":2},
+            "layers": [{"mediaType":"application/octet-stream","digest":sha256(&sig).to_string(),"size":sig.len()}],
+            "subject": {"mediaType":OCI_MANIFEST,"digest":sd.to_string(),"size":subject.len()},
+            "annotations": {"org.example.kind": artifact},
+        }))
+        .unwrap()
+    };
+    let a = referrer("application/vnd.example.sig");
+    let b = referrer("application/vnd.example.sbom");
+    for m in [&a, &b] {
+        let r = put_manifest(&s.url, "ref/app", &sha256(m).to_string(), OCI_MANIFEST, m).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        assert_eq!(hdr(&r, "oci-subject"), sd.to_string());
+    }
+    let r = http().get(format!("{}/v2/ref/app/referrers/{sd}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(hdr(&r, "content-type"), OCI_INDEX);
+    assert!(r.headers().get("oci-filters-applied").is_none());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["mediaType"], OCI_INDEX);
+    let list = v["manifests"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    let sig_desc = list.iter().find(|d| d["digest"] == sha256(&a).to_string()).unwrap();
+    assert_eq!(sig_desc["artifactType"], "application/vnd.example.sig");
+    assert_eq!(sig_desc["size"], a.len());
+    assert_eq!(sig_desc["annotations"]["org.example.kind"], "application/vnd.example.sig");
+
+    let r = http()
+        .get(format!("{}/v2/ref/app/referrers/{sd}?artifactType=application/vnd.example.sbom", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hdr(&r, "oci-filters-applied"), "artifactType");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(v["manifests"][0]["digest"], sha256(&b).to_string());
+
+    // A dangling subject is allowed; referrers of something unknown is an empty index, not 404.
+    let r = http()
+        .get(format!("{}/v2/ref/app/referrers/{}", s.url, sha256(b"unknown")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["manifests"], json!([]));
+    let r = http().get(format!("{}/v2/ref/app/referrers/sha256:bad", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn deletes() {
+    let s = TestServer::start().await;
+    let m = push_image(&s.url, "del", "t1", 13).await;
+    let d = sha256(&m);
+    put_manifest(&s.url, "del", "t2", OCI_MANIFEST, &m).await;
+
+    let r = http().delete(format!("{}/v2/del/manifests/t1", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = http().get(format!("{}/v2/del/manifests/t1", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = http().get(format!("{}/v2/del/manifests/t2", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http().delete(format!("{}/v2/del/manifests/t1", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+
+    let r = http().delete(format!("{}/v2/del/manifests/{d}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    for reference in ["t2".to_owned(), d.to_string()] {
+        let r = http().get(format!("{}/v2/del/manifests/{reference}", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{reference}");
+    }
+    let r = http().delete(format!("{}/v2/del/manifests/{d}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    let bd = push_blob(&s.url, "del", b"blob to delete").await;
+    let r = http().delete(format!("{}/v2/del/blobs/{bd}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = http().get(format!("{}/v2/del/blobs/{bd}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
+    let r = http().delete(format!("{}/v2/del/blobs/{bd}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn moving_a_tag_keeps_the_old_manifest_by_digest() {
+    let s = TestServer::start().await;
+    let m1 = push_image(&s.url, "mv", "latest", 14).await;
+    let m2 = push_image(&s.url, "mv", "latest", 15).await;
+    let r = http().get(format!("{}/v2/mv/manifests/latest", s.url)).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &m2[..]);
+    let r = http()
+        .get(format!("{}/v2/mv/manifests/{}", s.url, sha256(&m1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn read_only_refuses_every_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let s = TestServer::start_on(&dir, false).await;
+    let m = push_image(&s.url, "ro", "v1", 16).await;
+    s.stop().await;
+    let before = snapshot(&dir);
+    let s = TestServer::start_on(&dir, true).await;
+    let d = sha256(b"x");
+    let attempts = [
+        http().post(format!("{}/v2/ro/blobs/uploads/", s.url)),
+        http().post(format!("{}/v2/ro/blobs/uploads/?digest={d}", s.url)).body("x"),
+        http().put(format!("{}/v2/ro/manifests/v2", s.url)).header("Content-Type", OCI_MANIFEST).body(m.clone()),
+        http().delete(format!("{}/v2/ro/manifests/v1", s.url)),
+        http().delete(format!("{}/v2/ro/blobs/{d}", s.url)),
+        http().patch(format!("{}/v2/ro/blobs/uploads/00000000-0000-0000-0000-000000000000", s.url)),
+    ];
+    for a in attempts {
+        let r = a.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["errors"][0]["code"], "UNSUPPORTED");
+        assert!(v["errors"][0]["message"].as_str().unwrap().contains("read-only"));
+    }
+    let r = http().get(format!("{}/v2/ro/manifests/v1", s.url)).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &m[..]);
+    assert_eq!(snapshot(&dir), before, "read-only serving changed the directory");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn tls_client_hello_gets_an_http_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start().await;
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    // The start of a TLS 1.2 ClientHello record.
+    c.write_all(&[0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03])
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), c.read_to_end(&mut buf))
+        .await
+        .expect("server answers and closes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.0 400"), "{text}");
+    // The server still serves plain HTTP afterwards.
+    let r = http().get(format!("{}/v2/", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn another_writer_on_the_same_directory_is_seen_without_restart() {
+    let s = TestServer::start().await;
+    push_image(&s.url, "shared", "from-server", 17).await;
+    // A second store on the same directory (as `ferry sync` into a served dir would be).
+    let other = ferry::layout::Store::open(&s.dir, false).unwrap();
+    let config = b"{\"other\":true}".to_vec();
+    let layer = bytes(500, 18);
+    let cfg_d = sha256(&config);
+    other
+        .put_blob(futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(config.clone()))]), &cfg_d)
+        .await
+        .unwrap();
+    other
+        .put_blob(futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(layer.clone()))]), &sha256(&layer))
+        .await
+        .unwrap();
+    let m = image_manifest(&config, &[&layer]);
+    other
+        .put_manifest(
+            &ferry::reference::RepoName::parse("shared").unwrap(),
+            &ferry::reference::Reference::Tag("from-other".into()),
+            bytes::Bytes::from(m.clone()),
+            Some(OCI_MANIFEST),
+        )
+        .await
+        .unwrap();
+    let r = http().get(format!("{}/v2/shared/manifests/from-other", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &m[..]);
+    let r = http().get(format!("{}/v2/shared/tags/list", s.url)).send().await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["tags"], json!(["from-other", "from-server"]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_pushes_of_one_blob_and_many_tags() {
+    let s = TestServer::start().await;
+    let data = bytes(2_000_000, 19);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let url = s.url.clone();
+        let data = data.clone();
+        tasks.push(tokio::spawn(async move { push_blob(&url, "conc", &data).await }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let m = push_image(&s.url, "conc", "base", 20).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let url = s.url.clone();
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move {
+            put_manifest(&url, "conc", &format!("t{i}"), OCI_MANIFEST, &m).await.status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::CREATED);
+    }
+    let r = http().get(format!("{}/v2/conc/tags/list", s.url)).send().await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["tags"].as_array().unwrap().len(), 21, "no tag lost: {v}");
+    assert!(leftovers(&s.dir).is_empty());
+    s.stop().await;
+}

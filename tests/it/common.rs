@@ -1,0 +1,226 @@
+//! Shared helpers: an in-process registry on `127.0.0.1:0`, small HTTP helpers, tool lookup.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ferry::digest::Digest;
+use ferry::layout::Store;
+use ferry::server::App;
+use reqwest::StatusCode;
+
+pub struct TestServer {
+    pub url: String,
+    pub addr: std::net::SocketAddr,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// A registry on a fresh temporary data directory.
+    pub async fn start() -> TestServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut s = TestServer::start_on(&dir, false).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A registry on an existing directory.
+    pub async fn start_on(dir: &Path, read_only: bool) -> TestServer {
+        let store = Store::open(dir, read_only).expect("open store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app = Arc::new(App { store });
+        let task = tokio::spawn(ferry::server::run(listener, app, async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            url: format!("http://{addr}"),
+            addr,
+            dir: dir.to_owned(),
+            _tmp: None,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("join").expect("server run");
+        }
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+pub fn sha256(b: &[u8]) -> Digest {
+    Digest::sha256_of(b)
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Monolithic upload (`POST ?digest=`); returns the digest.
+pub async fn push_blob(url: &str, repo: &str, data: &[u8]) -> Digest {
+    let d = sha256(data);
+    let r = http()
+        .post(format!("{url}/v2/{repo}/blobs/uploads/?digest={d}"))
+        .header("Content-Type", "application/octet-stream")
+        .body(data.to_vec())
+        .send()
+        .await
+        .expect("push blob");
+    assert_eq!(r.status(), StatusCode::CREATED, "push blob {d}");
+    d
+}
+
+pub async fn put_manifest(url: &str, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> reqwest::Response {
+    http()
+        .put(format!("{url}/v2/{repo}/manifests/{reference}"))
+        .header("Content-Type", media_type)
+        .body(body.to_vec())
+        .send()
+        .await
+        .expect("put manifest")
+}
+
+/// An OCI image manifest over the given config and layers (all as bytes already pushed).
+pub fn image_manifest(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
+    let desc = |mt: &str, b: &[u8]| {
+        serde_json::json!({"mediaType": mt, "digest": sha256(b).to_string(), "size": b.len()})
+    };
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": desc("application/vnd.oci.image.config.v1+json", config),
+        "layers": layers.iter().map(|l| desc("application/vnd.oci.image.layer.v1.tar", l)).collect::<Vec<_>>(),
+    }))
+    .expect("json")
+}
+
+/// Push config + layers + manifest under `repo:tag`; returns the manifest bytes.
+pub async fn push_image(url: &str, repo: &str, tag: &str, seed: u64) -> Vec<u8> {
+    let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).into_bytes();
+    let layer = bytes(3000, seed);
+    push_blob(url, repo, &config).await;
+    push_blob(url, repo, &layer).await;
+    let m = image_manifest(&config, &[&layer]);
+    let r = put_manifest(url, repo, tag, "application/vnd.oci.image.manifest.v1+json", &m).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    m
+}
+
+/// The error code of an OCI error body.
+pub async fn error_code(r: reqwest::Response) -> String {
+    let v: serde_json::Value = r.json().await.expect("error body is JSON");
+    v["errors"][0]["code"].as_str().expect("errors[0].code").to_owned()
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures/buildkit")
+}
+
+pub fn require_interop() -> bool {
+    std::env::var("FERRY_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
+}
+
+/// Find an external tool. Missing: a failure under `FERRY_REQUIRE_INTEROP=1`, else a visible skip.
+pub fn tool(name: &str, candidates: &[&str]) -> Option<PathBuf> {
+    for c in candidates {
+        let p = PathBuf::from(c);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    if let Ok(path) = std::env::var("PATH") {
+        for d in std::env::split_paths(&path) {
+            let p = d.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    if require_interop() {
+        panic!("{name} is required (FERRY_REQUIRE_INTEROP=1) but was not found");
+    }
+    eprintln!("SKIPPED: {name} not found (set FERRY_REQUIRE_INTEROP=1 to make this a failure)");
+    None
+}
+
+/// Every file below `dir` (relative path → sha256), for before/after comparisons of a store.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    fn walk(base: &Path, d: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else if let Ok(b) = std::fs::read(&p) {
+                let rel = p.strip_prefix(base).unwrap_or(&p).display().to_string();
+                out.insert(rel, sha256(&b).to_string());
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Files in the private temp and upload areas (should be empty after clean operations).
+pub fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for sub in [".ferry/tmp", ".ferry/uploads"] {
+        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
+            v.extend(rd.flatten().map(|e| e.path()));
+        }
+    }
+    v
+}
+
+/// Send raw bytes as one HTTP/1.1 request (no client-side path normalization) and return the
+/// status code and the whole response text.
+pub async fn raw_request(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    c.write_all(request).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

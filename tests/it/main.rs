@@ -1,0 +1,14 @@
+//! ferry's integration tests: one binary, modules per area, helpers in `common`.
+//!
+//! Tests that need an external tool (skopeo, dockerd, Distribution) find it on the machine; when it
+//! is missing they say so and pass only if `FERRY_REQUIRE_INTEROP` is unset. `.ci/run` sets it, so
+//! in CI a missing tool is a failure, never a silent skip.
+
+mod common;
+
+mod api;
+mod fixtures;
+mod interop_docker;
+mod interop_skopeo;
+mod oci_client;
+mod process;
