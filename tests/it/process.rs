@@ -1,1 +1,159 @@
+//! The `ferry` binary as a user runs it: flags and environment, one log line per request, and a
+//! clean stop on SIGTERM/SIGINT with requests in flight.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::common::*;
+
+pub struct FerryProcess {
+    pub child: Child,
+    pub url: String,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FerryProcess {
+    /// Start `ferry serve` with extra args/env, wait for its "listening" line.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> FerryProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.arg("serve").args(args).stderr(Stdio::piped()).stdout(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn ferry");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send(addr);
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("ferry did not start: {:?}", log.lock().unwrap()));
+        FerryProcess {
+            child,
+            url: format!("http://{addr}"),
+            log,
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st;
+            }
+            assert!(start.elapsed() < timeout, "ferry did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for FerryProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_settings_logging_and_sigterm_with_a_request_in_flight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("store");
+    let mut p = FerryProcess::start(
+        &[],
+        &[
+            ("FERRY_LISTEN", "127.0.0.1:0"),
+            ("FERRY_DATA", data.to_str().unwrap()),
+            ("RUST_LOG", "info"),
+        ],
+    );
+    assert!(data.join("oci-layout").is_file(), "FERRY_DATA was used");
+    push_image(&p.url, "proc/app", "v1", 30).await;
+    let logged = || {
+        p.log.lock().unwrap().iter().any(|l| {
+            l.contains("PUT") && l.contains("/v2/proc/app/manifests/v1") && l.contains("status=201")
+        })
+    };
+    for _ in 0..100 {
+        if logged() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(logged(), "one log line per request: {:?}", p.log.lock().unwrap());
+
+    // A slow upload in flight: its body arrives in pieces, the signal comes in the middle.
+    let data_bytes = bytes(3 * 1024 * 1024, 31);
+    let d = sha256(&data_bytes);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        data_bytes.chunks(256 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let stream = futures_util::stream::iter(chunks).then(|c| async move {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        c
+    });
+    use futures_util::StreamExt;
+    let url = format!("{}/v2/proc/app/blobs/uploads/?digest={d}", p.url);
+    let upload = tokio::spawn(async move {
+        http()
+            .post(url)
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.signal("TERM");
+    let status = upload.await.unwrap().expect("in-flight request completes");
+    assert_eq!(status, StatusCode::CREATED);
+    let st = tokio::task::block_in_place(|| p.wait(Duration::from_secs(30)));
+    assert!(st.success(), "exit status {st:?}");
+    assert!(leftovers(&data).is_empty(), "{:?}", leftovers(&data));
+    assert_eq!(
+        ferry::layout::hash_file(&data.join("blobs/sha256").join(d.hex()), ferry::digest::Algorithm::Sha256).unwrap(),
+        d
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_read_only_and_sigint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("ro");
+    // --read-only on a directory that is not a layout is refused with a clear message.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--read-only", "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an OCI image layout"));
+
+    let mut p = FerryProcess::start(&["--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()], &[]);
+    push_image(&p.url, "ro/app", "v1", 32).await;
+    p.signal("INT");
+    assert!(tokio::task::block_in_place(|| p.wait(Duration::from_secs(30))).success());
+    drop(p);
+
+    let p = FerryProcess::start(&["--listen", "127.0.0.1:0", "--data", data.to_str().unwrap(), "--read-only"], &[]);
+    let r = http().get(format!("{}/v2/ro/app/manifests/v1", p.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http().post(format!("{}/v2/ro/app/blobs/uploads/", p.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
