@@ -8,7 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Carry container images and BuildKit caches across an air gap")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Carry container images and BuildKit caches across an air gap"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

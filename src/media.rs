@@ -153,7 +153,9 @@ pub fn parse_manifest(bytes: &[u8], declared: Option<&str>) -> Result<ManifestIn
             .ok_or_else(|| invalid("cannot tell the manifest's media type"))?,
     };
     if !is_manifest_type(&media_type) {
-        return Err(invalid(format!("unsupported manifest media type {media_type}")));
+        return Err(invalid(format!(
+            "unsupported manifest media type {media_type}"
+        )));
     }
 
     let mut edges = Vec::new();
@@ -272,12 +274,21 @@ mod tests {
             (r#"{"schemaVersion":1,"fsLayers":[]}"#, None),
             ("{}", Some(DOCKER_SCHEMA1_SIGNED)),
             (r#"{"schemaVersion":2,"mediaType":"a/b","config":{}}"#, None),
-            (r#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:00","size":1}}"#, Some(OCI_MANIFEST)),
-            (r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#, Some(OCI_MANIFEST)),
+            (
+                r#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:00","size":1}}"#,
+                Some(OCI_MANIFEST),
+            ),
+            (
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+                Some(OCI_MANIFEST),
+            ),
         ];
         for (body, ct) in cases {
             assert!(
-                matches!(parse_manifest(body.as_bytes(), *ct), Err(Error::ManifestInvalid(_))),
+                matches!(
+                    parse_manifest(body.as_bytes(), *ct),
+                    Err(Error::ManifestInvalid(_))
+                ),
                 "{body} accepted"
             );
         }

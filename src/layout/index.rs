@@ -27,7 +27,11 @@ pub struct Descriptor {
     pub media_type: String,
     pub digest: Digest,
     pub size: u64,
-    #[serde(rename = "artifactType", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "artifactType",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub artifact_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub annotations: Option<BTreeMap<String, String>>,
@@ -332,6 +336,9 @@ mod tests {
         assert!(idx.tag("cache/app", "bx").is_some());
         assert_eq!(idx.repos().collect::<Vec<_>>(), vec!["cache/app"]);
         let out = String::from_utf8(f.to_bytes()).unwrap();
-        assert!(out.contains("\"platform\""), "unknown fields are kept: {out}");
+        assert!(
+            out.contains("\"platform\""),
+            "unknown fields are kept: {out}"
+        );
     }
 }

@@ -130,7 +130,11 @@ impl Store {
             let _ = std::fs::remove_file(entry?.path());
         }
         if !self.root.join("oci-layout").exists() {
-            write::write_atomic(&self.tmp_dir(), &self.root.join("oci-layout"), OCI_LAYOUT_CONTENT)?;
+            write::write_atomic(
+                &self.tmp_dir(),
+                &self.root.join("oci-layout"),
+                OCI_LAYOUT_CONTENT,
+            )?;
         }
         if !self.root.join("index.json").exists() {
             let bytes = IndexFile::default().to_bytes();
@@ -335,7 +339,9 @@ impl Store {
         up.len += out.written;
         up.hasher = out.hasher;
         if let Some(e) = out.body_error {
-            return Err(Error::BlobUploadInvalid(format!("request body failed: {e}")));
+            return Err(Error::BlobUploadInvalid(format!(
+                "request body failed: {e}"
+            )));
         }
         Ok(up.len)
     }
@@ -485,7 +491,8 @@ impl Store {
             }
             Reference::Digest(d) => (
                 d.clone(),
-                idx.by_digest(repo.as_str(), d).map(|x| x.media_type.clone()),
+                idx.by_digest(repo.as_str(), d)
+                    .map(|x| x.media_type.clone()),
             ),
         };
         let path = self.blob_path(&digest);

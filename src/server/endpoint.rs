@@ -29,11 +29,11 @@ pub fn parse_endpoint(path: &str) -> Option<Endpoint> {
     }
     let segs: Vec<&str> = rest.split('/').collect();
     let n = segs.len();
-    let name_of = |k: usize| -> Option<String> {
-        (k > 0).then(|| segs[..k].join("/"))
-    };
+    let name_of = |k: usize| -> Option<String> { (k > 0).then(|| segs[..k].join("/")) };
     if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
-        return Some(Endpoint::Tags { name: name_of(n - 2)? });
+        return Some(Endpoint::Tags {
+            name: name_of(n - 2)?,
+        });
     }
     if n >= 4 && segs[n - 3] == "blobs" && segs[n - 2] == "uploads" {
         let name = name_of(n - 3)?;
@@ -47,7 +47,9 @@ pub fn parse_endpoint(path: &str) -> Option<Endpoint> {
         });
     }
     if n >= 3 && segs[n - 2] == "blobs" && segs[n - 1] == "uploads" {
-        return Some(Endpoint::UploadStart { name: name_of(n - 2)? });
+        return Some(Endpoint::UploadStart {
+            name: name_of(n - 2)?,
+        });
     }
     if n >= 3 && segs[n - 1].is_empty() {
         return None;

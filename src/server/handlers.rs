@@ -65,7 +65,10 @@ fn unsupported_method() -> ApiError {
 }
 
 fn is_write(m: &Method) -> bool {
-    matches!(*m, Method::PUT | Method::POST | Method::PATCH | Method::DELETE)
+    matches!(
+        *m,
+        Method::PUT | Method::POST | Method::PATCH | Method::DELETE
+    )
 }
 
 fn repo(name: &str) -> Result<RepoName, ApiError> {
@@ -121,7 +124,9 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
             app.store.delete_blob(&digest(&d)?).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
-        (Endpoint::UploadStart { name }, Method::POST) => start_upload(&app, &repo(&name)?, req).await,
+        (Endpoint::UploadStart { name }, Method::POST) => {
+            start_upload(&app, &repo(&name)?, req).await
+        }
         (Endpoint::Upload { name, id }, Method::GET) => {
             let r = repo(&name)?;
             let len = app.store.upload_status(&id).await?;
@@ -137,9 +142,10 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
         (Endpoint::Upload { name, id }, Method::PUT) => {
             let r = repo(&name)?;
             let params = query_params(&req);
-            let d = digest(param(&params, "digest").ok_or_else(|| {
-                Error::DigestInvalid("the closing PUT needs ?digest=".into())
-            })?)?;
+            let d =
+                digest(param(&params, "digest").ok_or_else(|| {
+                    Error::DigestInvalid("the closing PUT needs ?digest=".into())
+                })?)?;
             let start = content_range_start(req.headers())?;
             let body = req.into_body().into_data_stream();
             app.store.upload_finish(&id, start, body, &d).await?;
@@ -157,11 +163,15 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
             let filter = param(&params, "artifactType");
             let body = app.store.referrers(&r, &d, filter).await?;
             let mut res = (StatusCode::OK, body.to_string()).into_response();
-            res.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(media::OCI_INDEX));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(media::OCI_INDEX),
+            );
             if filter.is_some() {
-                res.headers_mut()
-                    .insert("OCI-Filters-Applied", HeaderValue::from_static("artifactType"));
+                res.headers_mut().insert(
+                    "OCI-Filters-Applied",
+                    HeaderValue::from_static("artifactType"),
+                );
             }
             Ok(res)
         }
@@ -260,7 +270,9 @@ async fn get_blob(app: &App, d: &Digest, headers: &HeaderMap, head: bool) -> HRe
                 .map_err(Error::from)?;
         }
         let reader = file.take(count);
-        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK))
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+            reader, READ_CHUNK,
+        ))
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;
@@ -330,7 +342,10 @@ async fn put_manifest(app: &App, r: &RepoName, reference: &str, req: Request) ->
         .await?;
     let mut res = StatusCode::CREATED.into_response();
     let h = res.headers_mut();
-    h.insert(header::LOCATION, hv(&format!("/v2/{r}/manifests/{}", put.digest)));
+    h.insert(
+        header::LOCATION,
+        hv(&format!("/v2/{r}/manifests/{}", put.digest)),
+    );
     h.insert("Docker-Content-Digest", hv(&put.digest.to_string()));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     if let Some(s) = put.subject {
@@ -373,8 +388,10 @@ fn paginate(
 
 fn json_response(body: serde_json::Value, link: Option<String>) -> Response {
     let mut res = (StatusCode::OK, body.to_string()).into_response();
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(l) = link {
         res.headers_mut().insert(header::LINK, hv(&l));
     }
@@ -387,7 +404,10 @@ fn tags(app: &App, req: &Request, r: &RepoName) -> HResult {
         return Err(Error::NameUnknown(r.to_string()).into());
     }
     let (page, link) = paginate(req, idx.tags_of(r.as_str()), &format!("/v2/{r}/tags/list"))?;
-    Ok(json_response(json!({ "name": r.as_str(), "tags": page }), link))
+    Ok(json_response(
+        json!({ "name": r.as_str(), "tags": page }),
+        link,
+    ))
 }
 
 fn catalog(app: &App, req: &Request) -> HResult {

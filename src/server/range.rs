@@ -76,7 +76,10 @@ mod tests {
         assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=9-3", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=x-3", 100), Unsatisfiable);
-        assert_eq!(parse_range("bytes=0-18446744073709551616", 100), Unsatisfiable);
+        assert_eq!(
+            parse_range("bytes=0-18446744073709551616", 100),
+            Unsatisfiable
+        );
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Whole);
         assert_eq!(parse_range("items=0-1", 100), Whole);
         assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);

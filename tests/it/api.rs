@@ -34,17 +34,29 @@ async fn monolithic_and_session_uploads() {
     let data = bytes(100_000, 1);
     let d = push_blob(&s.url, "a/b/c", &data).await;
 
-    let r = http().head(format!("{}/v2/a/b/c/blobs/{d}", s.url)).send().await.unwrap();
+    let r = http()
+        .head(format!("{}/v2/a/b/c/blobs/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(hdr(&r, "content-length"), "100000");
     assert_eq!(hdr(&r, "docker-content-digest"), d.to_string());
-    let r = http().get(format!("{}/v2/a/b/c/blobs/{d}", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/a/b/c/blobs/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
 
     // POST a session, then PUT the whole body to its Location.
     let data2 = bytes(5000, 2);
     let d2 = sha256(&data2);
-    let r = http().post(format!("{}/v2/x/blobs/uploads/", s.url)).send().await.unwrap();
+    let r = http()
+        .post(format!("{}/v2/x/blobs/uploads/", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let loc = hdr(&r, "location").to_owned();
     assert!(loc.starts_with("/v2/x/blobs/uploads/"), "{loc}");
@@ -61,9 +73,15 @@ async fn monolithic_and_session_uploads() {
     assert_eq!(hdr(&r, "docker-content-digest"), d2.to_string());
     assert!(leftovers(&s.dir).is_empty(), "{:?}", leftovers(&s.dir));
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(s.dir.join("blobs/sha256").join(d2.hex())).unwrap().permissions(),
+        &std::fs::metadata(s.dir.join("blobs/sha256").join(d2.hex()))
+            .unwrap()
+            .permissions(),
     );
-    assert_eq!(mode & 0o044, 0o044, "blobs are readable by others: {mode:o}");
+    assert_eq!(
+        mode & 0o044,
+        0o044,
+        "blobs are readable by others: {mode:o}"
+    );
     s.stop().await;
 }
 
@@ -138,7 +156,11 @@ async fn chunked_upload_in_order_out_of_order_status_and_resume() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let got = http().get(format!("{}/v2/chunky/blobs/{d}", s.url)).send().await.unwrap();
+    let got = http()
+        .get(format!("{}/v2/chunky/blobs/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.bytes().await.unwrap().as_ref(), &data[..]);
     // The session is gone.
     let r = http().get(format!("{}{loc}", s.url)).send().await.unwrap();
@@ -162,11 +184,19 @@ async fn digest_mismatch_stores_nothing() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
     for d in [wrong, sha256(&data)] {
-        let r = http().head(format!("{}/v2/r/blobs/{d}", s.url)).send().await.unwrap();
+        let r = http()
+            .head(format!("{}/v2/r/blobs/{d}", s.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
     // Same through a session.
-    let r = http().post(format!("{}/v2/r/blobs/uploads/", s.url)).send().await.unwrap();
+    let r = http()
+        .post(format!("{}/v2/r/blobs/uploads/", s.url))
+        .send()
+        .await
+        .unwrap();
     let loc = hdr(&r, "location").to_owned();
     let r = http()
         .put(format!("{}{loc}?digest={}", s.url, sha256(b"x")))
@@ -177,15 +207,28 @@ async fn digest_mismatch_stores_nothing() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
     // PUT without digest.
-    let r = http().post(format!("{}/v2/r/blobs/uploads/", s.url)).send().await.unwrap();
+    let r = http()
+        .post(format!("{}/v2/r/blobs/uploads/", s.url))
+        .send()
+        .await
+        .unwrap();
     let loc = hdr(&r, "location").to_owned();
     let r = http().put(format!("{}{loc}", s.url)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
-    let r = http().delete(format!("{}{loc}", s.url)).send().await.unwrap();
+    let r = http()
+        .delete(format!("{}{loc}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert!(leftovers(&s.dir).is_empty(), "{:?}", leftovers(&s.dir));
-    assert_eq!(std::fs::read_dir(s.dir.join("blobs/sha256")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(s.dir.join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
     s.stop().await;
 }
 
@@ -201,7 +244,11 @@ async fn sha512_blobs() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let r = http().get(format!("{}/v2/r/blobs/{d}", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/r/blobs/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
     assert!(s.dir.join("blobs/sha512").join(d.hex()).is_file());
@@ -213,7 +260,10 @@ async fn cross_repo_mount() {
     let s = TestServer::start().await;
     let d = push_blob(&s.url, "src/repo", b"mount me").await;
     let r = http()
-        .post(format!("{}/v2/dst/repo/blobs/uploads/?mount={d}&from=src/repo", s.url))
+        .post(format!(
+            "{}/v2/dst/repo/blobs/uploads/?mount={d}&from=src/repo",
+            s.url
+        ))
         .send()
         .await
         .unwrap();
@@ -228,7 +278,11 @@ async fn cross_repo_mount() {
     assert_eq!(r.status(), StatusCode::CREATED);
     // Unknown blob: a fresh session instead.
     let r = http()
-        .post(format!("{}/v2/dst/repo/blobs/uploads/?mount={}&from=src/repo", s.url, sha256(b"nope")))
+        .post(format!(
+            "{}/v2/dst/repo/blobs/uploads/?mount={}&from=src/repo",
+            s.url,
+            sha256(b"nope")
+        ))
         .send()
         .await
         .unwrap();
@@ -271,7 +325,10 @@ async fn manifests_by_tag_and_digest_exact_bytes() {
     let d = sha256(&m);
     for reference in ["v1".to_owned(), d.to_string()] {
         let r = http()
-            .get(format!("{}/v2/lib/app/manifests/{reference}?ns=docker.io", s.url))
+            .get(format!(
+                "{}/v2/lib/app/manifests/{reference}?ns=docker.io",
+                s.url
+            ))
             .header("Accept", "*/*")
             .send()
             .await
@@ -293,7 +350,10 @@ async fn manifests_by_tag_and_digest_exact_bytes() {
     // Accept naming another type still gets the stored bytes (never converted).
     let r = http()
         .get(format!("{}/v2/lib/app/manifests/v1", s.url))
-        .header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
         .send()
         .await
         .unwrap();
@@ -303,11 +363,19 @@ async fn manifests_by_tag_and_digest_exact_bytes() {
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(hdr(&r, "location"), format!("/v2/lib/app/manifests/{d}"));
     // Unknown tag and digest.
-    let r = http().get(format!("{}/v2/lib/app/manifests/nope", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/lib/app/manifests/nope", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
     let r = http()
-        .get(format!("{}/v2/lib/app/manifests/{}", s.url, sha256(b"none")))
+        .get(format!(
+            "{}/v2/lib/app/manifests/{}",
+            s.url,
+            sha256(b"none")
+        ))
         .send()
         .await
         .unwrap();
@@ -327,7 +395,10 @@ async fn manifest_errors() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["errors"][0]["code"], "MANIFEST_BLOB_UNKNOWN");
-    assert_eq!(v["errors"][0]["detail"]["digest"], sha256(&layer).to_string());
+    assert_eq!(
+        v["errors"][0]["detail"]["digest"],
+        sha256(&layer).to_string()
+    );
     // An index whose child manifest is missing.
     let idx = json!({"schemaVersion":2,"mediaType":OCI_INDEX,"manifests":[
         {"mediaType":OCI_MANIFEST,"digest":sha256(&m).to_string(),"size":m.len()}]});
@@ -335,7 +406,9 @@ async fn manifest_errors() {
     assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
     // Wrong size in a descriptor.
     push_blob(&s.url, "r", &layer).await;
-    let bad = String::from_utf8(m.clone()).unwrap().replace("\"size\":100", "\"size\":101");
+    let bad = String::from_utf8(m.clone())
+        .unwrap()
+        .replace("\"size\":100", "\"size\":101");
     let r = put_manifest(&s.url, "r", "t", OCI_MANIFEST, bad.as_bytes()).await;
     assert_eq!(error_code(r).await, "MANIFEST_INVALID");
     // Digest reference that does not match the bytes.
@@ -345,8 +418,14 @@ async fn manifest_errors() {
     // Garbage, schema1, mismatched mediaType.
     for (body, ct) in [
         (&b"not json"[..], OCI_MANIFEST),
-        (br#"{"schemaVersion":1,"name":"r","tag":"t","fsLayers":[]}"#, "application/vnd.docker.distribution.manifest.v1+prettyjws"),
-        (br#"{"schemaVersion":1,"name":"r","tag":"t","fsLayers":[]}"#, "application/json"),
+        (
+            br#"{"schemaVersion":1,"name":"r","tag":"t","fsLayers":[]}"#,
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        ),
+        (
+            br#"{"schemaVersion":1,"name":"r","tag":"t","fsLayers":[]}"#,
+            "application/json",
+        ),
         (&m[..], OCI_INDEX),
     ] {
         let r = put_manifest(&s.url, "r", "t", ct, body).await;
@@ -354,7 +433,10 @@ async fn manifest_errors() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["errors"][0]["code"], "MANIFEST_INVALID");
         if ct.contains("v1+prettyjws") {
-            assert!(v["errors"][0]["message"].as_str().unwrap().contains("schema1"));
+            assert!(v["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("schema1"));
         }
     }
     // Over 4 MiB.
@@ -366,7 +448,11 @@ async fn manifest_errors() {
     let r = put_manifest(&s.url, "r", "-bad", OCI_MANIFEST, &m).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // Nothing of the above was recorded.
-    let r = http().get(format!("{}/v2/r/tags/list", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/r/tags/list", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "NAME_UNKNOWN");
     s.stop().await;
@@ -389,7 +475,7 @@ async fn names_and_digests_are_validated() {
     for path in [
         format!("/v2/a/../b/blobs/{d}"),
         format!("/v2/../../etc/blobs/{d}"),
-        format!("/v2/a/./b/manifests/latest"),
+        "/v2/a/./b/manifests/latest".to_string(),
         format!("/v2/%2e%2e/blobs/{d}"),
         format!("/v2/a%2f..%2fb/blobs/{d}"),
     ] {
@@ -398,18 +484,40 @@ async fn names_and_digests_are_validated() {
         assert_eq!(status, 400, "{path}: {text}");
         assert!(text.contains("NAME_INVALID"), "{text}");
     }
-    for bad in ["sha256:abc", "md5:00", "sha256:..%2f..%2fetc%2fpasswd", &format!("sha256:{}", "g".repeat(64)), &d.to_string().to_uppercase()] {
-        let r = http().get(format!("{}/v2/a/blobs/{bad}", s.url)).send().await.unwrap();
+    for bad in [
+        "sha256:abc",
+        "md5:00",
+        "sha256:..%2f..%2fetc%2fpasswd",
+        &format!("sha256:{}", "g".repeat(64)),
+        &d.to_string().to_uppercase(),
+    ] {
+        let r = http()
+            .get(format!("{}/v2/a/blobs/{bad}", s.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(error_code(r).await, "DIGEST_INVALID");
     }
-    let r = http().get(format!("{}/v2/a/blobs/uploads/not-a-uuid", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/a/blobs/uploads/not-a-uuid", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
-    let r = http().get(format!("{}/v2/a/blobs/uploads/..%2f..%2fx", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/a/blobs/uploads/..%2f..%2fx", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // Method not allowed on an endpoint.
-    let r = http().post(format!("{}/v2/a/manifests/t", s.url)).send().await.unwrap();
+    let r = http()
+        .post(format!("{}/v2/a/manifests/t", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(error_code(r).await, "UNSUPPORTED");
     s.stop().await;
@@ -426,33 +534,71 @@ async fn tags_and_catalog_pagination() {
     push_image(&s.url, "p/two", "x", 10).await;
     push_image(&s.url, "a", "x", 11).await;
 
-    let r = http().get(format!("{}/v2/p/one/tags/list", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/p/one/tags/list", s.url))
+        .send()
+        .await
+        .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v, json!({"name":"p/one","tags":["a","b","base","c","d"]}));
 
-    let r = http().get(format!("{}/v2/p/one/tags/list?n=2", s.url)).send().await.unwrap();
-    assert_eq!(hdr(&r, "link"), "</v2/p/one/tags/list?n=2&last=b>; rel=\"next\"");
+    let r = http()
+        .get(format!("{}/v2/p/one/tags/list?n=2", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        hdr(&r, "link"),
+        "</v2/p/one/tags/list?n=2&last=b>; rel=\"next\""
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], json!(["a", "b"]));
-    let r = http().get(format!("{}/v2/p/one/tags/list?n=2&last=b", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/p/one/tags/list?n=2&last=b", s.url))
+        .send()
+        .await
+        .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], json!(["base", "c"]));
-    let r = http().get(format!("{}/v2/p/one/tags/list?n=10&last=c", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/p/one/tags/list?n=10&last=c", s.url))
+        .send()
+        .await
+        .unwrap();
     assert!(r.headers().get("link").is_none());
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], json!(["d"]));
-    let r = http().get(format!("{}/v2/p/one/tags/list?n=0", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/p/one/tags/list?n=0", s.url))
+        .send()
+        .await
+        .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], json!([]));
-    let r = http().get(format!("{}/v2/p/one/tags/list?n=-1", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/p/one/tags/list?n=-1", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "PAGINATION_NUMBER_INVALID");
 
-    let r = http().get(format!("{}/v2/_catalog", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/_catalog", s.url))
+        .send()
+        .await
+        .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v, json!({"repositories":["a","p/one","p/two"]}));
-    let r = http().get(format!("{}/v2/_catalog?n=1&last=a", s.url)).send().await.unwrap();
-    assert_eq!(hdr(&r, "link"), "</v2/_catalog?n=1&last=p%2Fone>; rel=\"next\"");
+    let r = http()
+        .get(format!("{}/v2/_catalog?n=1&last=a", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        hdr(&r, "link"),
+        "</v2/_catalog?n=1&last=p%2Fone>; rel=\"next\""
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["repositories"], json!(["p/one"]));
     s.stop().await;
@@ -486,7 +632,11 @@ async fn referrers_and_subject() {
         assert_eq!(r.status(), StatusCode::CREATED);
         assert_eq!(hdr(&r, "oci-subject"), sd.to_string());
     }
-    let r = http().get(format!("{}/v2/ref/app/referrers/{sd}", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/ref/app/referrers/{sd}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(hdr(&r, "content-type"), OCI_INDEX);
     assert!(r.headers().get("oci-filters-applied").is_none());
@@ -494,13 +644,22 @@ async fn referrers_and_subject() {
     assert_eq!(v["mediaType"], OCI_INDEX);
     let list = v["manifests"].as_array().unwrap();
     assert_eq!(list.len(), 2);
-    let sig_desc = list.iter().find(|d| d["digest"] == sha256(&a).to_string()).unwrap();
+    let sig_desc = list
+        .iter()
+        .find(|d| d["digest"] == sha256(&a).to_string())
+        .unwrap();
     assert_eq!(sig_desc["artifactType"], "application/vnd.example.sig");
     assert_eq!(sig_desc["size"], a.len());
-    assert_eq!(sig_desc["annotations"]["org.example.kind"], "application/vnd.example.sig");
+    assert_eq!(
+        sig_desc["annotations"]["org.example.kind"],
+        "application/vnd.example.sig"
+    );
 
     let r = http()
-        .get(format!("{}/v2/ref/app/referrers/{sd}?artifactType=application/vnd.example.sbom", s.url))
+        .get(format!(
+            "{}/v2/ref/app/referrers/{sd}?artifactType=application/vnd.example.sbom",
+            s.url
+        ))
         .send()
         .await
         .unwrap();
@@ -511,14 +670,22 @@ async fn referrers_and_subject() {
 
     // A dangling subject is allowed; referrers of something unknown is an empty index, not 404.
     let r = http()
-        .get(format!("{}/v2/ref/app/referrers/{}", s.url, sha256(b"unknown")))
+        .get(format!(
+            "{}/v2/ref/app/referrers/{}",
+            s.url,
+            sha256(b"unknown")
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["manifests"], json!([]));
-    let r = http().get(format!("{}/v2/ref/app/referrers/sha256:bad", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/ref/app/referrers/sha256:bad", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     s.stop().await;
 }
@@ -530,32 +697,72 @@ async fn deletes() {
     let d = sha256(&m);
     put_manifest(&s.url, "del", "t2", OCI_MANIFEST, &m).await;
 
-    let r = http().delete(format!("{}/v2/del/manifests/t1", s.url)).send().await.unwrap();
+    let r = http()
+        .delete(format!("{}/v2/del/manifests/t1", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = http().get(format!("{}/v2/del/manifests/t1", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/del/manifests/t1", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = http().get(format!("{}/v2/del/manifests/t2", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/del/manifests/t2", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = http().delete(format!("{}/v2/del/manifests/t1", s.url)).send().await.unwrap();
+    let r = http()
+        .delete(format!("{}/v2/del/manifests/t1", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
 
-    let r = http().delete(format!("{}/v2/del/manifests/{d}", s.url)).send().await.unwrap();
+    let r = http()
+        .delete(format!("{}/v2/del/manifests/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     for reference in ["t2".to_owned(), d.to_string()] {
-        let r = http().get(format!("{}/v2/del/manifests/{reference}", s.url)).send().await.unwrap();
+        let r = http()
+            .get(format!("{}/v2/del/manifests/{reference}", s.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{reference}");
     }
-    let r = http().delete(format!("{}/v2/del/manifests/{d}", s.url)).send().await.unwrap();
+    let r = http()
+        .delete(format!("{}/v2/del/manifests/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     let bd = push_blob(&s.url, "del", b"blob to delete").await;
-    let r = http().delete(format!("{}/v2/del/blobs/{bd}", s.url)).send().await.unwrap();
+    let r = http()
+        .delete(format!("{}/v2/del/blobs/{bd}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = http().get(format!("{}/v2/del/blobs/{bd}", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/del/blobs/{bd}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
-    let r = http().delete(format!("{}/v2/del/blobs/{bd}", s.url)).send().await.unwrap();
+    let r = http()
+        .delete(format!("{}/v2/del/blobs/{bd}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     s.stop().await;
 }
@@ -565,7 +772,11 @@ async fn moving_a_tag_keeps_the_old_manifest_by_digest() {
     let s = TestServer::start().await;
     let m1 = push_image(&s.url, "mv", "latest", 14).await;
     let m2 = push_image(&s.url, "mv", "latest", 15).await;
-    let r = http().get(format!("{}/v2/mv/manifests/latest", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/mv/manifests/latest", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap().as_ref(), &m2[..]);
     let r = http()
         .get(format!("{}/v2/mv/manifests/{}", s.url, sha256(&m1)))
@@ -588,22 +799,41 @@ async fn read_only_refuses_every_write() {
     let d = sha256(b"x");
     let attempts = [
         http().post(format!("{}/v2/ro/blobs/uploads/", s.url)),
-        http().post(format!("{}/v2/ro/blobs/uploads/?digest={d}", s.url)).body("x"),
-        http().put(format!("{}/v2/ro/manifests/v2", s.url)).header("Content-Type", OCI_MANIFEST).body(m.clone()),
+        http()
+            .post(format!("{}/v2/ro/blobs/uploads/?digest={d}", s.url))
+            .body("x"),
+        http()
+            .put(format!("{}/v2/ro/manifests/v2", s.url))
+            .header("Content-Type", OCI_MANIFEST)
+            .body(m.clone()),
         http().delete(format!("{}/v2/ro/manifests/v1", s.url)),
         http().delete(format!("{}/v2/ro/blobs/{d}", s.url)),
-        http().patch(format!("{}/v2/ro/blobs/uploads/00000000-0000-0000-0000-000000000000", s.url)),
+        http().patch(format!(
+            "{}/v2/ro/blobs/uploads/00000000-0000-0000-0000-000000000000",
+            s.url
+        )),
     ];
     for a in attempts {
         let r = a.send().await.unwrap();
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["errors"][0]["code"], "UNSUPPORTED");
-        assert!(v["errors"][0]["message"].as_str().unwrap().contains("read-only"));
+        assert!(v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("read-only"));
     }
-    let r = http().get(format!("{}/v2/ro/manifests/v1", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/ro/manifests/v1", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap().as_ref(), &m[..]);
-    assert_eq!(snapshot(&dir), before, "read-only serving changed the directory");
+    assert_eq!(
+        snapshot(&dir),
+        before,
+        "read-only serving changed the directory"
+    );
     s.stop().await;
 }
 
@@ -613,9 +843,11 @@ async fn tls_client_hello_gets_an_http_400() {
     let s = TestServer::start().await;
     let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     // The start of a TLS 1.2 ClientHello record.
-    c.write_all(&[0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03])
-        .await
-        .unwrap();
+    c.write_all(&[
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+    ])
+    .await
+    .unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(std::time::Duration::from_secs(5), c.read_to_end(&mut buf))
         .await
@@ -639,11 +871,21 @@ async fn another_writer_on_the_same_directory_is_seen_without_restart() {
     let layer = bytes(500, 18);
     let cfg_d = sha256(&config);
     other
-        .put_blob(futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(config.clone()))]), &cfg_d)
+        .put_blob(
+            futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(
+                config.clone(),
+            ))]),
+            &cfg_d,
+        )
         .await
         .unwrap();
     other
-        .put_blob(futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(layer.clone()))]), &sha256(&layer))
+        .put_blob(
+            futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(
+                layer.clone(),
+            ))]),
+            &sha256(&layer),
+        )
         .await
         .unwrap();
     let m = image_manifest(&config, &[&layer]);
@@ -656,10 +898,18 @@ async fn another_writer_on_the_same_directory_is_seen_without_restart() {
         )
         .await
         .unwrap();
-    let r = http().get(format!("{}/v2/shared/manifests/from-other", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/shared/manifests/from-other", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap().as_ref(), &m[..]);
-    let r = http().get(format!("{}/v2/shared/tags/list", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/shared/tags/list", s.url))
+        .send()
+        .await
+        .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], json!(["from-other", "from-server"]));
     s.stop().await;
@@ -673,7 +923,9 @@ async fn concurrent_pushes_of_one_blob_and_many_tags() {
     for _ in 0..8 {
         let url = s.url.clone();
         let data = data.clone();
-        tasks.push(tokio::spawn(async move { push_blob(&url, "conc", &data).await }));
+        tasks.push(tokio::spawn(
+            async move { push_blob(&url, "conc", &data).await },
+        ));
     }
     for t in tasks {
         t.await.unwrap();
@@ -684,13 +936,19 @@ async fn concurrent_pushes_of_one_blob_and_many_tags() {
         let url = s.url.clone();
         let m = m.clone();
         tasks.push(tokio::spawn(async move {
-            put_manifest(&url, "conc", &format!("t{i}"), OCI_MANIFEST, &m).await.status()
+            put_manifest(&url, "conc", &format!("t{i}"), OCI_MANIFEST, &m)
+                .await
+                .status()
         }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), StatusCode::CREATED);
     }
-    let r = http().get(format!("{}/v2/conc/tags/list", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/conc/tags/list", s.url))
+        .send()
+        .await
+        .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"].as_array().unwrap().len(), 21, "no tag lost: {v}");
     assert!(leftovers(&s.dir).is_empty());

@@ -32,7 +32,9 @@ impl TestServer {
     /// A registry on an existing directory.
     pub async fn start_on(dir: &Path, read_only: bool) -> TestServer {
         let store = Store::open(dir, read_only).expect("open store");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = Arc::new(App { store });
@@ -76,7 +78,9 @@ pub fn sha256(b: &[u8]) -> Digest {
 
 /// Deterministic pseudo-random bytes.
 pub fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
             x ^= x << 13;
@@ -101,7 +105,13 @@ pub async fn push_blob(url: &str, repo: &str, data: &[u8]) -> Digest {
     d
 }
 
-pub async fn put_manifest(url: &str, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> reqwest::Response {
+pub async fn put_manifest(
+    url: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: &[u8],
+) -> reqwest::Response {
     http()
         .put(format!("{url}/v2/{repo}/manifests/{reference}"))
         .header("Content-Type", media_type)
@@ -113,9 +123,7 @@ pub async fn put_manifest(url: &str, repo: &str, reference: &str, media_type: &s
 
 /// An OCI image manifest over the given config and layers (all as bytes already pushed).
 pub fn image_manifest(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
-    let desc = |mt: &str, b: &[u8]| {
-        serde_json::json!({"mediaType": mt, "digest": sha256(b).to_string(), "size": b.len()})
-    };
+    let desc = |mt: &str, b: &[u8]| serde_json::json!({"mediaType": mt, "digest": sha256(b).to_string(), "size": b.len()});
     serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -132,7 +140,14 @@ pub async fn push_image(url: &str, repo: &str, tag: &str, seed: u64) -> Vec<u8> 
     push_blob(url, repo, &config).await;
     push_blob(url, repo, &layer).await;
     let m = image_manifest(&config, &[&layer]);
-    let r = put_manifest(url, repo, tag, "application/vnd.oci.image.manifest.v1+json", &m).await;
+    let r = put_manifest(
+        url,
+        repo,
+        tag,
+        "application/vnd.oci.image.manifest.v1+json",
+        &m,
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     m
 }
@@ -140,7 +155,10 @@ pub async fn push_image(url: &str, repo: &str, tag: &str, seed: u64) -> Vec<u8> 
 /// The error code of an OCI error body.
 pub async fn error_code(r: reqwest::Response) -> String {
     let v: serde_json::Value = r.json().await.expect("error body is JSON");
-    v["errors"][0]["code"].as_str().expect("errors[0].code").to_owned()
+    v["errors"][0]["code"]
+        .as_str()
+        .expect("errors[0].code")
+        .to_owned()
 }
 
 pub fn repo_root() -> PathBuf {

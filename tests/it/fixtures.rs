@@ -88,7 +88,11 @@ async fn buildkit_push_blob(url: &str, repo: &str, data: &[u8], digest: &str) {
         return; // already there (blobs are shared): BuildKit skips it too
     }
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = c.post(format!("{url}/v2/{repo}/blobs/uploads/")).send().await.unwrap();
+    let r = c
+        .post(format!("{url}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let loc = hdr(&r, "location");
     let sep = if loc.contains('?') { '&' } else { '?' };
@@ -105,7 +109,11 @@ async fn buildkit_push_blob(url: &str, repo: &str, data: &[u8], digest: &str) {
 /// Push a fixture layout into a running registry; returns the recorded manifests (root first).
 async fn replay_push(url: &str, name: &str) -> Vec<Recorded> {
     let dir = layout(name);
-    let recs = parse_headers(&fixtures().join("layouts").join(format!("{name}.headers.txt")));
+    let recs = parse_headers(
+        &fixtures()
+            .join("layouts")
+            .join(format!("{name}.headers.txt")),
+    );
     let (repo, tag) = repo_tag(&recs[0].path);
     let manifest_digests: Vec<&str> = recs.iter().map(|r| r.digest.as_str()).collect();
     for e in std::fs::read_dir(dir.join("blobs/sha256")).unwrap() {
@@ -119,7 +127,11 @@ async fn replay_push(url: &str, name: &str) -> Vec<Recorded> {
     }
     // Children first (by digest), then the root by tag: a tag never points at missing content.
     for rec in recs.iter().skip(1).chain(recs.iter().take(1)) {
-        let reference = if std::ptr::eq(rec, &recs[0]) { tag.clone() } else { rec.digest.clone() };
+        let reference = if std::ptr::eq(rec, &recs[0]) {
+            tag.clone()
+        } else {
+            rec.digest.clone()
+        };
         let r = http()
             .head(format!("{url}/v2/{repo}/manifests/{reference}"))
             .header("Accept", format!("{}, */*", rec.content_type))
@@ -127,7 +139,11 @@ async fn replay_push(url: &str, name: &str) -> Vec<Recorded> {
             .await
             .unwrap();
         if std::ptr::eq(rec, &recs[0]) {
-            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{name}: tag exists before its push");
+            assert_eq!(
+                r.status(),
+                StatusCode::NOT_FOUND,
+                "{name}: tag exists before its push"
+            );
         } else {
             // Content is shared by the whole store, so a child another repository already
             // pushed answers 200 (BuildKit would skip it); PUT it anyway to exercise the path.
@@ -155,10 +171,20 @@ async fn verify_pull(url: &str, name: &str, recs: &[Recorded]) {
             assert_eq!(r.status(), StatusCode::OK, "{name}: {method} {}", rec.path);
             assert_eq!(hdr(&r, "content-type"), rec.content_type, "{}", rec.path);
             assert_eq!(hdr(&r, "docker-content-digest"), rec.digest, "{}", rec.path);
-            assert_eq!(hdr(&r, "content-length"), rec.length.to_string(), "{}", rec.path);
+            assert_eq!(
+                hdr(&r, "content-length"),
+                rec.length.to_string(),
+                "{}",
+                rec.path
+            );
             if method == reqwest::Method::GET {
                 let expect = std::fs::read(blob_file(&dir, &rec.digest)).unwrap();
-                assert_eq!(r.bytes().await.unwrap().as_ref(), &expect[..], "{}", rec.path);
+                assert_eq!(
+                    r.bytes().await.unwrap().as_ref(),
+                    &expect[..],
+                    "{}",
+                    rec.path
+                );
             }
         }
     }
@@ -175,7 +201,11 @@ async fn verify_pull(url: &str, name: &str, recs: &[Recorded]) {
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(hdr(&r, "docker-content-digest"), digest);
         let got = r.bytes().await.unwrap();
-        assert_eq!(got.as_ref(), &std::fs::read(e.path()).unwrap()[..], "{digest}");
+        assert_eq!(
+            got.as_ref(),
+            &std::fs::read(e.path()).unwrap()[..],
+            "{digest}"
+        );
     }
 }
 
@@ -198,7 +228,11 @@ async fn every_buildkit_export_round_trips_byte_for_byte() {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(s.dir.join("index.json")).unwrap()).unwrap();
     for name in RECORDED {
-        let recs = parse_headers(&fixtures().join("layouts").join(format!("{name}.headers.txt")));
+        let recs = parse_headers(
+            &fixtures()
+                .join("layouts")
+                .join(format!("{name}.headers.txt")),
+        );
         let (repo, tag) = repo_tag(&recs[0].path);
         let want = format!("{repo}:{tag}");
         let found = index["manifests"].as_array().unwrap().iter().any(|d| {
@@ -216,7 +250,11 @@ async fn every_buildkit_export_round_trips_byte_for_byte() {
 async fn legacy_cache_index_needs_its_blobs_not_child_manifests() {
     for name in ["cache-legacy-oci", "cache-legacy-docker"] {
         let s = TestServer::start().await;
-        let recs = parse_headers(&fixtures().join("layouts").join(format!("{name}.headers.txt")));
+        let recs = parse_headers(
+            &fixtures()
+                .join("layouts")
+                .join(format!("{name}.headers.txt")),
+        );
         let (repo, tag) = repo_tag(&recs[0].path);
         let body = std::fs::read(blob_file(&layout(name), &recs[0].digest)).unwrap();
         // Before the blobs: refused, naming a missing blob.
@@ -246,16 +284,26 @@ async fn import_flow_head_by_tag_then_get_by_digest() {
     let digest = hdr(&r, "docker-content-digest");
     let (repo, _) = repo_tag(&recs[0].path);
     let r = http()
-        .get(format!("{}/v2/{repo}/manifests/{digest}?ns=127.0.0.1", s.url))
+        .get(format!(
+            "{}/v2/{repo}/manifests/{digest}?ns=127.0.0.1",
+            s.url
+        ))
         .header("Accept", "application/vnd.oci.image.manifest.v1+json, */*")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let m: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(m["config"]["mediaType"], "application/vnd.buildkit.cacheconfig.v0");
+    assert_eq!(
+        m["config"]["mediaType"],
+        "application/vnd.buildkit.cacheconfig.v0"
+    );
     let cfg = m["config"]["digest"].as_str().unwrap();
-    let r = http().get(format!("{}/v2/{repo}/blobs/{cfg}", s.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/{repo}/blobs/{cfg}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     s.stop().await;
 }
@@ -270,7 +318,10 @@ async fn import_then_push_to_a_new_repository_mounts() {
     for e in std::fs::read_dir(dir.join("blobs/sha256")).unwrap() {
         let d = format!("sha256:{}", e.unwrap().file_name().to_string_lossy());
         let r = http()
-            .post(format!("{}/v2/app-copy/blobs/uploads/?mount={d}&from=app/image", s.url))
+            .post(format!(
+                "{}/v2/app-copy/blobs/uploads/?mount={d}&from=app/image",
+                s.url
+            ))
             .send()
             .await
             .unwrap();

@@ -26,7 +26,10 @@ impl Dockerd {
         let dockerd = tool("dockerd", &["/usr/sbin/dockerd", "/usr/bin/dockerd"])?;
         // Debian's 20.10 client; a newer client elsewhere on PATH may not speak to this daemon.
         let docker = tool("docker", &["/usr/bin/docker"])?;
-        let dir = tempfile::Builder::new().prefix("ferry-dockerd").tempdir_in("/tmp").expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-dockerd")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
         let sock = format!("unix://{}/docker.sock", dir.path().display());
         let log = std::fs::File::create(dir.path().join("dockerd.log")).expect("log");
         let child = Command::new(&dockerd)
@@ -48,7 +51,12 @@ impl Dockerd {
             .stderr(log)
             .spawn()
             .expect("spawn dockerd");
-        let d = Dockerd { sock, child, docker, dir };
+        let d = Dockerd {
+            sock,
+            child,
+            docker,
+            dir,
+        };
         let start = Instant::now();
         loop {
             if d.docker(&["version"]).status.success() {
@@ -71,7 +79,10 @@ impl Dockerd {
 
     pub fn docker_in(&self, cwd: Option<&Path>, args: &[&str]) -> Output {
         let mut c = Command::new(&self.docker);
-        c.arg("-H").arg(&self.sock).args(args).env("DOCKER_BUILDKIT", "1");
+        c.arg("-H")
+            .arg(&self.sock)
+            .args(args)
+            .env("DOCKER_BUILDKIT", "1");
         if let Some(d) = cwd {
             c.current_dir(d);
         }
@@ -81,7 +92,11 @@ impl Dockerd {
     /// Run docker and fail the test with its output when it fails; returns stdout+stderr.
     pub fn ok(&self, cwd: Option<&Path>, args: &[&str]) -> String {
         let out = self.docker_in(cwd, args);
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(out.status.success(), "docker {args:?} failed:\n{text}");
         text
     }
@@ -101,7 +116,9 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -119,11 +136,17 @@ pub fn build_steps(log: &str) -> Vec<(String, bool)> {
     let mut steps: Vec<(String, String, bool)> = Vec::new();
     for line in log.lines() {
         let mut parts = line.splitn(2, ' ');
-        let (Some(id), Some(rest)) = (parts.next(), parts.next()) else { continue };
+        let (Some(id), Some(rest)) = (parts.next(), parts.next()) else {
+            continue;
+        };
         if !id.starts_with('#') {
             continue;
         }
-        if rest.starts_with('[') && !rest.starts_with("[internal]") && !rest.contains("FROM ") && !rest.starts_with("[auth]") {
+        if rest.starts_with('[')
+            && !rest.starts_with("[internal]")
+            && !rest.contains("FROM ")
+            && !rest.starts_with("[auth]")
+        {
             if !steps.iter().any(|(i, _, _)| i == id) {
                 steps.push((id.to_owned(), rest.to_owned(), false));
             }
@@ -133,7 +156,10 @@ pub fn build_steps(log: &str) -> Vec<(String, bool)> {
             }
         }
     }
-    steps.into_iter().map(|(_, name, cached)| (name, cached)).collect()
+    steps
+        .into_iter()
+        .map(|(_, name, cached)| (name, cached))
+        .collect()
 }
 
 pub fn assert_all_cached(log: &str, expected_steps: usize) {
@@ -159,7 +185,13 @@ pub fn import_busybox(d: &Dockerd, tag: &str) {
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
     let tar = tmp.path().join("rootfs.tar");
     let st = Command::new("tar")
-        .args(["-C", &root.display().to_string(), "-cf", &tar.display().to_string(), "."])
+        .args([
+            "-C",
+            &root.display().to_string(),
+            "-cf",
+            &tar.display().to_string(),
+            ".",
+        ])
         .status()
         .unwrap();
     assert!(st.success());
@@ -176,7 +208,10 @@ async fn docker_push_pull_inline_cache_run_steps_and_mirror() {
         "--registry-mirror".to_owned(),
         format!("http://{host}"),
     ];
-    let Some(d) = tokio::task::spawn_blocking(move || Dockerd::start(&extra)).await.unwrap() else {
+    let Some(d) = tokio::task::spawn_blocking(move || Dockerd::start(&extra))
+        .await
+        .unwrap()
+    else {
         return;
     };
     let d = std::sync::Arc::new(d);
@@ -191,14 +226,21 @@ async fn docker_push_pull_inline_cache_run_steps_and_mirror() {
         let ctx = tempfile::tempdir().unwrap();
         write(ctx.path(), "a.bin", &bytes(5000, 50));
         write(ctx.path(), "b.bin", &bytes(7000, 51));
-        write(ctx.path(), "Dockerfile", b"FROM scratch\nCOPY a.bin /a.bin\nCOPY b.bin /b.bin\n");
+        write(
+            ctx.path(),
+            "Dockerfile",
+            b"FROM scratch\nCOPY a.bin /a.bin\nCOPY b.bin /b.bin\n",
+        );
         let image = format!("{h}/it/scratch:1");
         d.ok(Some(ctx.path()), &["build", "-t", &image, "."]);
         let id = d.ok(None, &["image", "inspect", "-f", "{{.Id}}", &image]);
         d.ok(None, &["push", &image]);
         d.forget_everything();
         d.ok(None, &["pull", &image]);
-        assert_eq!(d.ok(None, &["image", "inspect", "-f", "{{.Id}}", &image]), id);
+        assert_eq!(
+            d.ok(None, &["image", "inspect", "-f", "{{.Id}}", &image]),
+            id
+        );
     }))
     .await;
 
@@ -208,12 +250,37 @@ async fn docker_push_pull_inline_cache_run_steps_and_mirror() {
         let ctx = tempfile::tempdir().unwrap();
         write(ctx.path(), "a.bin", &bytes(4000, 52));
         write(ctx.path(), "c.bin", &bytes(3000, 53));
-        write(ctx.path(), "Dockerfile", b"FROM scratch\nCOPY a.bin /a.bin\nCOPY c.bin /c.bin\nCOPY Dockerfile /Dockerfile\n");
+        write(
+            ctx.path(),
+            "Dockerfile",
+            b"FROM scratch\nCOPY a.bin /a.bin\nCOPY c.bin /c.bin\nCOPY Dockerfile /Dockerfile\n",
+        );
         let image = format!("{h}/it/cached:1");
-        d.ok(Some(ctx.path()), &["build", "--build-arg", "BUILDKIT_INLINE_CACHE=1", "-t", &image, "."]);
+        d.ok(
+            Some(ctx.path()),
+            &[
+                "build",
+                "--build-arg",
+                "BUILDKIT_INLINE_CACHE=1",
+                "-t",
+                &image,
+                ".",
+            ],
+        );
         d.ok(None, &["push", &image]);
         d.forget_everything();
-        let log = d.ok(Some(ctx.path()), &["build", "--progress=plain", "--cache-from", &image, "-t", &format!("{h}/it/cached:2"), "."]);
+        let log = d.ok(
+            Some(ctx.path()),
+            &[
+                "build",
+                "--progress=plain",
+                "--cache-from",
+                &image,
+                "-t",
+                &format!("{h}/it/cached:2"),
+                ".",
+            ],
+        );
         assert_all_cached(&log, 3);
     }))
     .await;
@@ -247,7 +314,11 @@ async fn docker_push_pull_inline_cache_run_steps_and_mirror() {
     run(Box::new(move |d| {
         let ctx = tempfile::tempdir().unwrap();
         write(ctx.path(), "m.bin", &bytes(2000, 55));
-        write(ctx.path(), "Dockerfile", b"FROM scratch\nCOPY m.bin /m.bin\n");
+        write(
+            ctx.path(),
+            "Dockerfile",
+            b"FROM scratch\nCOPY m.bin /m.bin\n",
+        );
         let pushed = format!("{h}/library/ferrymirrored:1");
         d.ok(Some(ctx.path()), &["build", "-t", &pushed, "."]);
         d.ok(None, &["push", &pushed]);
@@ -266,5 +337,11 @@ async fn docker_push_pull_inline_cache_run_steps_and_mirror() {
 fn build_step_parser() {
     let log = "#1 [internal] load build definition from Dockerfile\n#4 [1/3] FROM x\n#5 [2/3] COPY a /a\n#5 CACHED\n#6 [3/3] RUN x\n#6 DONE 0.1s\n";
     let steps = build_steps(log);
-    assert_eq!(steps, vec![("[2/3] COPY a /a".to_owned(), true), ("[3/3] RUN x".to_owned(), false)]);
+    assert_eq!(
+        steps,
+        vec![
+            ("[2/3] COPY a /a".to_owned(), true),
+            ("[3/3] RUN x".to_owned(), false)
+        ]
+    );
 }

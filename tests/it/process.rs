@@ -19,7 +19,10 @@ impl FerryProcess {
     /// Start `ferry serve` with extra args/env, wait for its "listening" line.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> FerryProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-        cmd.arg("serve").args(args).stderr(Stdio::piped()).stdout(Stdio::null());
+        cmd.arg("serve")
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -61,7 +64,10 @@ impl FerryProcess {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
                 return st;
             }
-            assert!(start.elapsed() < timeout, "ferry did not exit within {timeout:?}");
+            assert!(
+                start.elapsed() < timeout,
+                "ferry did not exit within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -99,13 +105,19 @@ async fn env_settings_logging_and_sigterm_with_a_request_in_flight() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(logged(), "one log line per request: {:?}", p.log.lock().unwrap());
+    assert!(
+        logged(),
+        "one log line per request: {:?}",
+        p.log.lock().unwrap()
+    );
 
     // A slow upload in flight: its body arrives in pieces, the signal comes in the middle.
     let data_bytes = bytes(3 * 1024 * 1024, 31);
     let d = sha256(&data_bytes);
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        data_bytes.chunks(256 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = data_bytes
+        .chunks(256 * 1024)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
     let stream = futures_util::stream::iter(chunks).then(|c| async move {
         tokio::time::sleep(Duration::from_millis(60)).await;
         c
@@ -128,7 +140,11 @@ async fn env_settings_logging_and_sigterm_with_a_request_in_flight() {
     assert!(st.success(), "exit status {st:?}");
     assert!(leftovers(&data).is_empty(), "{:?}", leftovers(&data));
     assert_eq!(
-        ferry::layout::hash_file(&data.join("blobs/sha256").join(d.hex()), ferry::digest::Algorithm::Sha256).unwrap(),
+        ferry::layout::hash_file(
+            &data.join("blobs/sha256").join(d.hex()),
+            ferry::digest::Algorithm::Sha256
+        )
+        .unwrap(),
         d
     );
 }
@@ -139,21 +155,48 @@ async fn flags_read_only_and_sigint() {
     let data = tmp.path().join("ro");
     // --read-only on a directory that is not a layout is refused with a clear message.
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", "--read-only", "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()])
+        .args([
+            "serve",
+            "--read-only",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an OCI image layout"));
 
-    let mut p = FerryProcess::start(&["--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()], &[]);
+    let mut p = FerryProcess::start(
+        &["--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()],
+        &[],
+    );
     push_image(&p.url, "ro/app", "v1", 32).await;
     p.signal("INT");
     assert!(tokio::task::block_in_place(|| p.wait(Duration::from_secs(30))).success());
     drop(p);
 
-    let p = FerryProcess::start(&["--listen", "127.0.0.1:0", "--data", data.to_str().unwrap(), "--read-only"], &[]);
-    let r = http().get(format!("{}/v2/ro/app/manifests/v1", p.url)).send().await.unwrap();
+    let p = FerryProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+            "--read-only",
+        ],
+        &[],
+    );
+    let r = http()
+        .get(format!("{}/v2/ro/app/manifests/v1", p.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = http().post(format!("{}/v2/ro/app/blobs/uploads/", p.url)).send().await.unwrap();
+    let r = http()
+        .post(format!("{}/v2/ro/app/blobs/uploads/", p.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
