@@ -3,6 +3,15 @@
 //! Only the two algorithms the OCI image-spec registers are accepted: `sha256` (64 lower-case hex
 //! characters) and `sha512` (128). Anything else is rejected at parse time, which is also what keeps
 //! a digest from ever naming a path outside `blobs/<alg>/`.
+//!
+//! ```
+//! use ferry::digest::Digest;
+//!
+//! let d = Digest::sha256_of(b"hello");
+//! assert_eq!(d.to_string(), "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+//! assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
+//! assert!("sha256:../../etc/passwd".parse::<Digest>().is_err());
+//! ```
 
 use std::fmt;
 use std::str::FromStr;

@@ -6,6 +6,20 @@
 //! `application/vnd.buildkit.cacheconfig.v0` blob; treating those as manifests is exactly how other
 //! registries and copy tools break caches. Image manifests have a `config` and `layers`, all blobs.
 //! A `subject` is a weak edge: the spec allows it to dangle, so it is reported separately.
+//!
+//! ```
+//! use ferry::media::{parse_manifest, EdgeKind, OCI_INDEX};
+//!
+//! // A BuildKit legacy cache index: its `manifests[]` are a layer and the cache config.
+//! let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",
+//!   "manifests":[
+//!     {"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","size":4323,
+//!      "digest":"sha256:6b9b508719e00b1f764587f77d2f5ce412b6e9574434c763d38b78b2e174b2dc"},
+//!     {"mediaType":"application/vnd.buildkit.cacheconfig.v0","size":1108,
+//!      "digest":"sha256:312e079459047e103b8485e2c4b5238ff5423547adcb10dc2d9acbe79f7c975f"}]}"#;
+//! let info = parse_manifest(index, Some(OCI_INDEX)).unwrap();
+//! assert!(info.edges.iter().all(|e| e.kind == EdgeKind::Blob));
+//! ```
 
 use serde_json::Value;
 

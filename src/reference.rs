@@ -7,6 +7,14 @@
 //! Checked by hand rather than with a regex engine: the grammar is small, and a hand check makes it
 //! obvious that no accepted name can contain `..`, an empty component or a leading `/`, which is
 //! what keeps names from escaping anything they are joined to.
+//!
+//! ```
+//! use ferry::reference::{is_valid_name, Reference};
+//!
+//! assert!(is_valid_name("library/alpine"));
+//! assert!(!is_valid_name("a/../b"));
+//! assert_eq!(Reference::parse("latest").unwrap(), Reference::Tag("latest".into()));
+//! ```
 
 use std::fmt;
 
