@@ -16,6 +16,7 @@
 //! the lock, and readers pick up a new one (from this or another process) on their next request.
 
 pub mod index;
+pub mod read;
 pub mod upload;
 pub mod write;
 
@@ -245,15 +246,20 @@ impl Store {
         }
     }
 
-    pub async fn open_blob(&self, d: &Digest) -> Result<(tokio::fs::File, u64)> {
-        match tokio::fs::File::open(self.blob_path(d)).await {
+    /// Open a blob for reading; the length is taken from the open file, so a concurrent delete
+    /// cannot make the two disagree.
+    pub async fn open_blob(&self, d: &Digest) -> Result<(File, u64)> {
+        let path = self.blob_path(d);
+        let digest = d.clone();
+        blocking(move || match File::open(&path) {
             Ok(f) => {
-                let len = f.metadata().await?.len();
+                let len = f.metadata()?.len();
                 Ok((f, len))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::BlobUnknown(d.clone())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::BlobUnknown(digest)),
             Err(e) => Err(e.into()),
-        }
+        })
+        .await
     }
 
     pub async fn delete_blob(&self, d: &Digest) -> Result<()> {

@@ -8,7 +8,6 @@ use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::endpoint::{parse_endpoint, Endpoint};
 use super::error::ApiError;
@@ -23,8 +22,6 @@ type HResult = Result<Response, ApiError>;
 
 /// Largest `n` honoured for pagination; larger requests get this many and a `Link` to the rest.
 pub const MAX_PAGE: usize = 10_000;
-/// Buffer for streaming blobs out.
-const READ_CHUNK: usize = 256 * 1024;
 
 pub async fn handle(app: Arc<App>, req: Request) -> Response {
     match dispatch(app, req).await {
@@ -238,7 +235,7 @@ async fn start_upload(app: &App, r: &RepoName, req: Request) -> HResult {
 }
 
 async fn get_blob(app: &App, d: &Digest, headers: &HeaderMap, head: bool) -> HResult {
-    let (mut file, len) = app.store.open_blob(d).await?;
+    let (file, len) = app.store.open_blob(d).await?;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
         Some(s) => match parse_range(s, len) {
@@ -264,15 +261,7 @@ async fn get_blob(app: &App, d: &Digest, headers: &HeaderMap, head: bool) -> HRe
     let body = if head {
         Body::empty()
     } else {
-        if start > 0 {
-            file.seek(std::io::SeekFrom::Start(start))
-                .await
-                .map_err(Error::from)?;
-        }
-        let reader = file.take(count);
-        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-            reader, READ_CHUNK,
-        ))
+        Body::from_stream(crate::layout::read::stream_file(file, start, count))
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# ferry vs CNCF Distribution (Debian's docker-registry 2.8) on this machine, same client, same run.
+#
+#   bash bench/registry.sh [SCALE]       SCALE 1.0 = the issue's sizes (1 GiB, 1,000 x 64 KiB, 256 MiB)
+#
+# Prints a markdown table (paste it into BENCHMARKS.md). Both servers store on the same filesystem
+# (a directory under $BENCH_DIR, default /tmp). Needs: cargo, docker-registry (apt-get install
+# docker-registry), root or the same user as the servers (to reset their peak RSS counters).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scale="${1:-1.0}"
+work="$(mktemp -d "${BENCH_DIR:-/tmp}/ferry-bench.XXXXXX")"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release --quiet --bin ferry --example regbench
+registry=$(command -v docker-registry || true)
+[ -n "$registry" ] || { echo "docker-registry not installed (apt-get install docker-registry)" >&2; exit 1; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() { for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$1/v2/" >/dev/null && return 0; sleep 0.1; done; echo "server on $1 did not start" >&2; exit 1; }
+
+fport=$(free_port)
+RUST_LOG=warn ./target/release/ferry serve --listen "127.0.0.1:$fport" --data "$work/ferry" &
+fpid=$!; pids+=("$fpid")
+
+dport=$(free_port)
+cat > "$work/distribution.yml" <<YML
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $work/distribution
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$dport
+YML
+"$registry" serve "$work/distribution.yml" 2>"$work/distribution.log" &
+dpid=$!; pids+=("$dpid")
+wait_up "$fport"; wait_up "$dport"
+
+echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), scale $scale"
+echo "# ferry $(./target/release/ferry --version | cut -d' ' -f2), $("$registry" --version 2>&1 | head -1)"
+./target/release/examples/regbench --scale "$scale" \
+  --target "ferry=http://127.0.0.1:$fport,$fpid" \
+  --target "distribution=http://127.0.0.1:$dport,$dpid"

@@ -1,0 +1,268 @@
+//! Load client for `bench/registry.sh`: runs the same scenarios against several registries in one
+//! run and prints a side-by-side table (throughput, requests/s, each server's peak RSS).
+//!
+//! ```text
+//! regbench --target NAME=URL,PID [--target NAME=URL,PID ...] [--scale 1.0]
+//! ```
+//! Peak RSS is per scenario: the server's `VmHWM` is reset before each one (`/proc/PID/clear_refs`
+//! = 5, Linux ≥ 4.0) and read after. Blob contents are generated (never read from disk) and hashed
+//! before the timed part, so the client's own CPU goes to moving bytes.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+use sha2::Digest as _;
+
+struct Target {
+    name: String,
+    url: String,
+    pid: u32,
+}
+
+struct Row {
+    scenario: String,
+    figures: Vec<(String, f64, f64, u64)>, // target, MB/s, req/s, peak RSS KiB
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// Deterministic content: a random 1 MiB block with the chunk number and seed stamped in front.
+fn chunk(block: &[u8], seed: u64, i: u64, len: usize) -> Bytes {
+    let mut c = block[..len].to_vec();
+    let stamp = (seed << 32 | i).to_le_bytes();
+    let n = stamp.len().min(len);
+    c[..n].copy_from_slice(&stamp[..n]);
+    Bytes::from(c)
+}
+
+fn block() -> Vec<u8> {
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    (0..CHUNK)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+fn chunks(block: &[u8], seed: u64, size: u64) -> Vec<(u64, usize)> {
+    let mut v = Vec::new();
+    let mut off = 0u64;
+    let mut i = 0;
+    while off < size {
+        let len = (size - off).min(CHUNK as u64) as usize;
+        v.push((i, len));
+        off += len as u64;
+        i += 1;
+    }
+    let _ = (block, seed);
+    v
+}
+
+fn digest_of(block: &[u8], seed: u64, size: u64) -> String {
+    let mut h = sha2::Sha256::new();
+    for (i, len) in chunks(block, seed, size) {
+        h.update(&chunk(block, seed, i, len));
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// Flush dirty pages so that each scenario starts from the same state whoever ran before it.
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
+}
+
+fn reset_peak(pid: u32) {
+    settle();
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+fn peak_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn push_streamed(c: &reqwest::Client, url: &str, block: &[u8], seed: u64, size: u64, digest: &str) {
+    let r = c.post(format!("{url}/v2/bench/big/blobs/uploads/")).send().await.expect("POST");
+    assert_eq!(r.status(), 202, "POST session");
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let loc = if loc.starts_with("http") { loc } else { format!("{url}{loc}") };
+    let block = Bytes::copy_from_slice(block);
+    let body = stream::iter(chunks(&block, seed, size))
+        .map(move |(i, len)| Ok::<_, std::io::Error>(chunk(&block, seed, i, len)));
+    let r = c
+        .patch(&loc)
+        .header("Content-Type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(r.status(), 202, "PATCH");
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let loc = if loc.starts_with("http") { loc } else { format!("{url}{loc}") };
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = c.put(format!("{loc}{sep}digest={digest}")).send().await.expect("PUT");
+    assert_eq!(r.status(), 201, "PUT");
+}
+
+async fn pull(c: &reqwest::Client, url: &str, repo: &str, digest: &str) -> u64 {
+    let r = c.get(format!("{url}/v2/{repo}/blobs/{digest}")).send().await.expect("GET");
+    assert_eq!(r.status(), 200, "GET {digest}");
+    let mut s = r.bytes_stream();
+    let mut n = 0u64;
+    while let Some(b) = s.next().await {
+        n += b.expect("body").len() as u64;
+    }
+    n
+}
+
+#[tokio::main]
+async fn main() {
+    let mut targets = Vec::new();
+    let mut scale = 1.0f64;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--target" => {
+                let v = args.next().expect("--target NAME=URL,PID");
+                let (name, rest) = v.split_once('=').expect("NAME=URL,PID");
+                let (url, pid) = rest.split_once(',').expect("URL,PID");
+                targets.push(Target { name: name.into(), url: url.into(), pid: pid.parse().expect("pid") });
+            }
+            "--scale" => scale = args.next().expect("--scale F").parse().expect("number"),
+            _ => panic!("unknown argument {a}"),
+        }
+    }
+    assert!(!targets.is_empty(), "give at least one --target");
+    let c = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    let block = block();
+    let big = (1024.0 * 1024.0 * 1024.0 * scale) as u64;
+    let shared = (256.0 * 1024.0 * 1024.0 * scale) as u64;
+    let small_n = (1000.0 * scale).max(10.0) as u64;
+    let small = 64 * 1024u64;
+    let mb = |bytes: u64, secs: f64| bytes as f64 / 1e6 / secs;
+
+    eprintln!("hashing test data (untimed)...");
+    let big_digest = digest_of(&block, 1, big);
+    let shared_digest = digest_of(&block, 2, shared);
+    let small_digests: Vec<(u64, String)> = (0..small_n).map(|i| (1000 + i, digest_of(&block, 1000 + i, small))).collect();
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut record = |scenario: &str, t: &Target, mbps: f64, rps: f64, peak: u64| {
+        if let Some(r) = rows.iter_mut().find(|r| r.scenario == scenario) {
+            r.figures.push((t.name.clone(), mbps, rps, peak));
+        } else {
+            rows.push(Row { scenario: scenario.into(), figures: vec![(t.name.clone(), mbps, rps, peak)] });
+        }
+    };
+
+    for t in &targets {
+        eprintln!("== {} ({})", t.name, t.url);
+        // 1 GiB push (POST, one streamed PATCH, PUT ?digest=), as docker pushes a layer.
+        reset_peak(t.pid);
+        let s = Instant::now();
+        push_streamed(&c, &t.url, &block, 1, big, &big_digest).await;
+        let secs = s.elapsed().as_secs_f64();
+        record("push 1 blob of 1 GiB", t, mb(big, secs), 3.0 / secs, peak_kib(t.pid));
+
+        reset_peak(t.pid);
+        let s = Instant::now();
+        let n = pull(&c, &t.url, "bench/big", &big_digest).await;
+        assert_eq!(n, big);
+        let secs = s.elapsed().as_secs_f64();
+        record("pull 1 blob of 1 GiB", t, mb(big, secs), 1.0 / secs, peak_kib(t.pid));
+
+        // 1,000 x 64 KiB: POST + PUT with body per blob, 8 at a time.
+        reset_peak(t.pid);
+        let s = Instant::now();
+        stream::iter(small_digests.iter().cloned())
+            .map(|(seed, d)| {
+                let c = c.clone();
+                let url = t.url.clone();
+                let body = chunk(&block, seed, 0, small as usize);
+                async move {
+                    let r = c.post(format!("{url}/v2/bench/small/blobs/uploads/")).send().await.expect("POST");
+                    assert_eq!(r.status(), 202);
+                    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+                    let loc = if loc.starts_with("http") { loc } else { format!("{url}{loc}") };
+                    let sep = if loc.contains('?') { '&' } else { '?' };
+                    let r = c.put(format!("{loc}{sep}digest={d}")).body(body).send().await.expect("PUT");
+                    assert_eq!(r.status(), 201);
+                }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
+        let secs = s.elapsed().as_secs_f64();
+        record(&format!("push {small_n} blobs of 64 KiB (8 parallel)"), t, mb(small * small_n, secs), 2.0 * small_n as f64 / secs, peak_kib(t.pid));
+
+        reset_peak(t.pid);
+        let s = Instant::now();
+        stream::iter(small_digests.iter().cloned())
+            .map(|(_, d)| {
+                let c = c.clone();
+                let url = t.url.clone();
+                async move { pull(&c, &url, "bench/small", &d).await }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
+        let secs = s.elapsed().as_secs_f64();
+        record(&format!("pull {small_n} blobs of 64 KiB (8 parallel)"), t, mb(small * small_n, secs), small_n as f64 / secs, peak_kib(t.pid));
+
+        // 32 clients pulling one 256 MiB blob at once.
+        push_streamed(&c, &t.url, &block, 2, shared, &shared_digest).await;
+        reset_peak(t.pid);
+        let s = Instant::now();
+        let total: u64 = stream::iter(0..32)
+            .map(|_| {
+                let c = c.clone();
+                let url = t.url.clone();
+                let d = shared_digest.clone();
+                async move { pull(&c, &url, "bench/big", &d).await }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .sum();
+        assert_eq!(total, 32 * shared);
+        let secs = s.elapsed().as_secs_f64();
+        record("32 concurrent pulls of one 256 MiB blob", t, mb(total, secs), 32.0 / secs, peak_kib(t.pid));
+    }
+
+    let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    print!("| scenario |");
+    for n in &names {
+        print!(" {n} MB/s | {n} req/s | {n} peak RSS |");
+    }
+    if names.len() == 2 {
+        print!(" {} / {} |", names[0], names[1]);
+    }
+    println!();
+    print!("|---|");
+    for _ in &names {
+        print!("---:|---:|---:|");
+    }
+    if names.len() == 2 {
+        print!("---:|");
+    }
+    println!();
+    for r in &rows {
+        print!("| {} |", r.scenario);
+        for (_, mbps, rps, peak) in &r.figures {
+            print!(" {mbps:.0} | {rps:.1} | {:.1} MiB |", *peak as f64 / 1024.0);
+        }
+        if r.figures.len() == 2 {
+            print!(" {:.2}x |", r.figures[0].1 / r.figures[1].1);
+        }
+        println!();
+    }
+}
