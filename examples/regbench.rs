@@ -89,11 +89,26 @@ fn peak_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn push_streamed(c: &reqwest::Client, url: &str, block: &[u8], seed: u64, size: u64, digest: &str) {
-    let r = c.post(format!("{url}/v2/bench/big/blobs/uploads/")).send().await.expect("POST");
+async fn push_streamed(
+    c: &reqwest::Client,
+    url: &str,
+    block: &[u8],
+    seed: u64,
+    size: u64,
+    digest: &str,
+) {
+    let r = c
+        .post(format!("{url}/v2/bench/big/blobs/uploads/"))
+        .send()
+        .await
+        .expect("POST");
     assert_eq!(r.status(), 202, "POST session");
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
-    let loc = if loc.starts_with("http") { loc } else { format!("{url}{loc}") };
+    let loc = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("{url}{loc}")
+    };
     let block = Bytes::copy_from_slice(block);
     let body = stream::iter(chunks(&block, seed, size))
         .map(move |(i, len)| Ok::<_, std::io::Error>(chunk(&block, seed, i, len)));
@@ -106,14 +121,26 @@ async fn push_streamed(c: &reqwest::Client, url: &str, block: &[u8], seed: u64, 
         .expect("PATCH");
     assert_eq!(r.status(), 202, "PATCH");
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
-    let loc = if loc.starts_with("http") { loc } else { format!("{url}{loc}") };
+    let loc = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("{url}{loc}")
+    };
     let sep = if loc.contains('?') { '&' } else { '?' };
-    let r = c.put(format!("{loc}{sep}digest={digest}")).send().await.expect("PUT");
+    let r = c
+        .put(format!("{loc}{sep}digest={digest}"))
+        .send()
+        .await
+        .expect("PUT");
     assert_eq!(r.status(), 201, "PUT");
 }
 
 async fn pull(c: &reqwest::Client, url: &str, repo: &str, digest: &str) -> u64 {
-    let r = c.get(format!("{url}/v2/{repo}/blobs/{digest}")).send().await.expect("GET");
+    let r = c
+        .get(format!("{url}/v2/{repo}/blobs/{digest}"))
+        .send()
+        .await
+        .expect("GET");
     assert_eq!(r.status(), 200, "GET {digest}");
     let mut s = r.bytes_stream();
     let mut n = 0u64;
@@ -134,14 +161,21 @@ async fn main() {
                 let v = args.next().expect("--target NAME=URL,PID");
                 let (name, rest) = v.split_once('=').expect("NAME=URL,PID");
                 let (url, pid) = rest.split_once(',').expect("URL,PID");
-                targets.push(Target { name: name.into(), url: url.into(), pid: pid.parse().expect("pid") });
+                targets.push(Target {
+                    name: name.into(),
+                    url: url.into(),
+                    pid: pid.parse().expect("pid"),
+                });
             }
             "--scale" => scale = args.next().expect("--scale F").parse().expect("number"),
             _ => panic!("unknown argument {a}"),
         }
     }
     assert!(!targets.is_empty(), "give at least one --target");
-    let c = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    let c = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
     let block = block();
     let big = (1024.0 * 1024.0 * 1024.0 * scale) as u64;
     let shared = (256.0 * 1024.0 * 1024.0 * scale) as u64;
@@ -152,14 +186,19 @@ async fn main() {
     eprintln!("hashing test data (untimed)...");
     let big_digest = digest_of(&block, 1, big);
     let shared_digest = digest_of(&block, 2, shared);
-    let small_digests: Vec<(u64, String)> = (0..small_n).map(|i| (1000 + i, digest_of(&block, 1000 + i, small))).collect();
+    let small_digests: Vec<(u64, String)> = (0..small_n)
+        .map(|i| (1000 + i, digest_of(&block, 1000 + i, small)))
+        .collect();
 
     let mut rows: Vec<Row> = Vec::new();
     let mut record = |scenario: &str, t: &Target, mbps: f64, rps: f64, peak: u64| {
         if let Some(r) = rows.iter_mut().find(|r| r.scenario == scenario) {
             r.figures.push((t.name.clone(), mbps, rps, peak));
         } else {
-            rows.push(Row { scenario: scenario.into(), figures: vec![(t.name.clone(), mbps, rps, peak)] });
+            rows.push(Row {
+                scenario: scenario.into(),
+                figures: vec![(t.name.clone(), mbps, rps, peak)],
+            });
         }
     };
 
@@ -170,14 +209,26 @@ async fn main() {
         let s = Instant::now();
         push_streamed(&c, &t.url, &block, 1, big, &big_digest).await;
         let secs = s.elapsed().as_secs_f64();
-        record("push 1 blob of 1 GiB", t, mb(big, secs), 3.0 / secs, peak_kib(t.pid));
+        record(
+            "push 1 blob of 1 GiB",
+            t,
+            mb(big, secs),
+            3.0 / secs,
+            peak_kib(t.pid),
+        );
 
         reset_peak(t.pid);
         let s = Instant::now();
         let n = pull(&c, &t.url, "bench/big", &big_digest).await;
         assert_eq!(n, big);
         let secs = s.elapsed().as_secs_f64();
-        record("pull 1 blob of 1 GiB", t, mb(big, secs), 1.0 / secs, peak_kib(t.pid));
+        record(
+            "pull 1 blob of 1 GiB",
+            t,
+            mb(big, secs),
+            1.0 / secs,
+            peak_kib(t.pid),
+        );
 
         // The same pull with curl as the client: on 2 cores the Rust client above saturates first,
         // so this row shows more of the server. Best of three.
@@ -190,13 +241,22 @@ async fn main() {
                 .output();
             if let Ok(o) = out {
                 if o.status.success() {
-                    let bps: f64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0.0);
+                    let bps: f64 = String::from_utf8_lossy(&o.stdout)
+                        .trim()
+                        .parse()
+                        .unwrap_or(0.0);
                     best = best.max(bps / 1e6);
                 }
             }
         }
         if best > 0.0 {
-            record("pull 1 blob of 1 GiB (curl client, best of 3)", t, best, best * 1e6 / big as f64, peak_kib(t.pid));
+            record(
+                "pull 1 blob of 1 GiB (curl client, best of 3)",
+                t,
+                best,
+                best * 1e6 / big as f64,
+                peak_kib(t.pid),
+            );
         }
 
         // 1,000 x 64 KiB: POST + PUT with body per blob, 8 at a time.
@@ -208,12 +268,25 @@ async fn main() {
                 let url = t.url.clone();
                 let body = chunk(&block, seed, 0, small as usize);
                 async move {
-                    let r = c.post(format!("{url}/v2/bench/small/blobs/uploads/")).send().await.expect("POST");
+                    let r = c
+                        .post(format!("{url}/v2/bench/small/blobs/uploads/"))
+                        .send()
+                        .await
+                        .expect("POST");
                     assert_eq!(r.status(), 202);
                     let loc = r.headers()["location"].to_str().unwrap().to_owned();
-                    let loc = if loc.starts_with("http") { loc } else { format!("{url}{loc}") };
+                    let loc = if loc.starts_with("http") {
+                        loc
+                    } else {
+                        format!("{url}{loc}")
+                    };
                     let sep = if loc.contains('?') { '&' } else { '?' };
-                    let r = c.put(format!("{loc}{sep}digest={d}")).body(body).send().await.expect("PUT");
+                    let r = c
+                        .put(format!("{loc}{sep}digest={d}"))
+                        .body(body)
+                        .send()
+                        .await
+                        .expect("PUT");
                     assert_eq!(r.status(), 201);
                 }
             })
@@ -221,7 +294,13 @@ async fn main() {
             .collect::<Vec<_>>()
             .await;
         let secs = s.elapsed().as_secs_f64();
-        record(&format!("push {small_n} blobs of 64 KiB (8 parallel)"), t, mb(small * small_n, secs), 2.0 * small_n as f64 / secs, peak_kib(t.pid));
+        record(
+            &format!("push {small_n} blobs of 64 KiB (8 parallel)"),
+            t,
+            mb(small * small_n, secs),
+            2.0 * small_n as f64 / secs,
+            peak_kib(t.pid),
+        );
 
         reset_peak(t.pid);
         let s = Instant::now();
@@ -235,7 +314,13 @@ async fn main() {
             .collect::<Vec<_>>()
             .await;
         let secs = s.elapsed().as_secs_f64();
-        record(&format!("pull {small_n} blobs of 64 KiB (8 parallel)"), t, mb(small * small_n, secs), small_n as f64 / secs, peak_kib(t.pid));
+        record(
+            &format!("pull {small_n} blobs of 64 KiB (8 parallel)"),
+            t,
+            mb(small * small_n, secs),
+            small_n as f64 / secs,
+            peak_kib(t.pid),
+        );
 
         // 32 clients pulling one 256 MiB blob at once.
         push_streamed(&c, &t.url, &block, 2, shared, &shared_digest).await;
@@ -255,7 +340,41 @@ async fn main() {
             .sum();
         assert_eq!(total, 32 * shared);
         let secs = s.elapsed().as_secs_f64();
-        record("32 concurrent pulls of one 256 MiB blob", t, mb(total, secs), 32.0 / secs, peak_kib(t.pid));
+        record(
+            "32 concurrent pulls of one 256 MiB blob",
+            t,
+            mb(total, secs),
+            32.0 / secs,
+            peak_kib(t.pid),
+        );
+
+        // The same with 32 curl processes as the clients.
+        reset_peak(t.pid);
+        let url = format!("{}/v2/bench/big/blobs/{shared_digest}", t.url);
+        let s = Instant::now();
+        let children: Vec<_> = (0..32)
+            .filter_map(|_| {
+                std::process::Command::new("curl")
+                    .args(["-sf", "-o", "/dev/null", &url])
+                    .spawn()
+                    .ok()
+            })
+            .collect();
+        let ok = children.len() == 32
+            && children
+                .into_iter()
+                .map(|mut c| c.wait().is_ok_and(|st| st.success()))
+                .fold(true, |a, b| a && b);
+        let secs = s.elapsed().as_secs_f64();
+        if ok {
+            record(
+                "32 concurrent pulls of one 256 MiB blob (curl clients)",
+                t,
+                mb(32 * shared, secs),
+                32.0 / secs,
+                peak_kib(t.pid),
+            );
+        }
     }
 
     let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();

@@ -6,8 +6,7 @@
 //! Memory per download is bounded by the channel (a few chunks), whatever the blob's size.
 
 use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read, Seek};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -21,22 +20,27 @@ const AHEAD: usize = 1;
 pub fn stream_file(file: File, offset: u64, len: u64) -> impl Stream<Item = io::Result<Bytes>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(AHEAD);
     tokio::task::spawn_blocking(move || {
-        let mut pos = offset;
-        let end = offset.saturating_add(len);
-        while pos < end {
-            let want = (end - pos).min(READ_CHUNK as u64) as usize;
-            let mut buf = vec![0u8; want];
-            let res = match file.read_at(&mut buf, pos) {
+        let mut file = file;
+        if offset > 0 {
+            if let Err(e) = file.seek(io::SeekFrom::Start(offset)) {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(READ_CHUNK as u64);
+            // read_to_end fills the spare capacity without zeroing it first.
+            let mut buf = Vec::with_capacity(want as usize);
+            let res = match (&mut file).take(want).read_to_end(&mut buf) {
                 Ok(0) => Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "blob file is shorter than its recorded size",
                 )),
                 Ok(n) => {
-                    buf.truncate(n);
-                    pos += n as u64;
+                    left -= n as u64;
                     Ok(Bytes::from(buf))
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => Err(e),
             };
             let failed = res.is_err();

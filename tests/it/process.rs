@@ -200,3 +200,49 @@ async fn flags_read_only_and_sigint() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_directory_lose_no_tag() {
+    // Two processes publishing tags into the same data directory at once: index.json is
+    // rewritten under the lock file, so every tag survives and both servers see all of them.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shared");
+    let d = data.to_str().unwrap();
+    let a = FerryProcess::start(&["--listen", "127.0.0.1:0", "--data", d], &[]);
+    let b = FerryProcess::start(&["--listen", "127.0.0.1:0", "--data", d], &[]);
+    let m = push_image(&a.url, "two/app", "seed", 33).await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let url = if i % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move {
+            put_manifest(
+                &url,
+                "two/app",
+                &format!("t{i:02}"),
+                "application/vnd.oci.image.manifest.v1+json",
+                &m,
+            )
+            .await
+            .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::CREATED);
+    }
+    for url in [&a.url, &b.url] {
+        let v: serde_json::Value = http()
+            .get(format!("{url}/v2/two/app/tags/list"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["tags"].as_array().unwrap().len(), 41, "{v}");
+    }
+}
