@@ -46,6 +46,18 @@ pub enum Error {
     Layout(String),
     #[error("I/O error: {0}")]
     Io(#[source] std::io::Error),
+    /// A command line or a file given by the user is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// A remote registry failed or refused.
+    #[error("registry {registry}: {message}")]
+    Remote { registry: String, message: String },
+    /// Content that does not hash to its digest (a corrupt source or a lying upstream).
+    #[error("{digest}: content does not match its digest ({detail})")]
+    Corrupt { digest: Digest, detail: String },
+    /// A delta cannot be applied: these blobs are neither in it nor at the destination.
+    #[error("{} blob(s) missing from both the delta and the destination: {}", .0.len(), .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))]
+    MissingBlobs(Vec<Digest>),
 }
 
 impl From<std::io::Error> for Error {
@@ -79,6 +91,8 @@ impl Error {
             Error::Unsupported(_) => "UNSUPPORTED",
             Error::NoSpace => "NO_SPACE",
             Error::Layout(_) | Error::Io(_) => "UNKNOWN",
+            Error::Usage(_) | Error::Remote { .. } | Error::MissingBlobs(_) => "UNKNOWN",
+            Error::Corrupt { .. } => "DIGEST_INVALID",
         }
     }
 }

@@ -20,8 +20,11 @@
 pub mod digest;
 pub mod error;
 pub mod layout;
+pub mod location;
 pub mod media;
 pub mod reference;
+pub mod remote;
 pub mod server;
+pub mod sync;
 
 pub use error::{Error, Result};

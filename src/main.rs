@@ -32,10 +32,93 @@ enum Command {
         #[arg(long)]
         read_only: bool,
     },
+    /// Copy images and caches between registries and directories: only what is missing, verified,
+    /// resumable.
+    ///
+    /// A location is `docker://HOST[:PORT][/REPO[:TAG|@DIGEST]]` or a directory (`oci:PATH` or a
+    /// plain path). A registry without a repository means its whole catalog, a repository without a
+    /// tag all its tags, a directory all its tags.
+    Sync(SyncArgs),
+    /// List every digest a location holds (for `ferry sync --have` on the other side).
+    Inventory {
+        location: String,
+        /// Write to FILE instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        remote: SrcRemoteArgs,
+    },
 }
 
+#[derive(clap::Args)]
+struct SrcRemoteArgs {
+    /// Credentials for the registry, USER:PASS (default: ~/.docker/config.json, else anonymous).
+    #[arg(long, value_name = "USER:PASS")]
+    src_creds: Option<String>,
+    /// Plain HTTP for non-loopback registries too (loopback always uses plain HTTP).
+    #[arg(long)]
+    plain_http: bool,
+    /// Do not verify TLS certificates.
+    #[arg(long)]
+    insecure: bool,
+    /// Trust this CA certificate (PEM) for registry TLS.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct SyncArgs {
+    /// Where to copy from.
+    src: String,
+    /// Where to copy to.
+    dst: String,
+    /// Only these refs (REPO, REPO:TAG, TAG or REPO@DIGEST); repeatable.
+    #[arg(long = "ref", value_name = "REF")]
+    refs: Vec<String>,
+    /// Refs to carry, one per line (`#` comments).
+    #[arg(long, value_name = "FILE")]
+    refs_file: Option<PathBuf>,
+    /// Only tags matching this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    tags: Option<String>,
+    /// Blobs copied in parallel.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Say what would be copied, with sizes; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the summary as JSON on standard output.
+    #[arg(long)]
+    json: bool,
+    /// Digests the far side already has (from `ferry inventory`): write a delta directory without them.
+    #[arg(long, value_name = "FILE")]
+    have: Option<PathBuf>,
+    /// Credentials for the destination registry, USER:PASS.
+    #[arg(long, value_name = "USER:PASS")]
+    dest_creds: Option<String>,
+    #[command(flatten)]
+    remote: SrcRemoteArgs,
+}
+
+/// Exit codes: 0 done, 1 failed (or partly failed), 2 bad arguments.
+const EXIT_FAILED: i32 = 1;
+const EXIT_USAGE: i32 = 2;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    match run().await {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let usage = e
+                .downcast_ref::<ferry::Error>()
+                .is_some_and(|e| matches!(e, ferry::Error::Usage(_)));
+            std::process::exit(if usage { EXIT_USAGE } else { EXIT_FAILED });
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<i32> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -66,8 +149,177 @@ async fn main() -> anyhow::Result<()> {
             ferry::server::run(listener, app, shutdown_signal()).await?;
             tracing::info!("stopped");
         }
+        Command::Sync(a) => return sync(a).await,
+        Command::Inventory {
+            location,
+            output,
+            remote,
+        } => {
+            let loc = ferry::location::Location::parse(&location)?;
+            let place = ferry::sync::Place::open(
+                &loc,
+                &remote_options(&remote, remote.src_creds.clone()),
+                false,
+            )?;
+            let digests = place.inventory(&loc).await?;
+            let text = ferry::sync::format_inventory(&loc, &digests);
+            match output {
+                Some(p) => {
+                    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+                    eprintln!("{} digests written to {}", digests.len(), p.display());
+                }
+                None => print!("{text}"),
+            }
+        }
     }
-    Ok(())
+    Ok(0)
+}
+
+fn remote_options(r: &SrcRemoteArgs, creds: Option<String>) -> ferry::remote::RemoteOptions {
+    ferry::remote::RemoteOptions {
+        plain_http: r.plain_http,
+        insecure: r.insecure,
+        ca_file: r.ca_file.clone(),
+        creds,
+    }
+}
+
+fn usage(msg: String) -> anyhow::Error {
+    ferry::Error::Usage(msg).into()
+}
+
+async fn sync(a: SyncArgs) -> anyhow::Result<i32> {
+    use ferry::location::Location;
+    let src = Location::parse(&a.src)?;
+    let dst = Location::parse(&a.dst)?;
+    let mut refs = a.refs.clone();
+    if let Some(f) = &a.refs_file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| usage(format!("--refs-file {}: {e}", f.display())))?;
+        refs.extend(ferry::sync::parse_refs_file(&text));
+    }
+    let tags = match &a.tags {
+        Some(t) => Some(regex::Regex::new(t).map_err(|e| usage(format!("--tags: {e}")))?),
+        None => None,
+    };
+    let have = match &a.have {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| usage(format!("--have {}: {e}", f.display())))?;
+            Some(ferry::sync::parse_digest_list(&text)?)
+        }
+        None => None,
+    };
+    if a.jobs == 0 {
+        return Err(usage("--jobs must be at least 1".into()));
+    }
+    let opts = ferry::sync::SyncOptions {
+        refs,
+        tags,
+        jobs: a.jobs,
+        dry_run: a.dry_run,
+        have,
+        src: remote_options(&a.remote, a.remote.src_creds.clone()),
+        dest: remote_options(&a.remote, a.dest_creds.clone()),
+        verbose: false,
+    };
+    let progress: Box<dyn ferry::sync::Progress> = if a.json {
+        Box::new(ferry::sync::Quiet)
+    } else {
+        Box::new(progress::Bars::new())
+    };
+    let summary = ferry::sync::sync(&src, &dst, &opts, progress.as_ref()).await?;
+    drop(progress);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!("{summary}");
+    }
+    Ok(if summary.failed.is_empty() {
+        0
+    } else {
+        EXIT_FAILED
+    })
+}
+
+mod progress {
+    //! Progress for people: bars on a terminal (overall bytes plus one bar per large blob),
+    //! one plain line per blob otherwise.
+
+    use std::collections::HashMap;
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use ferry::digest::Digest;
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+    pub struct Bars {
+        tty: bool,
+        multi: MultiProgress,
+        bars: Mutex<HashMap<Digest, (ProgressBar, Arc<AtomicU64>, tokio::task::JoinHandle<()>)>>,
+    }
+
+    impl Bars {
+        pub fn new() -> Bars {
+            Bars {
+                tty: std::io::stderr().is_terminal(),
+                multi: MultiProgress::new(),
+                bars: Mutex::new(HashMap::new()),
+            }
+        }
+    }
+
+    impl ferry::sync::Progress for Bars {
+        fn start_blob(&self, digest: &Digest, size: u64) -> Arc<AtomicU64> {
+            let counter = Arc::new(AtomicU64::new(0));
+            if self.tty {
+                let bar = self.multi.add(ProgressBar::new(size));
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{msg:20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar.set_message(digest.hex()[..12].to_owned());
+                let (b, c) = (bar.clone(), counter.clone());
+                let ticker = tokio::spawn(async move {
+                    loop {
+                        b.set_position(c.load(Ordering::Relaxed));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                });
+                if let Ok(mut m) = self.bars.lock() {
+                    m.insert(digest.clone(), (bar, counter.clone(), ticker));
+                }
+            }
+            counter
+        }
+
+        fn finish_blob(&self, digest: &Digest, size: u64, outcome: &str) {
+            if let Some((bar, _, ticker)) = self.bars.lock().ok().and_then(|mut m| m.remove(digest))
+            {
+                ticker.abort();
+                bar.finish_and_clear();
+            }
+            let line = format!("{outcome} {digest} ({size} bytes)");
+            if self.tty {
+                let _ = self.multi.println(line);
+            } else {
+                eprintln!("{line}");
+            }
+        }
+
+        fn message(&self, msg: &str) {
+            if self.tty {
+                let _ = self.multi.println(msg);
+            } else {
+                eprintln!("{msg}");
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

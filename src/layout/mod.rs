@@ -56,6 +56,15 @@ pub struct ManifestMeta {
     pub path: PathBuf,
 }
 
+/// What [`Store::import_blob`] moved.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Imported {
+    /// Bytes that came over the wire in this run.
+    pub transferred: u64,
+    /// Bytes that were already there from an interrupted run.
+    pub resumed_from: u64,
+}
+
 /// What a manifest PUT stored.
 #[derive(Clone, Debug)]
 pub struct PutManifest {
@@ -123,6 +132,7 @@ impl Store {
             "blobs/sha512",
             ".ferry/uploads",
             ".ferry/tmp",
+            ".ferry/partial",
         ] {
             std::fs::create_dir_all(self.root.join(d))?;
         }
@@ -300,6 +310,118 @@ impl Store {
         .await
     }
 
+    /// Where a blob being imported by `ferry sync` is kept until it is complete: a later run
+    /// continues it from its length instead of starting again.
+    pub fn partial_path(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join(".ferry/partial")
+            .join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
+    }
+
+    /// Import a blob of known digest and size from a source that can start at an offset,
+    /// verifying it and resuming a partial file left by an earlier, interrupted run.
+    ///
+    /// `open(offset)` returns the body from `offset` and whether the source honoured the offset
+    /// (a source that answers with the whole blob restarts the partial file).
+    pub async fn import_blob<F, Fut, S, E>(
+        &self,
+        d: &Digest,
+        size: u64,
+        open: F,
+    ) -> Result<Imported>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<(S, bool)>>,
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        self.ensure_writable()?;
+        let path = self.partial_path(d);
+        let alg = d.algorithm();
+        let p = path.clone();
+        // Recover what an earlier run left (hashing it once), or start empty.
+        let (file, have, hasher) = blocking(move || {
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&p)?;
+            let mut h = alg.hasher();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut len = 0u64;
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                len += n as u64;
+            }
+            Ok((f, len, h))
+        })
+        .await?;
+        let (file, have, hasher) = if have > size {
+            // Longer than the blob: not a prefix of it. Start over.
+            file.set_len(0)?;
+            (file, 0, alg.hasher())
+        } else {
+            (file, have, hasher)
+        };
+        let (body, partial) = open(have).await?;
+        let (file, start, hasher) = if have > 0 && !partial {
+            file.set_len(0)?;
+            (file, 0, alg.hasher())
+        } else {
+            (file, have, hasher)
+        };
+        use std::io::Seek;
+        let mut file = file;
+        file.seek(io::SeekFrom::Start(start))?;
+        let out = write::stream_to_file(file, start, hasher, body, Some(size - start)).await?;
+        if let Some(e) = out.disk_error {
+            return Err(e.into());
+        }
+        if out.over_limit {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(Error::Corrupt {
+                digest: d.clone(),
+                detail: format!("the source sent more than the {size} bytes its descriptor says"),
+            });
+        }
+        if let Some(e) = out.body_error {
+            // Keep what arrived: the next run continues from here.
+            return Err(Error::BlobUploadInvalid(format!(
+                "{d}: transfer interrupted after {} bytes ({e}); run again to resume",
+                start + out.written
+            )));
+        }
+        let total = start + out.written;
+        if total != size {
+            return Err(Error::BlobUploadInvalid(format!(
+                "{d}: the source ended after {total} of {size} bytes; run again to resume"
+            )));
+        }
+        let computed = out.hasher.finish();
+        drop(out.file);
+        self.commit_file(path, computed, d)
+            .await
+            .map_err(|e| match e {
+                Error::DigestInvalid(detail) => Error::Corrupt {
+                    digest: d.clone(),
+                    detail,
+                },
+                e => e,
+            })?;
+        Ok(Imported {
+            transferred: out.written,
+            resumed_from: start,
+        })
+    }
+
     // ---------------------------------------------------------------- uploads
 
     pub async fn upload_start(&self) -> Result<String> {
@@ -414,6 +536,21 @@ impl Store {
         bytes: Bytes,
         content_type: Option<&str>,
     ) -> Result<PutManifest> {
+        self.put_manifest_checked(repo, reference, bytes, content_type, true)
+            .await
+    }
+
+    /// [`Store::put_manifest`], optionally without requiring the referenced content: a delta
+    /// directory (written by `ferry sync --have`) holds manifests whose blobs are elsewhere, which
+    /// the image-layout spec allows.
+    pub async fn put_manifest_checked(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        bytes: Bytes,
+        content_type: Option<&str>,
+        check_references: bool,
+    ) -> Result<PutManifest> {
         self.ensure_writable()?;
         if bytes.len() as u64 > media::MAX_MANIFEST_BYTES {
             return Err(Error::ManifestTooLarge {
@@ -435,7 +572,7 @@ impl Store {
             Reference::Tag(_) => Digest::sha256_of(&bytes),
         };
         // Invariant 2: everything the manifest references exists before it is stored.
-        for edge in &info.edges {
+        for edge in info.edges.iter().filter(|_| check_references) {
             match self.blob_size(&edge.digest).await? {
                 None => return Err(Error::ManifestBlobUnknown(edge.digest.clone())),
                 Some(size) if size != edge.size => {

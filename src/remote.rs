@@ -1,0 +1,309 @@
+//! A remote registry, through `oci-client` (auth, bearer tokens, chunked pushes, ranged pulls).
+//!
+//! Credentials come from `--src-creds`/`--dest-creds`, else from `~/.docker/config.json`
+//! (including credential helpers, via `docker_credential`), else anonymous. Loopback registries
+//! are spoken to in plain HTTP, as docker and BuildKit do; `--plain-http` does the same for others.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference as OciRef, RegistryOperation};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::location::is_loopback_host;
+use crate::media;
+use crate::reference::Reference;
+
+/// How to reach a registry.
+#[derive(Clone, Debug, Default)]
+pub struct RemoteOptions {
+    pub plain_http: bool,
+    pub insecure: bool,
+    pub ca_file: Option<PathBuf>,
+    /// `USER:PASS`
+    pub creds: Option<String>,
+}
+
+pub struct Registry {
+    host: String,
+    client: Client,
+    auth: RegistryAuth,
+    authed: tokio::sync::Mutex<std::collections::HashSet<(String, bool)>>,
+}
+
+/// A blob body coming from a registry. `partial` tells whether the registry honoured the range.
+pub struct RemoteBlob {
+    pub stream: BoxStream<'static, std::io::Result<Bytes>>,
+    pub partial: bool,
+}
+
+const MANIFEST_TYPES: [&str; 4] = [
+    media::OCI_MANIFEST,
+    media::OCI_INDEX,
+    media::DOCKER_MANIFEST,
+    media::DOCKER_LIST,
+];
+
+fn docker_config_auth(host: &str) -> RegistryAuth {
+    let server =
+        if host == "docker.io" || host == "index.docker.io" || host == "registry-1.docker.io" {
+            "https://index.docker.io/v1/"
+        } else {
+            host
+        };
+    match docker_credential::get_credential(server) {
+        Ok(docker_credential::DockerCredential::UsernamePassword(u, p)) => {
+            RegistryAuth::Basic(u, p)
+        }
+        Ok(docker_credential::DockerCredential::IdentityToken(t)) => RegistryAuth::Bearer(t),
+        Err(_) => RegistryAuth::Anonymous,
+    }
+}
+
+impl Registry {
+    pub fn new(host: &str, opts: &RemoteOptions) -> Result<Registry> {
+        let protocol = if opts.plain_http || is_loopback_host(host) {
+            ClientProtocol::HttpsExcept(vec![host.to_owned()])
+        } else {
+            ClientProtocol::Https
+        };
+        let mut extra = Vec::new();
+        if let Some(ca) = &opts.ca_file {
+            let data = std::fs::read(ca)
+                .map_err(|e| Error::Usage(format!("--ca-file {}: {e}", ca.display())))?;
+            extra.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
+        }
+        let config = ClientConfig {
+            protocol,
+            accept_invalid_certificates: opts.insecure,
+            extra_root_certificates: extra,
+            ..Default::default()
+        };
+        let auth = match &opts.creds {
+            Some(c) => {
+                let (u, p) = c
+                    .split_once(':')
+                    .ok_or_else(|| Error::Usage("credentials must be USER:PASS".into()))?;
+                RegistryAuth::Basic(u.to_owned(), p.to_owned())
+            }
+            None => docker_config_auth(host),
+        };
+        Ok(Registry {
+            host: host.to_owned(),
+            client: Client::new(config),
+            auth,
+            authed: Default::default(),
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Remote {
+            registry: self.host.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn oref(&self, repo: &str, reference: &Reference) -> OciRef {
+        match reference {
+            Reference::Tag(t) => OciRef::with_tag(self.host.clone(), repo.to_owned(), t.clone()),
+            Reference::Digest(d) => {
+                OciRef::with_digest(self.host.clone(), repo.to_owned(), d.to_string())
+            }
+        }
+    }
+
+    fn repo_ref(&self, repo: &str) -> OciRef {
+        OciRef::with_tag(self.host.clone(), repo.to_owned(), "latest".to_owned())
+    }
+
+    /// Run the token flow once per repository and direction (a no-op for anonymous registries).
+    async fn ensure_auth(&self, repo: &str, push: bool) -> Result<()> {
+        let key = (repo.to_owned(), push);
+        let mut done = self.authed.lock().await;
+        if done.contains(&key) {
+            return Ok(());
+        }
+        let op = if push {
+            RegistryOperation::Push
+        } else {
+            RegistryOperation::Pull
+        };
+        self.client
+            .store_auth_if_needed(self.host.as_str(), &self.auth)
+            .await;
+        if !matches!(self.auth, RegistryAuth::Anonymous) {
+            self.client
+                .auth(&self.repo_ref(repo), &self.auth, op)
+                .await
+                .map_err(|e| self.err(format!("authentication for {repo}: {e}")))?;
+        }
+        done.insert(key);
+        Ok(())
+    }
+
+    /// Every repository (the catalog, all pages).
+    pub async fn catalog(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        let any = self.repo_ref("library/x");
+        loop {
+            let page = self
+                .client
+                .catalog(&any, &self.auth, Some(1000), out.last().map(String::as_str))
+                .await
+                .map_err(|e| self.err(format!("catalog: {e}")))?;
+            let n = page.repositories.len();
+            out.extend(page.repositories);
+            if n < 1000 {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Every tag of a repository (all pages).
+    pub async fn tags(&self, repo: &str) -> Result<Vec<String>> {
+        self.ensure_auth(repo, false).await?;
+        let mut out: Vec<String> = Vec::new();
+        loop {
+            let page = self
+                .client
+                .list_tags(
+                    &self.repo_ref(repo),
+                    &self.auth,
+                    Some(1000),
+                    out.last().map(String::as_str),
+                )
+                .await
+                .map_err(|e| self.err(format!("tags of {repo}: {e}")))?;
+            let n = page.tags.len();
+            out.extend(page.tags);
+            if n < 1000 {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// A manifest's exact bytes, its media type and its digest (verified).
+    pub async fn manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<(Bytes, String, Digest)> {
+        self.ensure_auth(repo, false).await?;
+        let (bytes, digest) = self
+            .client
+            .pull_manifest_raw(&self.oref(repo, reference), &self.auth, &MANIFEST_TYPES)
+            .await
+            .map_err(|e| self.err(format!("manifest {repo}:{reference}: {e}")))?;
+        let expected = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(_) => digest
+                .parse::<Digest>()
+                .unwrap_or_else(|_| Digest::sha256_of(&bytes)),
+        };
+        let actual = Digest::of(expected.algorithm(), &bytes);
+        if actual != expected {
+            return Err(Error::Corrupt {
+                digest: expected,
+                detail: format!("{} served bytes hashing to {actual}", self.host),
+            });
+        }
+        let mt = media::sniff_media_type(&bytes).ok_or_else(|| {
+            Error::ManifestInvalid(format!("{repo}:{reference} is not a manifest ferry knows"))
+        })?;
+        Ok((bytes, mt, actual))
+    }
+
+    /// The digest a tag or digest resolves to (HEAD), or `None` when the registry lacks it.
+    pub async fn manifest_digest(&self, repo: &str, reference: &Reference) -> Option<Digest> {
+        self.ensure_auth(repo, false).await.ok()?;
+        self.client
+            .fetch_manifest_digest(&self.oref(repo, reference), &self.auth)
+            .await
+            .ok()?
+            .parse()
+            .ok()
+    }
+
+    pub async fn has_blob(&self, repo: &str, d: &Digest) -> Result<bool> {
+        self.ensure_auth(repo, false).await?;
+        self.client
+            .blob_exists(&self.repo_ref(repo), &d.to_string())
+            .await
+            .map_err(|e| self.err(format!("HEAD {d}: {e}")))
+    }
+
+    /// A blob from `offset` on. Always sent with a `Range`, so the bytes are hashed once, by the
+    /// caller, whether the registry answers 206 or 200.
+    pub async fn blob(&self, repo: &str, d: &Digest, offset: u64) -> Result<RemoteBlob> {
+        self.ensure_auth(repo, false).await?;
+        let resp = self
+            .client
+            .pull_blob_stream_partial(&self.repo_ref(repo), d.to_string().as_str(), offset, None)
+            .await
+            .map_err(|e| self.err(format!("GET {d}: {e}")))?;
+        Ok(match resp {
+            oci_client::client::BlobResponse::Partial(s) => RemoteBlob {
+                stream: s.stream,
+                partial: true,
+            },
+            oci_client::client::BlobResponse::Full(s) => RemoteBlob {
+                stream: s.stream,
+                partial: offset == 0,
+            },
+        })
+    }
+
+    /// Push a blob from a stream (chunked PATCHes, then PUT ?digest=).
+    pub async fn push_blob<S>(&self, repo: &str, d: &Digest, body: S) -> Result<()>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
+        self.ensure_auth(repo, true).await?;
+        let body = body.map(|r| r.map_err(oci_client::errors::OciDistributionError::from));
+        self.client
+            .push_blob_stream(&self.repo_ref(repo), body, &d.to_string(), None)
+            .await
+            .map_err(|e| self.err(format!("push {d}: {e}")))?;
+        Ok(())
+    }
+
+    /// Cross-repository mount; `false` when the registry did not mount (it then answers 202).
+    pub async fn mount(&self, repo: &str, from: &str, d: &Digest) -> bool {
+        if self.ensure_auth(repo, true).await.is_err() {
+            return false;
+        }
+        self.client
+            .mount_blob(&self.repo_ref(repo), &self.repo_ref(from), &d.to_string())
+            .await
+            .is_ok()
+    }
+
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<()> {
+        self.ensure_auth(repo, true).await?;
+        let ct = axum::http::HeaderValue::from_str(media_type)
+            .map_err(|e| Error::ManifestInvalid(e.to_string()))?;
+        self.client
+            .push_manifest_raw(&self.oref(repo, reference), bytes, ct)
+            .await
+            .map_err(|e| self.err(format!("put manifest {repo}:{reference}: {e}")))?;
+        Ok(())
+    }
+}
