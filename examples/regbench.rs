@@ -65,7 +65,7 @@ fn chunks(block: &[u8], seed: u64, size: u64) -> Vec<(u64, usize)> {
 fn digest_of(block: &[u8], seed: u64, size: u64) -> String {
     let mut h = sha2::Sha256::new();
     for (i, len) in chunks(block, seed, size) {
-        h.update(&chunk(block, seed, i, len));
+        h.update(chunk(block, seed, i, len));
     }
     format!("sha256:{}", hex::encode(h.finalize()))
 }
@@ -363,8 +363,11 @@ async fn main() {
         let ok = children.len() == 32
             && children
                 .into_iter()
+                // Wait for every child (no short-circuit), then check them all.
                 .map(|mut c| c.wait().is_ok_and(|st| st.success()))
-                .fold(true, |a, b| a && b);
+                .collect::<Vec<bool>>()
+                .into_iter()
+                .all(|ok| ok);
         let secs = s.elapsed().as_secs_f64();
         if ok {
             record(
