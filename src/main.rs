@@ -258,7 +258,13 @@ mod progress {
     pub struct Bars {
         tty: bool,
         multi: MultiProgress,
-        bars: Mutex<HashMap<Digest, (ProgressBar, Arc<AtomicU64>, tokio::task::JoinHandle<()>)>>,
+        bars: Mutex<HashMap<Digest, BlobBar>>,
+    }
+
+    /// A blob's bar and the task that moves it from the byte counter.
+    struct BlobBar {
+        bar: ProgressBar,
+        ticker: tokio::task::JoinHandle<()>,
     }
 
     impl Bars {
@@ -292,7 +298,7 @@ mod progress {
                     }
                 });
                 if let Ok(mut m) = self.bars.lock() {
-                    m.insert(digest.clone(), (bar, counter.clone(), ticker));
+                    m.insert(digest.clone(), BlobBar { bar, ticker });
                 }
             }
             counter
