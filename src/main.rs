@@ -305,10 +305,9 @@ mod progress {
         }
 
         fn finish_blob(&self, digest: &Digest, size: u64, outcome: &str) {
-            if let Some((bar, _, ticker)) = self.bars.lock().ok().and_then(|mut m| m.remove(digest))
-            {
-                ticker.abort();
-                bar.finish_and_clear();
+            if let Some(b) = self.bars.lock().ok().and_then(|mut m| m.remove(digest)) {
+                b.ticker.abort();
+                b.bar.finish_and_clear();
             }
             let line = format!("{outcome} {digest} ({size} bytes)");
             if self.tty {
