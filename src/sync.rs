@@ -9,8 +9,9 @@
 //!
 //! A blob imported into a directory is kept under `.ferry/partial/` while it arrives; a later run
 //! continues it with an HTTP `Range` request. `--have FILE` (the output of `ferry inventory` on the
-//! offline side) skips blobs the far side already holds, writing a *delta* directory; syncing a
-//! delta checks, before anything is written, that every blob it lacks is at the destination.
+//! offline side) skips blobs the far side already holds, writing a *delta* directory; manifests
+//! always travel (they are small, and the far side needs them to walk the graph). Syncing a delta
+//! checks, before anything is written, that every blob it lacks is at the destination.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -242,3 +242,54 @@ pub async fn raw_request(addr: std::net::SocketAddr, request: &[u8]) -> (u16, St
         .unwrap_or(0);
     (status, text)
 }
+
+/// CNCF Distribution (Debian's `docker-registry`) on a free loopback port, storing in a temp dir.
+pub struct Distribution {
+    pub url: String,
+    pub host: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Distribution {
+    pub fn start() -> Option<Distribution> {
+        let bin = tool("docker-registry", &["/usr/bin/docker-registry"])?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).expect("config");
+        let child = std::process::Command::new(bin)
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn docker-registry");
+        let d = Distribution {
+            url: format!("http://127.0.0.1:{port}"),
+            host: format!("127.0.0.1:{port}"),
+            child,
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(&d.host).is_ok() {
+                return Some(d);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("Distribution did not start on {}", d.host);
+    }
+}
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

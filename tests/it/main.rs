@@ -12,3 +12,4 @@ mod interop_docker;
 mod interop_skopeo;
 mod oci_client;
 mod process;
+mod sync;

@@ -1,0 +1,557 @@
+//! `ferry sync` and `ferry inventory`: Distribution as the connected registry, directories,
+//! a running ferry, deltas, corruption, and a kill -9 in the middle of a large blob.
+
+use std::path::{Path, PathBuf};
+
+use ferry::location::Location;
+use ferry::sync::{sync, Quiet, Summary, SyncOptions};
+
+use crate::common::*;
+use crate::fixtures::{replay_push, verify_pull, RECORDED};
+
+fn opts() -> SyncOptions {
+    SyncOptions {
+        jobs: 4,
+        ..Default::default()
+    }
+}
+
+async fn run(src: &str, dst: &str, o: &SyncOptions) -> Summary {
+    sync(
+        &Location::parse(src).unwrap(),
+        &Location::parse(dst).unwrap(),
+        o,
+        &Quiet,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("sync {src} -> {dst}: {e}"))
+}
+
+fn fixture_bytes(name: &str, digest: &str) -> Vec<u8> {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    std::fs::read(
+        fixtures()
+            .join("layouts")
+            .join(name)
+            .join("blobs/sha256")
+            .join(hex),
+    )
+    .unwrap()
+}
+
+fn headers_of(name: &str) -> Vec<crate::fixtures::Recorded> {
+    crate::fixtures::parse_headers_pub(
+        &fixtures()
+            .join("layouts")
+            .join(format!("{name}.headers.txt")),
+    )
+}
+
+/// Every recorded manifest of every fixture is in `dir`, byte for byte, and tagged REPO:TAG.
+fn assert_dir_holds_fixtures(dir: &Path) {
+    let index = std::fs::read_to_string(dir.join("index.json")).unwrap();
+    for name in RECORDED {
+        let recs = headers_of(name);
+        for r in &recs {
+            let got = std::fs::read(
+                dir.join("blobs/sha256")
+                    .join(r.digest.strip_prefix("sha256:").unwrap()),
+            )
+            .unwrap_or_else(|_| panic!("{name}: {} missing", r.digest));
+            assert!(
+                got == fixture_bytes(name, &r.digest),
+                "{name}: {} differs",
+                r.digest
+            );
+        }
+        let tag = recs[0]
+            .path
+            .strip_prefix("/v2/")
+            .unwrap()
+            .replace("/manifests/", ":");
+        assert!(
+            index.contains(&format!("\"{tag}\"")),
+            "index.json lacks {tag}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_to_dir_to_ferry_to_distribution_byte_for_byte() {
+    let Some(d1) = tokio::task::spawn_blocking(Distribution::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    for name in RECORDED {
+        let recs = replay_push(&d1.url, name).await;
+        verify_pull(&d1.url, name, &recs).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("usb");
+    let dir_s = dir.display().to_string();
+
+    // 1. Registry (whole catalog) -> directory.
+    let s = run(&format!("docker://{}", d1.host), &dir_s, &opts()).await;
+    assert!(s.failed.is_empty(), "{s}");
+    assert_eq!(s.roots, RECORDED.len());
+    assert_eq!(s.tags_published, RECORDED.len());
+    assert_dir_holds_fixtures(&dir);
+    assert!(leftovers(&dir).is_empty());
+    // A second run copies nothing and says so.
+    let again = run(&format!("docker://{}", d1.host), &dir_s, &opts()).await;
+    assert!(again.copied_nothing(), "{again}");
+    assert_eq!(again.bytes_transferred, 0);
+
+    // skopeo reads the directory as an OCI layout (image refs).
+    if let Some(skopeo) = tool("skopeo", &["/usr/bin/skopeo"]) {
+        for (r, digest) in [
+            (
+                "app/image:1",
+                "sha256:9b1e1d811b925db36eb99df1883069692e59ea5c4aeaf001181bfb8ddea3f0fd",
+            ),
+            (
+                "app/buildx:1",
+                "sha256:422ea3734cd86fca753c5cdbe1be49894444bdd60f96c410a7223da18ed9f1cb",
+            ),
+        ] {
+            let out = std::process::Command::new(&skopeo)
+                .args(["inspect", "--raw", &format!("oci:{dir_s}:{r}")])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(sha256(&out.stdout).to_string(), digest);
+        }
+    }
+
+    // 2. Directory -> a running ferry.
+    let srv = TestServer::start().await;
+    let s = run(&dir_s, &format!("docker://{}", srv.host()), &opts()).await;
+    assert!(s.failed.is_empty(), "{s}");
+    for name in RECORDED {
+        verify_pull(&srv.url, name, &headers_of(name)).await;
+    }
+    let again = run(&dir_s, &format!("docker://{}", srv.host()), &opts()).await;
+    assert!(again.copied_nothing(), "{again}");
+
+    // 3. ferry -> a second Distribution, registry to registry.
+    let Some(d2) = tokio::task::spawn_blocking(Distribution::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let s = run(
+        &format!("docker://{}", srv.host()),
+        &format!("docker://{}", d2.host),
+        &opts(),
+    )
+    .await;
+    assert!(s.failed.is_empty(), "{s}");
+    for name in RECORDED {
+        verify_pull(&d2.url, name, &headers_of(name)).await;
+    }
+    srv.stop().await;
+}
+
+/// Copy a fixture layout to a writable temp dir.
+fn copy_layout(name: &str, to: &Path) {
+    std::fs::create_dir_all(to.join("blobs/sha256")).unwrap();
+    let from = fixtures().join("layouts").join(name);
+    for f in ["oci-layout", "index.json"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+    for e in std::fs::read_dir(from.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        let t = to.join("blobs/sha256").join(e.file_name());
+        std::fs::copy(e.path(), &t).unwrap();
+        let mut p = std::fs::metadata(&t).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut p, 0o644);
+        std::fs::set_permissions(&t, p).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_flipped_byte_is_detected_named_and_never_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    copy_layout("cache-legacy-oci", &src);
+    let bad = "6b9b508719e00b1f764587f77d2f5ce412b6e9574434c763d38b78b2e174b2dc";
+    let p = src.join("blobs/sha256").join(bad);
+    let mut b = std::fs::read(&p).unwrap();
+    b[100] ^= 0x01;
+    std::fs::write(&p, b).unwrap();
+
+    // Into a directory.
+    let dst = tmp.path().join("dst");
+    let s = run(
+        &src.display().to_string(),
+        &dst.display().to_string(),
+        &opts(),
+    )
+    .await;
+    assert_eq!(s.failed.len(), 1, "{s}");
+    assert!(
+        s.failed[0].contains(bad),
+        "the corrupt digest is named: {s}"
+    );
+    assert!(
+        !dst.join("blobs/sha256").join(bad).exists(),
+        "corrupt blob written"
+    );
+    let index = std::fs::read_to_string(dst.join("index.json")).unwrap();
+    assert!(
+        !index.contains("cache/legacy-oci:cache"),
+        "tag published over corrupt content"
+    );
+    assert!(!dst
+        .join(".ferry/partial")
+        .join(format!("sha256-{bad}"))
+        .exists());
+
+    // Into a registry.
+    let srv = TestServer::start().await;
+    let s = run(
+        &src.display().to_string(),
+        &format!("docker://{}", srv.host()),
+        &opts(),
+    )
+    .await;
+    assert_eq!(s.failed.len(), 1, "{s}");
+    assert!(s.failed[0].contains(bad), "{s}");
+    let r = http()
+        .head(format!(
+            "{}/v2/cache/legacy-oci/blobs/sha256:{bad}",
+            srv.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
+    let r = http()
+        .get(format!("{}/v2/cache/legacy-oci/manifests/cache", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
+    srv.stop().await;
+}
+
+async fn push_layers(url: &str, repo: &str, tag: &str, config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
+    push_blob(url, repo, config).await;
+    for l in layers {
+        push_blob(url, repo, l).await;
+    }
+    let m = image_manifest(config, layers);
+    let r = put_manifest(
+        url,
+        repo,
+        tag,
+        "application/vnd.oci.image.manifest.v1+json",
+        &m,
+    )
+    .await;
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    m
+}
+
+fn blob_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("blobs/sha256"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn delta_trip_inventory_have_apply() {
+    let online = TestServer::start().await;
+    let base = bytes(200_000, 60);
+    let deps = bytes(300_000, 61);
+    push_layers(&online.url, "app", "v1", b"{\"v\":1}", &[&base, &deps]).await;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let offline = tmp.path().join("offline");
+    let off_s = offline.display().to_string();
+    run(&format!("docker://{}/app", online.host()), &off_s, &opts()).await;
+
+    // The offline side says what it has.
+    let have = tmp.path().join("have.txt");
+    let loc = Location::parse(&off_s).unwrap();
+    let place = ferry::sync::Place::open(&loc, &Default::default(), false).unwrap();
+    let digests = place.inventory(&loc).await.unwrap();
+    std::fs::write(&have, ferry::sync::format_inventory(&loc, &digests)).unwrap();
+
+    // A new version shares the base layer.
+    let app = bytes(50_000, 62);
+    let m2 = push_layers(
+        &online.url,
+        "app",
+        "v2",
+        b"{\"v\":2}",
+        &[&base, &deps, &app],
+    )
+    .await;
+
+    // Online: write a delta with only what the offline side lacks.
+    let delta = tmp.path().join("delta");
+    let mut o = opts();
+    o.have =
+        Some(ferry::sync::parse_digest_list(&std::fs::read_to_string(&have).unwrap()).unwrap());
+    let s = run(
+        &format!("docker://{}/app", online.host()),
+        &delta.display().to_string(),
+        &o,
+    )
+    .await;
+    assert!(s.failed.is_empty(), "{s}");
+    let files = blob_files(&delta);
+    let m1 = image_manifest(b"{\"v\":1}", &[&base, &deps]);
+    let expect: Vec<String> = {
+        let mut v = vec![
+            sha256(b"{\"v\":2}").hex().to_owned(),
+            sha256(&app).hex().to_owned(),
+            sha256(&m2).hex().to_owned(),
+            sha256(&m1).hex().to_owned(),
+        ];
+        v.sort();
+        v
+    };
+    // The new config and layer, and the manifests (which always travel: the offline side needs
+    // them to walk the graph); none of the blobs listed in --have.
+    assert_eq!(files, expect);
+    assert_eq!(s.bytes_copied, (b"{\"v\":2}".len() + app.len()) as u64);
+
+    // Applying it to a destination that lacks the base fails before any tag changes.
+    let wrong = tmp.path().join("wrong");
+    let wrong_srv = TestServer::start().await;
+    for dst in [
+        wrong.display().to_string(),
+        format!("docker://{}", wrong_srv.host()),
+    ] {
+        let err = sync(
+            &Location::parse(&delta.display().to_string()).unwrap(),
+            &Location::parse(&dst).unwrap(),
+            &opts(),
+            &Quiet,
+        )
+        .await
+        .expect_err("applying a delta to the wrong destination must fail");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&sha256(&base).to_string()) && msg.contains(&sha256(&deps).to_string()),
+            "{msg}"
+        );
+    }
+    assert!(
+        !wrong.join("index.json").exists()
+            || !std::fs::read_to_string(wrong.join("index.json"))
+                .unwrap()
+                .contains("app:v2")
+    );
+    let r = http()
+        .get(format!("{}/v2/app/tags/list", wrong_srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
+
+    // Applying it to the right one completes it.
+    let s = run(&delta.display().to_string(), &off_s, &opts()).await;
+    assert!(s.failed.is_empty(), "{s}");
+    let got = std::fs::read(offline.join("blobs/sha256").join(sha256(&m2).hex())).unwrap();
+    assert_eq!(got, m2);
+    let srv = TestServer::start_on(&offline, true).await;
+    let r = http()
+        .get(format!("{}/v2/app/manifests/v2", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &m2[..]);
+    for blob in [&base, &deps, &app] {
+        let r = http()
+            .get(format!("{}/v2/app/blobs/{}", srv.url, sha256(blob)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+    }
+    srv.stop().await;
+    wrong_srv.stop().await;
+    online.stop().await;
+}
+
+/// A TCP proxy that slows the server-to-client direction to about `bytes_per_sec`.
+async fn throttling_proxy(
+    upstream: std::net::SocketAddr,
+    bytes_per_sec: u64,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    let micros = n as u64 * 1_000_000 / bytes_per_sec;
+                    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+                }
+                let _ = cw.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn ferry_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_blob_then_resume_with_range() {
+    let srv = TestServer::start().await;
+    let big = bytes(256 * 1024 * 1024, 70);
+    let big_d = sha256(&big);
+    push_layers(&srv.url, "big/app", "1", b"{\"big\":true}", &[&big]).await;
+    drop(big);
+    // ~64 MiB/s through the proxy: the 256 MiB layer takes about four seconds.
+    let proxy = throttling_proxy(srv.addr, 64 * 1024 * 1024).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dst");
+    let src = format!("docker://{proxy}/big/app:1");
+    let partial = dir
+        .join(".ferry/partial")
+        .join(format!("sha256-{}", big_d.hex()));
+
+    let mut child = std::process::Command::new(ferry_bin())
+        .args(["sync", "--json", &src, &dir.display().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if len >= 64 * 1024 * 1024 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "sync finished before it could be killed"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no progress"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert!(kept > 0 && kept < 256 * 1024 * 1024);
+    assert!(
+        !dir.join("blobs/sha256").join(big_d.hex()).exists(),
+        "an incomplete blob is never visible"
+    );
+
+    // The rerun continues from the partial file.
+    let out = std::process::Command::new(ferry_bin())
+        .args(["sync", "--json", &src, &dir.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let transferred = v["bytes_transferred"].as_u64().unwrap();
+    let resumed = v["bytes_resumed"].as_u64().unwrap();
+    assert!(resumed >= 64 * 1024 * 1024, "{v}");
+    assert!(
+        transferred < 256 * 1024 * 1024,
+        "rerun transferred {transferred} bytes: {v}"
+    );
+    let d = ferry::layout::hash_file(
+        &dir.join("blobs/sha256").join(big_d.hex()),
+        ferry::digest::Algorithm::Sha256,
+    )
+    .unwrap();
+    assert_eq!(d, big_d);
+    assert!(!partial.exists());
+    srv.stop().await;
+}
+
+#[test]
+fn bad_arguments_exit_2_and_failures_exit_1() {
+    let out = std::process::Command::new(ferry_bin())
+        .args(["sync", "docker://", "/tmp/x"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(ferry_bin())
+        .args(["sync", "--jobs", "0", "a", "b"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(ferry_bin())
+        .args([
+            "sync",
+            &tmp.path().join("not-a-layout").display().to_string(),
+            &tmp.path().join("d").display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(ferry_bin())
+        .args([
+            "sync",
+            "docker://127.0.0.1:9/x:1",
+            &tmp.path().join("d").display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
