@@ -143,12 +143,12 @@ impl Registry {
         self.client
             .store_auth_if_needed(self.host.as_str(), &self.auth)
             .await;
-        if !matches!(self.auth, RegistryAuth::Anonymous) {
-            self.client
-                .auth(&self.repo_ref(repo), &self.auth, op)
-                .await
-                .map_err(|e| self.err(format!("authentication for {repo}: {e}")))?;
-        }
+        // Also for anonymous access: registries like Docker Hub hand out anonymous bearer tokens.
+        // A registry that needs no auth answers /v2/ with 200 and this is one request.
+        self.client
+            .auth(&self.repo_ref(repo), &self.auth, op)
+            .await
+            .map_err(|e| self.err(format!("authentication for {repo}: {e}")))?;
         done.insert(key);
         Ok(())
     }

@@ -13,3 +13,4 @@ mod interop_skopeo;
 mod oci_client;
 mod process;
 mod sync;
+mod upstream;
