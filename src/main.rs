@@ -81,6 +81,10 @@ struct SyncArgs {
     /// Only tags matching this regular expression.
     #[arg(long, value_name = "REGEX")]
     tags: Option<String>,
+    /// Narrow image indexes to one platform (the tag then names that platform's manifest);
+    /// caches are always copied whole.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
     /// Blobs copied in parallel.
     #[arg(long, default_value_t = 4)]
     jobs: usize,
@@ -213,7 +217,12 @@ async fn sync(a: SyncArgs) -> anyhow::Result<i32> {
     if a.jobs == 0 {
         return Err(usage("--jobs must be at least 1".into()));
     }
+    let platform = match &a.platform {
+        Some(p) => Some(p.parse::<ferry::sync::Platform>()?),
+        None => None,
+    };
     let opts = ferry::sync::SyncOptions {
+        platform,
         refs,
         tags,
         jobs: a.jobs,

@@ -83,6 +83,9 @@ impl Registry {
         }
         let config = ClientConfig {
             protocol,
+            // Blob sizes are always known from their descriptors, so a push is one streamed
+            // request (POST, then PUT with the body) instead of a PATCH per 4 MiB chunk.
+            use_monolithic_push: true,
             accept_invalid_certificates: opts.insecure,
             extra_root_certificates: extra,
             ..Default::default()
@@ -265,15 +268,15 @@ impl Registry {
         })
     }
 
-    /// Push a blob from a stream (chunked PATCHes, then PUT ?digest=).
-    pub async fn push_blob<S>(&self, repo: &str, d: &Digest, body: S) -> Result<()>
+    /// Push a blob of known size from a stream (POST, then one streamed PUT ?digest=).
+    pub async fn push_blob<S>(&self, repo: &str, d: &Digest, size: u64, body: S) -> Result<()>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
         self.ensure_auth(repo, true).await?;
         let body = body.map(|r| r.map_err(oci_client::errors::OciDistributionError::from));
         self.client
-            .push_blob_stream(&self.repo_ref(repo), body, &d.to_string(), None)
+            .push_blob_stream(&self.repo_ref(repo), body, &d.to_string(), Some(size))
             .await
             .map_err(|e| self.err(format!("push {d}: {e}")))?;
         Ok(())

@@ -65,8 +65,88 @@ impl Ord for Reference {
     }
 }
 
+/// `--platform OS/ARCH[/VARIANT]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl std::str::FromStr for Platform {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Platform> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+                os: (*os).to_owned(),
+                architecture: (*arch).to_owned(),
+                variant: parts.get(2).map(|v| (*v).to_owned()),
+            }),
+            _ => Err(Error::Usage(format!("--platform {s:?}: expected OS/ARCH[/VARIANT]"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Platform {
+    fn matches(&self, p: &serde_json::Value) -> bool {
+        p["os"] == self.os.as_str()
+            && p["architecture"] == self.architecture.as_str()
+            && self
+                .variant
+                .as_ref()
+                .is_none_or(|v| p["variant"] == v.as_str())
+    }
+}
+
+/// With `--platform`: an image index (or manifest list) whose children carry platforms is
+/// narrowed to the matching image manifest, which then gets the tag (as `docker pull` and
+/// `skopeo copy --multi-arch system` do; the index itself could not be stored without its other
+/// children). Anything else, caches included, is copied whole.
+async fn select_platform(src: &Place, root: &Root, platform: &Platform) -> Result<Reference> {
+    let (bytes, mt, _) = src.manifest(&root.repo, &root.reference).await?;
+    if !media::is_index_type(&mt) {
+        return Ok(root.reference.clone());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::ManifestInvalid(e.to_string()))?;
+    let children: Vec<&serde_json::Value> = v["manifests"]
+        .as_array()
+        .map(|a| a.iter().filter(|d| d["platform"].is_object()).collect())
+        .unwrap_or_default();
+    if children.is_empty() {
+        return Ok(root.reference.clone());
+    }
+    let pick = children
+        .iter()
+        .find(|d| {
+            media::is_manifest_type(d["mediaType"].as_str().unwrap_or(""))
+                && platform.matches(&d["platform"])
+        })
+        .ok_or_else(|| Error::Usage(format!("{root}: no manifest for platform {platform}")))?;
+    let d = pick["digest"]
+        .as_str()
+        .unwrap_or("")
+        .parse::<Digest>()
+        .map_err(|e| Error::ManifestInvalid(e.to_string()))?;
+    Ok(Reference::Digest(d))
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct SyncOptions {
+    /// Narrow image indexes to one platform.
+    pub platform: Option<Platform>,
     /// Narrow to these refs: `REPO`, `REPO:TAG`, `TAG`, or `REPO@DIGEST`.
     pub refs: Vec<String>,
     pub tags: Option<regex::Regex>,
@@ -546,8 +626,15 @@ pub async fn sync(
     // and a delta is checked for completeness against the destination.
     let mut graphs = Vec::new();
     for root in &roots {
-        match walk(&src, &root.repo, &root.reference).await {
-            Ok(g) => graphs.push((root.clone(), g)),
+        let from = match &opts.platform {
+            Some(p) => select_platform(&src, root, p).await,
+            None => Ok(root.reference.clone()),
+        };
+        match from {
+            Ok(from) => match walk(&src, &root.repo, &from).await {
+                Ok(g) => graphs.push((root.clone(), g)),
+                Err(e) => summary.failed.push(format!("{root}: {e}")),
+            },
             Err(e) => summary.failed.push(format!("{root}: {e}")),
         }
     }
@@ -752,7 +839,7 @@ async fn copy_blob(
         Place::Remote(r) => {
             let (s, _) = src.read_blob(from_repo, &b.digest, 0).await?;
             let s = verifying(s, b.digest.clone(), counter);
-            r.push_blob(to_repo, &b.digest, s)
+            r.push_blob(to_repo, &b.digest, b.size, s)
                 .await
                 .map_err(|e| match e {
                     Error::Remote { message, .. } if message.contains("source's bytes hash to") => {

@@ -555,3 +555,40 @@ fn bad_arguments_exit_2_and_failures_exit_1() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn platform_narrows_image_indexes_but_never_caches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    // app/buildx:1 is an index: linux/amd64 image + an unknown/unknown attestation.
+    copy_layout("app-buildx", &src);
+    let dst = tmp.path().join("dst");
+    let mut o = opts();
+    o.platform = Some("linux/amd64".parse().unwrap());
+    let s = run(&src.display().to_string(), &dst.display().to_string(), &o).await;
+    assert!(s.failed.is_empty(), "{s}");
+    let srv = TestServer::start_on(&dst, true).await;
+    let r = http().get(format!("{}/v2/app/buildx/manifests/1", srv.url)).send().await.unwrap();
+    assert_eq!(
+        r.headers()["docker-content-digest"].to_str().unwrap(),
+        "sha256:9b1e1d811b925db36eb99df1883069692e59ea5c4aeaf001181bfb8ddea3f0fd",
+        "the tag names the amd64 image manifest"
+    );
+    srv.stop().await;
+    // No such platform: a clear failure, nothing published.
+    let dst2 = tmp.path().join("dst2");
+    o.platform = Some("linux/riscv64".parse().unwrap());
+    let s = run(&src.display().to_string(), &dst2.display().to_string(), &o).await;
+    assert_eq!(s.failed.len(), 1);
+    assert!(s.failed[0].contains("linux/riscv64"), "{s}");
+
+    // A legacy cache index is copied whole whatever --platform says.
+    let csrc = tmp.path().join("csrc");
+    copy_layout("cache-legacy-oci", &csrc);
+    let cdst = tmp.path().join("cdst");
+    o.platform = Some("linux/arm64".parse().unwrap());
+    let s = run(&csrc.display().to_string(), &cdst.display().to_string(), &o).await;
+    assert!(s.failed.is_empty(), "{s}");
+    assert_eq!(s.blobs_copied, 4);
+    assert!(cdst.join("blobs/sha256/f99accf04758e8e54101fa248a0ebe52d6f14024c74d8328b861bef0db6142e1").exists());
+}
