@@ -21,13 +21,18 @@ fn rng(seed: &mut u64) -> u64 {
 #[tokio::main]
 async fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
-    assert!(a.len() == 6 || a.len() == 7, "gendata DIR IMAGES LAYERS MIN_BYTES MAX_BYTES SEED [PREFIX]");
+    assert!(
+        a.len() == 6 || a.len() == 7,
+        "gendata DIR IMAGES LAYERS MIN_BYTES MAX_BYTES SEED [PREFIX]"
+    );
     let prefix = a.get(6).cloned().unwrap_or_else(|| "bench/img".to_owned());
     let (images, layers): (usize, usize) = (a[1].parse().unwrap(), a[2].parse().unwrap());
     let (min, max): (f64, f64) = (a[3].parse().unwrap(), a[4].parse().unwrap());
     let mut seed: u64 = a[5].parse::<u64>().unwrap() | 1;
     let store = Store::open(&a[0], false).expect("store");
-    let block: Vec<u8> = (0..(1 << 20)).map(|_| (rng(&mut seed) >> 24) as u8).collect();
+    let block: Vec<u8> = (0..(1 << 20))
+        .map(|_| (rng(&mut seed) >> 24) as u8)
+        .collect();
     let mut total = 0u64;
     for i in 0..images {
         let mut descs = Vec::new();
@@ -45,14 +50,20 @@ async fn main() {
             total += size as u64;
             descs.push(serde_json::json!({"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":d.to_string(),"size":size}));
             store
-                .put_blob(futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(data))]), &d)
+                .put_blob(
+                    futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(data))]),
+                    &d,
+                )
                 .await
                 .expect("blob");
         }
         let config = format!(r#"{{"architecture":"amd64","os":"linux","image":{i}}}"#).into_bytes();
         let cd = Digest::sha256_of(&config);
         store
-            .put_blob(futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(config.clone()))]), &cd)
+            .put_blob(
+                futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(config.clone()))]),
+                &cd,
+            )
             .await
             .expect("config");
         let m = serde_json::to_vec(&serde_json::json!({
@@ -72,5 +83,8 @@ async fn main() {
             .await
             .expect("manifest");
     }
-    eprintln!("{images} images, {} blobs, {total} layer bytes", images * (layers + 1));
+    eprintln!(
+        "{images} images, {} blobs, {total} layer bytes",
+        images * (layers + 1)
+    );
 }

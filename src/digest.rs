@@ -154,6 +154,23 @@ impl Hasher {
     }
 }
 
+/// Hash everything a reader yields; returns the hasher (so more can follow) and the byte count.
+pub fn hash_reader(mut r: impl std::io::Read, alg: Algorithm) -> std::io::Result<(Hasher, u64)> {
+    let mut h = alg.hasher();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok((h, len)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,7 +96,7 @@ pub fn is_valid_tag(s: &str) -> bool {
 }
 
 /// The `<reference>` part of a manifest URL.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reference {
     Tag(String),
     Digest(Digest),

@@ -53,18 +53,6 @@ impl std::fmt::Display for Root {
     }
 }
 
-impl PartialOrd for Reference {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Reference {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.to_string().cmp(&other.to_string())
-    }
-}
-
 /// `--platform OS/ARCH[/VARIANT]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Platform {
@@ -84,7 +72,9 @@ impl std::str::FromStr for Platform {
                 architecture: (*arch).to_owned(),
                 variant: parts.get(2).map(|v| (*v).to_owned()),
             }),
-            _ => Err(Error::Usage(format!("--platform {s:?}: expected OS/ARCH[/VARIANT]"))),
+            _ => Err(Error::Usage(format!(
+                "--platform {s:?}: expected OS/ARCH[/VARIANT]"
+            ))),
         }
     }
 }
@@ -119,8 +109,8 @@ async fn select_platform(src: &Place, root: &Root, platform: &Platform) -> Resul
     if !media::is_index_type(&mt) {
         return Ok(root.reference.clone());
     }
-    let v: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::ManifestInvalid(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| Error::ManifestInvalid(e.to_string()))?;
     let children: Vec<&serde_json::Value> = v["manifests"]
         .as_array()
         .map(|a| a.iter().filter(|d| d["platform"].is_object()).collect())

@@ -21,7 +21,7 @@ pub mod upload;
 pub mod write;
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -350,17 +350,7 @@ impl Store {
                 .read(true)
                 .write(true)
                 .open(&p)?;
-            let mut h = alg.hasher();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut len = 0u64;
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-                len += n as u64;
-            }
+            let (h, len) = crate::digest::hash_reader(&mut f, alg)?;
             Ok((f, len, h))
         })
         .await?;
@@ -782,14 +772,6 @@ async fn open_for_append(path: &Path, len: u64) -> Result<File> {
 
 /// Hash a whole file (used for sha512 uploads and by tests).
 pub fn hash_file(path: &Path, alg: Algorithm) -> Result<Digest> {
-    let mut f = File::open(path)?;
-    let mut h = alg.hasher();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(h.finish());
-        }
-        h.update(&buf[..n]);
-    }
+    let (h, _) = crate::digest::hash_reader(File::open(path)?, alg)?;
+    Ok(h.finish())
 }

@@ -5,7 +5,6 @@
 //! on first use by re-hashing the file (the only time its bytes are read twice).
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -70,22 +69,12 @@ impl Uploads {
         }
         let path = self.dir.join(id);
         let recovered = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Upload>> {
-            let mut f = match std::fs::File::open(&path) {
+            let f = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             };
-            let mut hasher = Algorithm::Sha256.hasher();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut len = 0u64;
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                len += n as u64;
-            }
+            let (hasher, len) = crate::digest::hash_reader(f, Algorithm::Sha256)?;
             let id = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

@@ -568,7 +568,11 @@ async fn platform_narrows_image_indexes_but_never_caches() {
     let s = run(&src.display().to_string(), &dst.display().to_string(), &o).await;
     assert!(s.failed.is_empty(), "{s}");
     let srv = TestServer::start_on(&dst, true).await;
-    let r = http().get(format!("{}/v2/app/buildx/manifests/1", srv.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v2/app/buildx/manifests/1", srv.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         r.headers()["docker-content-digest"].to_str().unwrap(),
         "sha256:9b1e1d811b925db36eb99df1883069692e59ea5c4aeaf001181bfb8ddea3f0fd",
@@ -590,5 +594,7 @@ async fn platform_narrows_image_indexes_but_never_caches() {
     let s = run(&csrc.display().to_string(), &cdst.display().to_string(), &o).await;
     assert!(s.failed.is_empty(), "{s}");
     assert_eq!(s.blobs_copied, 4);
-    assert!(cdst.join("blobs/sha256/f99accf04758e8e54101fa248a0ebe52d6f14024c74d8328b861bef0db6142e1").exists());
+    assert!(cdst
+        .join("blobs/sha256/f99accf04758e8e54101fa248a0ebe52d6f14024c74d8328b861bef0db6142e1")
+        .exists());
 }
