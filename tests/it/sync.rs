@@ -598,3 +598,112 @@ async fn platform_narrows_image_indexes_but_never_caches() {
         .join("blobs/sha256/f99accf04758e8e54101fa248a0ebe52d6f14024c74d8328b861bef0db6142e1")
         .exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selection_dry_run_and_plain_output_from_the_command_line() {
+    let srv = TestServer::start().await;
+    for (repo, tag, seed) in [
+        ("sel/a", "1.0", 90),
+        ("sel/a", "1.1", 91),
+        ("sel/a", "cache", 92),
+        ("sel/b", "1.0", 93),
+    ] {
+        push_image(&srv.url, repo, tag, seed).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ferry = |args: &[&str]| {
+        let out = std::process::Command::new(ferry_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let tags_in = |dir: &Path| -> Vec<String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let mut t: Vec<String> = v["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|d| {
+                d["annotations"]["org.opencontainers.image.ref.name"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        t.sort();
+        t
+    };
+    let reg = format!("docker://{}", srv.host());
+
+    // --dry-run: says what it would copy, with sizes, writes nothing.
+    let d0 = tmp.path().join("dry");
+    let (out, err) = ferry(&[
+        "sync",
+        "--dry-run",
+        "--json",
+        &reg,
+        &d0.display().to_string(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["blobs_copied"], 8, "{v}");
+    assert!(v["bytes_copied"].as_u64().unwrap() > 4 * 3000, "{v}");
+    assert!(!d0.exists(), "dry run wrote {}", d0.display());
+    assert!(err.is_empty() || !err.contains("error"), "{err}");
+
+    // --tags REGEX over the whole catalog.
+    let d1 = tmp.path().join("tags");
+    let (_, err) = ferry(&[
+        "sync",
+        "--tags",
+        r"^1\.\d+$",
+        &reg,
+        &d1.display().to_string(),
+    ]);
+    assert_eq!(tags_in(&d1), vec!["sel/a:1.0", "sel/a:1.1", "sel/b:1.0"]);
+    // Not a terminal: one plain line per blob, then the summary.
+    assert!(
+        err.lines()
+            .filter(|l| l.starts_with("copied sha256:"))
+            .count()
+            >= 3,
+        "{err}"
+    );
+    assert!(err.contains("3 tag(s) published"), "{err}");
+
+    // --refs-file with comments, plus --ref.
+    let d2 = tmp.path().join("refs");
+    let refs = tmp.path().join("refs.txt");
+    std::fs::write(&refs, "# what to carry\nsel/a:cache\n\n").unwrap();
+    ferry(&[
+        "sync",
+        "--refs-file",
+        &refs.display().to_string(),
+        "--ref",
+        "sel/b",
+        &reg,
+        &d2.display().to_string(),
+    ]);
+    assert_eq!(tags_in(&d2), vec!["sel/a:cache", "sel/b:1.0"]);
+    // And again: nothing to copy, said plainly.
+    let (_, err) = ferry(&[
+        "sync",
+        "--refs-file",
+        &refs.display().to_string(),
+        "--ref",
+        "sel/b",
+        &reg,
+        &d2.display().to_string(),
+    ]);
+    assert!(err.contains("nothing to copy"), "{err}");
+    srv.stop().await;
+}
