@@ -17,6 +17,7 @@
 //! - [`server`]: the HTTP registry (OCI distribution-spec v1.1) over a [`layout::Store`].
 //! - [`error`]: the library's typed errors and their OCI error codes.
 
+pub mod check;
 pub mod digest;
 pub mod error;
 pub mod layout;

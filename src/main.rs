@@ -39,6 +39,19 @@ enum Command {
     /// plain path). A registry without a repository means its whole catalog, a repository without a
     /// tag all its tags, a directory all its tags.
     Sync(SyncArgs),
+    /// Is everything a ref needs present and intact? (Run it on the offline side before the
+    /// cable is cut.) Reports cache records and layers for BuildKit caches.
+    Check {
+        location: String,
+        /// Only these refs (REPO, REPO:TAG, TAG or REPO@DIGEST); repeatable. Default: all.
+        #[arg(long = "ref", value_name = "REF")]
+        refs: Vec<String>,
+        /// Print the report as JSON on standard output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: SrcRemoteArgs,
+    },
     /// List every digest a location holds (for `ferry sync --have` on the other side).
     Inventory {
         location: String,
@@ -154,6 +167,35 @@ async fn run() -> anyhow::Result<i32> {
             tracing::info!("stopped");
         }
         Command::Sync(a) => return sync(a).await,
+        Command::Check {
+            location,
+            refs,
+            json,
+            remote,
+        } => {
+            let loc = ferry::location::Location::parse(&location)?;
+            let reports = ferry::check::check(
+                &loc,
+                &refs,
+                &remote_options(&remote, remote.src_creds.clone()),
+            )
+            .await?;
+            if reports.is_empty() {
+                return Err(usage(format!("no refs selected in {loc}")));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                for r in &reports {
+                    println!("{r}");
+                }
+            }
+            return Ok(if reports.iter().all(|r| r.ok()) {
+                0
+            } else {
+                EXIT_FAILED
+            });
+        }
         Command::Inventory {
             location,
             output,

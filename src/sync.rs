@@ -220,16 +220,17 @@ impl Summary {
 
 /// A blob to carry.
 #[derive(Clone, Debug)]
-struct BlobRef {
-    digest: Digest,
-    size: u64,
+pub(crate) struct BlobRef {
+    pub(crate) digest: Digest,
+    pub(crate) size: u64,
+    pub(crate) media_type: String,
 }
 
 /// A manifest graph read from the source: manifests children-first, and the blobs.
 #[derive(Default)]
-struct Graph {
-    manifests: Vec<(Digest, Bytes, String)>,
-    blobs: Vec<BlobRef>,
+pub(crate) struct Graph {
+    pub(crate) manifests: Vec<(Digest, Bytes, String)>,
+    pub(crate) blobs: Vec<BlobRef>,
 }
 
 impl Place {
@@ -242,7 +243,8 @@ impl Place {
                         path.display()
                     )));
                 }
-                Ok(Place::Dir(Store::open(path, false)?))
+                // A source is only read: never create anything in it (it may be read-only media).
+                Ok(Place::Dir(Store::open(path, !create)?))
             }
             Location::Registry { host, .. } => Ok(Place::Remote(Registry::new(host, opts)?)),
         }
@@ -297,7 +299,7 @@ impl Place {
     }
 
     /// Blob bytes from `offset`, and whether the offset was honoured.
-    async fn read_blob(
+    pub(crate) async fn read_blob(
         &self,
         repo: &str,
         d: &Digest,
@@ -425,7 +427,7 @@ impl Place {
 }
 
 /// Read a root's graph from the source: every manifest (children before parents) and every blob.
-async fn walk(src: &Place, repo: &str, reference: &Reference) -> Result<Graph> {
+pub(crate) async fn walk(src: &Place, repo: &str, reference: &Reference) -> Result<Graph> {
     let (bytes, mt, digest) = src.manifest(repo, reference).await?;
     let mut g = Graph::default();
     let mut seen = HashSet::new();
@@ -448,6 +450,7 @@ async fn walk(src: &Place, repo: &str, reference: &Reference) -> Result<Graph> {
                         g.blobs.push(BlobRef {
                             digest: e.digest,
                             size: e.size,
+                            media_type: e.media_type,
                         });
                     }
                 }
@@ -522,7 +525,7 @@ fn dest_root(root: &Root, dst: &Location) -> Root {
     }
 }
 
-fn ref_matches(root: &Root, pattern: &str) -> bool {
+pub(crate) fn ref_matches(root: &Root, pattern: &str) -> bool {
     let full = root.to_string();
     pattern == full
         || pattern == root.repo

@@ -707,3 +707,76 @@ async fn selection_dry_run_and_plain_output_from_the_command_line() {
     assert!(err.contains("nothing to copy"), "{err}");
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_caches_and_names_missing_and_corrupt_blobs() {
+    // Straight on the (read-only) fixture: nothing may be created in a source.
+    let fixture = fixtures().join("layouts/cache-legacy-oci");
+    let before = snapshot(&fixture);
+    let reports = ferry::check::check(
+        &Location::parse(&fixture.display().to_string()).unwrap(),
+        &[],
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert!(r.ok(), "{r}");
+    assert_eq!(
+        (r.kind.as_str(), r.cache_records, r.cache_layers, r.blobs),
+        ("cache", Some(6), Some(3), 4)
+    );
+    assert_eq!(snapshot(&fixture), before);
+    assert!(
+        !fixture.join(".ferry").exists(),
+        "check wrote into its source"
+    );
+
+    // Through a registry, the image-manifest cache and the multi-arch image.
+    let srv = TestServer::start().await;
+    for name in ["cache-manifest", "app-buildx"] {
+        replay_push(&srv.url, name).await;
+    }
+    let reports = ferry::check::check(
+        &Location::parse(&format!("docker://{}", srv.host())).unwrap(),
+        &[],
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let kinds: Vec<(&str, bool)> = reports.iter().map(|r| (r.kind.as_str(), r.ok())).collect();
+    assert_eq!(kinds, vec![("index", true), ("cache", true)], "{reports:?}");
+    srv.stop().await;
+
+    // A damaged copy: one blob flipped, one removed; the command exits 1 and names both.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    copy_layout("cache-manifest", &dir);
+    let flipped = "6b9b508719e00b1f764587f77d2f5ce412b6e9574434c763d38b78b2e174b2dc";
+    let removed = "93d9cfdc9e95d2bcde9b6e50afcdbfca9e9434d68609a87e5430736aedea6b89";
+    let p = dir.join("blobs/sha256").join(flipped);
+    let mut b = std::fs::read(&p).unwrap();
+    b[7] ^= 0x80;
+    std::fs::write(&p, b).unwrap();
+    std::fs::remove_file(dir.join("blobs/sha256").join(removed)).unwrap();
+    let out = std::process::Command::new(ferry_bin())
+        .args([
+            "check",
+            &dir.display().to_string(),
+            "--ref",
+            "cache/manifest:cache",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("CORRUPT sha256:{flipped}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("MISSING sha256:{removed}")),
+        "{text}"
+    );
+}

@@ -1,0 +1,160 @@
+//! `ferry check`: before the cable is cut, is everything a ref needs present and intact?
+//!
+//! For each ref: walk its graph (every manifest is read and hashed on the way), then read and hash
+//! every blob. Caches are recognised by their `application/vnd.buildkit.cacheconfig.v0` blob
+//! (the config of an image-manifest cache, or a child of a legacy cache index); their cache config
+//! is parsed to report how many cache records and layers they hold.
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::location::Location;
+use crate::media;
+use crate::remote::RemoteOptions;
+use crate::sync::{ref_matches, walk, Place};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RefReport {
+    pub reference: String,
+    /// `cache`, `image` or `index`.
+    pub kind: String,
+    pub manifests: usize,
+    pub blobs: usize,
+    pub bytes: u64,
+    pub cache_records: Option<usize>,
+    pub cache_layers: Option<usize>,
+    pub missing: Vec<String>,
+    pub corrupt: Vec<String>,
+    /// The graph could not be read at all (a missing or corrupt manifest).
+    pub error: Option<String>,
+}
+
+impl RefReport {
+    pub fn ok(&self) -> bool {
+        self.missing.is_empty() && self.corrupt.is_empty() && self.error.is_none()
+    }
+}
+
+impl std::fmt::Display for RefReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(e) = &self.error {
+            return write!(f, "{}: BROKEN: {e}", self.reference);
+        }
+        write!(
+            f,
+            "{}: {}, {} manifest(s), {} blob(s), {} bytes",
+            self.reference, self.kind, self.manifests, self.blobs, self.bytes
+        )?;
+        if let (Some(r), Some(l)) = (self.cache_records, self.cache_layers) {
+            write!(f, ", {r} cache records over {l} layers")?;
+        }
+        if self.ok() {
+            write!(f, "; all present and intact")
+        } else {
+            for d in &self.missing {
+                write!(f, "\n  MISSING {d}")?;
+            }
+            for d in &self.corrupt {
+                write!(f, "\n  CORRUPT {d}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn blob_state(place: &Place, repo: &str, d: &Digest) -> std::result::Result<(), bool> {
+    // Err(true): missing; Err(false): corrupt.
+    let Ok((mut s, _)) = place.read_blob(repo, d, 0).await else {
+        return Err(true);
+    };
+    let mut h = d.algorithm().hasher();
+    while let Some(chunk) = s.next().await {
+        match chunk {
+            Ok(c) => h.update(&c),
+            Err(_) => return Err(false),
+        }
+    }
+    if &h.finish() == d {
+        Ok(())
+    } else {
+        Err(false)
+    }
+}
+
+/// Check the refs a location names (narrowed by `refs`).
+pub async fn check(
+    loc: &Location,
+    refs: &[String],
+    opts: &RemoteOptions,
+) -> Result<Vec<RefReport>> {
+    let place = Place::open(loc, opts, false)?;
+    let mut roots = place.roots(loc).await?;
+    if !refs.is_empty() {
+        roots.retain(|r| refs.iter().any(|p| ref_matches(r, p)));
+    }
+    let mut out = Vec::new();
+    for root in roots {
+        let mut rep = RefReport {
+            reference: root.to_string(),
+            ..Default::default()
+        };
+        let g = match walk(&place, &root.repo, &root.reference).await {
+            Ok(g) => g,
+            Err(e) => {
+                rep.error = Some(e.to_string());
+                out.push(rep);
+                continue;
+            }
+        };
+        rep.manifests = g.manifests.len();
+        rep.blobs = g.blobs.len();
+        rep.bytes = g.blobs.iter().map(|b| b.size).sum::<u64>()
+            + g.manifests
+                .iter()
+                .map(|(_, b, _)| b.len() as u64)
+                .sum::<u64>();
+        let root_mt = g
+            .manifests
+            .last()
+            .map(|(_, _, mt)| mt.clone())
+            .unwrap_or_default();
+        let cache_cfg = g
+            .blobs
+            .iter()
+            .find(|b| b.media_type == media::BUILDKIT_CACHE_CONFIG);
+        rep.kind = if cache_cfg.is_some() {
+            "cache"
+        } else if media::is_index_type(&root_mt) {
+            "index"
+        } else {
+            "image"
+        }
+        .to_owned();
+        for b in &g.blobs {
+            match blob_state(&place, &root.repo, &b.digest).await {
+                Ok(()) => {}
+                Err(true) => rep.missing.push(b.digest.to_string()),
+                Err(false) => rep.corrupt.push(b.digest.to_string()),
+            }
+        }
+        if let Some(cfg) = cache_cfg {
+            if let Ok((mut s, _)) = place.read_blob(&root.repo, &cfg.digest, 0).await {
+                let mut bytes = Vec::new();
+                while let Some(Ok(c)) = s.next().await {
+                    bytes.extend_from_slice(&c);
+                    if bytes.len() as u64 > media::MAX_MANIFEST_BYTES * 4 {
+                        break;
+                    }
+                }
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    rep.cache_records = v["records"].as_array().map(Vec::len);
+                    rep.cache_layers = v["layers"].as_array().map(Vec::len);
+                }
+            }
+        }
+        out.push(rep);
+    }
+    Ok(out)
+}
