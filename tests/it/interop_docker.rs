@@ -170,7 +170,7 @@ pub fn assert_all_cached(log: &str, expected_steps: usize) {
     }
 }
 
-fn write(dir: &Path, name: &str, content: &[u8]) {
+pub fn write(dir: &Path, name: &str, content: &[u8]) {
     std::fs::write(dir.join(name), content).unwrap();
 }
 

@@ -13,4 +13,5 @@ mod interop_skopeo;
 mod oci_client;
 mod process;
 mod sync;
+mod trip;
 mod upstream;
