@@ -65,8 +65,31 @@ fn docker_config_auth(host: &str) -> RegistryAuth {
     }
 }
 
+/// Whether the system has a CA store the TLS stack can load. Without one, reqwest's platform
+/// verifier panics while building any client (even one used only for plain HTTP), and oci-client
+/// offers no way around that; checking first turns the panic into an error that says what to do.
+fn system_ca_store_present() -> bool {
+    let env_ok = |k: &str| std::env::var_os(k).is_some_and(|p| std::path::Path::new(&p).exists());
+    env_ok("SSL_CERT_FILE")
+        || env_ok("SSL_CERT_DIR")
+        || [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/ssl/ca-bundle.pem",
+            "/etc/ssl/cert.pem",
+            "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+        ]
+        .iter()
+        .any(|p| std::path::Path::new(p).is_file())
+}
+
 impl Registry {
     pub fn new(host: &str, opts: &RemoteOptions) -> Result<Registry> {
+        if !system_ca_store_present() {
+            return Err(Error::Usage(
+                "no CA certificates found on this system: install the ca-certificates package or set SSL_CERT_FILE to a PEM bundle (the HTTP client needs one even for plain-HTTP registries)".into(),
+            ));
+        }
         let protocol = if opts.plain_http || is_loopback_host(host) {
             ClientProtocol::HttpsExcept(vec![host.to_owned()])
         } else {

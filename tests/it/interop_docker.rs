@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
+#[derive(Debug)]
 pub struct Dockerd {
     pub sock: String,
     child: Child,

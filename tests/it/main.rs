@@ -6,6 +6,8 @@
 
 mod common;
 
+mod compose;
+
 mod api;
 mod fixtures;
 mod interop_docker;
