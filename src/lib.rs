@@ -20,6 +20,7 @@
 pub mod check;
 pub mod digest;
 pub mod error;
+pub mod gc;
 pub mod layout;
 pub mod location;
 pub mod media;
@@ -27,5 +28,6 @@ pub mod reference;
 pub mod remote;
 pub mod server;
 pub mod sync;
+pub mod verify;
 
 pub use error::{Error, Result};

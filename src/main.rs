@@ -31,6 +31,42 @@ enum Command {
         /// Refuse every write (for USB media and replicas).
         #[arg(long)]
         read_only: bool,
+        /// Run garbage collection this often inside the server (e.g. 6h); off by default.
+        #[arg(long, value_name = "DURATION")]
+        gc_interval: Option<String>,
+        /// Unreferenced blobs younger than this are kept by GC.
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        gc_grace: String,
+        /// Upload sessions idle for this long are removed (at start and hourly).
+        #[arg(long, value_name = "DURATION", default_value = "24h")]
+        upload_expiry: String,
+    },
+    /// Remove blobs nothing references any more (older than the grace period).
+    Gc {
+        /// The data directory.
+        #[arg(long, env = "FERRY_DATA", default_value = "./registry-data")]
+        data: PathBuf,
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        grace: String,
+        /// Say what would go and how much space returns; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every blob and check every manifest's references; exit 1 on problems.
+    Verify {
+        /// The data directory (or any layout directory).
+        #[arg(long, env = "FERRY_DATA", default_value = "./registry-data")]
+        data: PathBuf,
+        /// Threads hashing at once (default: the number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Move corrupt blobs to .ferry/quarantine/ so a later sync or push can restore them.
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Copy images and caches between registries and directories: only what is missing, verified,
     /// resumable.
@@ -150,9 +186,27 @@ async fn run() -> anyhow::Result<i32> {
             listen,
             data,
             read_only,
+            gc_interval,
+            gc_grace,
+            upload_expiry,
         } => {
+            let dur = |s: &str, what: &str| {
+                ferry::gc::parse_duration(s).map_err(|e| usage(format!("{what}: {e}")))
+            };
+            let gc_interval = gc_interval
+                .as_deref()
+                .map(|s| dur(s, "--gc-interval"))
+                .transpose()?;
+            let gc_grace = dur(&gc_grace, "--gc-grace")?;
+            let upload_expiry = dur(&upload_expiry, "--upload-expiry")?;
             let store = ferry::layout::Store::open(&data, read_only)
                 .with_context(|| format!("opening data directory {}", data.display()))?;
+            if !read_only {
+                let n = store.expire_uploads(upload_expiry)?;
+                if n > 0 {
+                    tracing::info!(removed = n, "expired upload sessions");
+                }
+            }
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
@@ -163,10 +217,79 @@ async fn run() -> anyhow::Result<i32> {
                 "ferry registry listening"
             );
             let app = Arc::new(ferry::server::App { store });
+            if !read_only {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let hour = std::time::Duration::from_secs(3600);
+                    let tick = gc_interval.map_or(hour, |g| g.min(hour));
+                    let mut since_gc = std::time::Duration::ZERO;
+                    loop {
+                        tokio::time::sleep(tick).await;
+                        since_gc += tick;
+                        let a = app.clone();
+                        let run_gc = gc_interval.is_some_and(|g| since_gc >= g);
+                        if run_gc {
+                            since_gc = std::time::Duration::ZERO;
+                        }
+                        let _ = tokio::task::spawn_blocking(move || {
+                            if let Ok(n) = a.store.expire_uploads(upload_expiry) {
+                                if n > 0 {
+                                    tracing::info!(removed = n, "expired upload sessions");
+                                }
+                            }
+                            if run_gc {
+                                match ferry::gc::gc(&a.store, gc_grace, false) {
+                                    Ok(r) => tracing::info!(%r, "gc"),
+                                    Err(e) => tracing::warn!(error = %e, "gc failed"),
+                                }
+                            }
+                        })
+                        .await;
+                    }
+                });
+            }
             ferry::server::run(listener, app, shutdown_signal()).await?;
             tracing::info!("stopped");
         }
         Command::Sync(a) => return sync(a).await,
+        Command::Gc {
+            data,
+            grace,
+            dry_run,
+            json,
+        } => {
+            let grace =
+                ferry::gc::parse_duration(&grace).map_err(|e| usage(format!("--grace: {e}")))?;
+            let store = ferry::layout::Store::open(&data, dry_run)
+                .with_context(|| format!("opening data directory {}", data.display()))?;
+            let r = tokio::task::spawn_blocking(move || ferry::gc::gc(&store, grace, dry_run))
+                .await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{r}");
+            }
+        }
+        Command::Verify {
+            data,
+            jobs,
+            repair,
+            json,
+        } => {
+            let store = ferry::layout::Store::open(&data, !repair)
+                .with_context(|| format!("opening data directory {}", data.display()))?;
+            let jobs =
+                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            let r =
+                tokio::task::spawn_blocking(move || ferry::verify::verify(&store, jobs, repair))
+                    .await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{r}");
+            }
+            return Ok(if r.ok() { 0 } else { EXIT_FAILED });
+        }
         Command::Check {
             location,
             refs,

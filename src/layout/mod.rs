@@ -258,6 +258,42 @@ impl Store {
 
     /// Open a blob for reading; the length is taken from the open file, so a concurrent delete
     /// cannot make the two disagree.
+    /// Mark a blob as just promised to a client (HEAD, mount): GC spares blobs younger than its
+    /// grace period, so a client that was told "it exists" can still reference it.
+    pub async fn touch_blob(&self, d: &Digest) {
+        if self.read_only {
+            return;
+        }
+        let path = self.blob_path(d);
+        let _ = tokio::task::spawn_blocking(move || {
+            File::open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        })
+        .await;
+    }
+
+    /// Remove upload sessions idle for longer than `max_age` (also those left by a crash).
+    pub fn expire_uploads(&self, max_age: std::time::Duration) -> Result<usize> {
+        let dir = self.root.join(".ferry/uploads");
+        let now = std::time::SystemTime::now();
+        let mut n = 0;
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Ok(0);
+        };
+        for e in rd.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age >= max_age);
+            if old && std::fs::remove_file(e.path()).is_ok() {
+                self.uploads.forget(&e.file_name().to_string_lossy());
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     pub async fn open_blob(&self, d: &Digest) -> Result<(File, u64)> {
         let path = self.blob_path(d);
         let digest = d.clone();

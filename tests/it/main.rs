@@ -14,6 +14,7 @@ mod interop_docker;
 mod interop_skopeo;
 mod oci_client;
 mod process;
+mod storage;
 mod sync;
 mod trip;
 mod upstream;

@@ -1,0 +1,109 @@
+//! Garbage collection: mark everything reachable from `index.json` (every tag and every manifest a
+//! repository records, through the graph by media type, legacy cache indexes included), then sweep
+//! blob files that nothing reaches and that are older than the grace period.
+//!
+//! Racing pushes: the registry touches a blob's mtime whenever it tells a client the blob exists
+//! (HEAD, a mount, a completed upload), so a blob a client was just told about is younger than the
+//! grace period and is not swept while the client goes on to push the manifest that references it.
+//! `index.json` is re-read right before the sweep, so a manifest recorded during the mark is seen.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::layout::Store;
+use crate::verify::{list_blobs, reachable};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    pub blobs: usize,
+    pub reachable: usize,
+    pub swept: usize,
+    pub bytes_freed: u64,
+    /// Unreferenced but younger than the grace period.
+    pub kept_young: usize,
+    pub dry_run: bool,
+    pub seconds: f64,
+}
+
+impl std::fmt::Display for GcReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        write!(
+            f,
+            "{} blobs, {} reachable; {verb} {} unreferenced ({} bytes); kept {} younger than the grace period; {:.2} s",
+            self.blobs, self.reachable, self.swept, self.bytes_freed, self.kept_young, self.seconds
+        )
+    }
+}
+
+fn mark(store: &Store) -> Result<BTreeSet<Digest>> {
+    let idx = store.index()?;
+    let mut live = BTreeSet::new();
+    for d in &idx.file.manifests {
+        let (reach, _) = reachable(store, &d.digest, &d.media_type);
+        live.extend(reach);
+    }
+    Ok(live)
+}
+
+pub fn gc(store: &Store, grace: Duration, dry_run: bool) -> Result<GcReport> {
+    let start = std::time::Instant::now();
+    let mut live = mark(store)?;
+    let files = list_blobs(store.root());
+    // Manifests recorded while we were marking are live too.
+    live.extend(mark(store)?);
+    let now = SystemTime::now();
+    let mut r = GcReport {
+        blobs: files.len(),
+        reachable: live.len(),
+        dry_run,
+        ..Default::default()
+    };
+    for (d, path) in files {
+        if live.contains(&d) {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .unwrap_or_default();
+        if age < grace {
+            r.kept_young += 1;
+            continue;
+        }
+        r.swept += 1;
+        r.bytes_freed += meta.len();
+        if !dry_run {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    r.seconds = start.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+/// Parse `30s`, `15m`, `1h`, `7d` (or plain seconds).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("bad duration unit in {s:?} (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}

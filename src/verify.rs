@@ -1,0 +1,191 @@
+//! `ferry verify`: re-hash every blob of a layout in parallel and check every recorded manifest's
+//! references; report corrupt and missing content by digest and by the tags it breaks.
+//! `--repair` moves corrupt blobs to `.ferry/quarantine/`, so that a later sync or push can bring
+//! good copies back (the name is then free again).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::digest::{hash_reader, Digest};
+use crate::error::Result;
+use crate::layout::Store;
+use crate::media::{self, EdgeKind};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub blobs: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub corrupt: Vec<String>,
+    pub missing: Vec<String>,
+    /// Tag (`REPO:TAG`, or `REPO@DIGEST` for untagged manifests) → the digests it lacks.
+    pub broken: BTreeMap<String, Vec<String>>,
+    pub quarantined: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.corrupt.is_empty() && self.missing.is_empty()
+    }
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} blobs, {} bytes re-hashed in {:.1} s ({:.0} MB/s)",
+            self.blobs,
+            self.bytes,
+            self.seconds,
+            self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
+        )?;
+        for d in &self.corrupt {
+            write!(f, "\nCORRUPT {d}")?;
+        }
+        for d in &self.missing {
+            write!(f, "\nMISSING {d}")?;
+        }
+        for (tag, ds) in &self.broken {
+            write!(f, "\nBROKEN {tag}: {}", ds.join(", "))?;
+        }
+        for d in &self.quarantined {
+            write!(f, "\nquarantined {d}")?;
+        }
+        if self.ok() {
+            write!(f, "\nall blobs intact, every recorded manifest complete")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every blob file of the layout.
+pub fn list_blobs(root: &Path) -> Vec<(Digest, PathBuf)> {
+    let mut out = Vec::new();
+    for alg in ["sha256", "sha512"] {
+        let Ok(rd) = std::fs::read_dir(root.join("blobs").join(alg)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if let Ok(d) = format!("{alg}:{}", e.file_name().to_string_lossy()).parse::<Digest>() {
+                out.push((d, e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// Re-hash `files` on `jobs` threads; returns the digests whose bytes do not match and the bytes read.
+pub fn rehash(files: &[(Digest, PathBuf)], jobs: usize) -> (Vec<Digest>, u64) {
+    let next = AtomicUsize::new(0);
+    let bad = Mutex::new(Vec::new());
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((d, p)) = files.get(i) else { break };
+                let ok = std::fs::File::open(p)
+                    .and_then(|f| hash_reader(f, d.algorithm()))
+                    .map(|(h, n)| {
+                        bytes.fetch_add(n, Ordering::Relaxed);
+                        &h.finish() == d
+                    })
+                    .unwrap_or(false);
+                if !ok {
+                    bad.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(d.clone());
+                }
+            });
+        }
+    });
+    let mut bad = bad.into_inner().unwrap_or_else(|p| p.into_inner());
+    bad.sort();
+    (bad, bytes.load(Ordering::Relaxed))
+}
+
+/// Everything reachable from one manifest: (digests, digests missing on disk).
+pub fn reachable(
+    store: &Store,
+    root: &Digest,
+    media_type: &str,
+) -> (BTreeSet<Digest>, BTreeSet<Digest>) {
+    let mut seen = BTreeSet::new();
+    let mut missing = BTreeSet::new();
+    let mut stack = vec![(root.clone(), Some(media_type.to_owned()))];
+    while let Some((d, mt)) = stack.pop() {
+        if !seen.insert(d.clone()) {
+            continue;
+        }
+        let path = store.blob_path(&d);
+        if !path.is_file() {
+            missing.insert(d);
+            continue;
+        }
+        let Some(mt) = mt else { continue };
+        let Ok(bytes) = std::fs::read(&path) else {
+            missing.insert(d);
+            continue;
+        };
+        let Ok(info) = media::parse_manifest(&bytes, Some(&mt)) else {
+            continue;
+        };
+        for e in info.edges {
+            let child_mt = (e.kind == EdgeKind::Manifest).then(|| e.media_type.clone());
+            stack.push((e.digest, child_mt));
+        }
+    }
+    (seen, missing)
+}
+
+pub fn verify(store: &Store, jobs: usize, repair: bool) -> Result<VerifyReport> {
+    let start = std::time::Instant::now();
+    let files = list_blobs(store.root());
+    let (corrupt, bytes) = rehash(&files, jobs);
+    let mut report = VerifyReport {
+        blobs: files.len(),
+        bytes,
+        corrupt: corrupt.iter().map(ToString::to_string).collect(),
+        ..Default::default()
+    };
+    let corrupt_set: HashSet<Digest> = corrupt.iter().cloned().collect();
+    let idx = store.index()?;
+    let mut missing_all = BTreeSet::new();
+    for d in &idx.file.manifests {
+        let (reach, missing) = reachable(store, &d.digest, &d.media_type);
+        let mut lacking: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        lacking.extend(
+            reach
+                .iter()
+                .filter(|x| corrupt_set.contains(*x))
+                .map(ToString::to_string),
+        );
+        missing_all.extend(missing);
+        if !lacking.is_empty() {
+            let name = match d.repo_and_tag() {
+                (Some(r), Some(t)) => format!("{r}:{t}"),
+                (Some(r), None) => format!("{r}@{}", d.digest),
+                _ => d.digest.to_string(),
+            };
+            lacking.sort();
+            lacking.dedup();
+            report.broken.insert(name, lacking);
+        }
+    }
+    report.missing = missing_all.iter().map(ToString::to_string).collect();
+    if repair && !corrupt.is_empty() {
+        let q = store.root().join(".ferry/quarantine");
+        std::fs::create_dir_all(&q)?;
+        for d in &corrupt {
+            let to = q.join(format!("{}-{}", d.algorithm().as_str(), d.hex()));
+            std::fs::rename(store.blob_path(d), &to)?;
+            report.quarantined.push(d.to_string());
+        }
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}

@@ -1,0 +1,235 @@
+//! Storage that lives for years: GC (mark through the graph, grace period, racing pushes),
+//! verify (corrupt, missing, broken tags, repair), upload expiry.
+
+use std::time::{Duration, SystemTime};
+
+use ferry::layout::Store;
+use reqwest::StatusCode;
+
+use crate::common::*;
+use crate::fixtures::{replay_push, RECORDED};
+
+fn age(path: &std::path::Path, by: Duration) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(SystemTime::now() - by).unwrap();
+}
+
+fn age_all_blobs(dir: &std::path::Path, by: Duration) {
+    for e in std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
+        age(&e.path(), by);
+    }
+}
+
+#[tokio::test]
+async fn gc_keeps_everything_reachable_including_caches_and_sweeps_the_rest() {
+    let s = TestServer::start().await;
+    for name in RECORDED {
+        replay_push(&s.url, name).await;
+    }
+    let before = std::fs::read_dir(s.dir.join("blobs/sha256"))
+        .unwrap()
+        .count();
+    // An orphan (pushed, never referenced) and a manifest whose tag moved away.
+    let orphan = push_blob(&s.url, "junk", &bytes(5000, 100)).await;
+    let m1 = push_image(&s.url, "moved", "t", 101).await;
+    let m2 = push_image(&s.url, "moved", "t", 102).await;
+    let r = http()
+        .delete(format!("{}/v2/moved/manifests/{}", s.url, sha256(&m1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    age_all_blobs(&s.dir, Duration::from_secs(7200));
+
+    let store = Store::open(&s.dir, false).unwrap();
+    let dry = ferry::gc::gc(&store, Duration::from_secs(3600), true).unwrap();
+    assert!(dry.swept >= 3, "{dry}"); // orphan + m1's config and layer
+    assert!(
+        s.dir.join("blobs/sha256").join(orphan.hex()).exists(),
+        "dry run removed something"
+    );
+
+    let r = ferry::gc::gc(&store, Duration::from_secs(3600), false).unwrap();
+    assert_eq!(r.swept, dry.swept);
+    assert!(!s.dir.join("blobs/sha256").join(orphan.hex()).exists());
+    // Every fixture (three cache shapes, image, multi-arch index) is still complete.
+    for name in RECORDED {
+        let recs = crate::fixtures::parse_headers_pub(
+            &fixtures()
+                .join("layouts")
+                .join(format!("{name}.headers.txt")),
+        );
+        crate::fixtures::verify_pull(&s.url, name, &recs).await;
+    }
+    let r = http()
+        .get(format!("{}/v2/moved/manifests/t", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &m2[..]);
+    let v = ferry::verify::verify(&store, 2, false).unwrap();
+    assert!(v.ok(), "{v}");
+    assert!(before > 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_blob_promised_by_head_or_mount_survives_gc_for_the_grace_period() {
+    let s = TestServer::start().await;
+    let layer = bytes(4000, 110);
+    let d = push_blob(&s.url, "race", &layer).await;
+    let d2 = push_blob(&s.url, "race", &bytes(4000, 111)).await;
+    age_all_blobs(&s.dir, Duration::from_secs(7200));
+    // A client asks whether the blobs exist (docker does before every layer push) ...
+    let r = http()
+        .head(format!("{}/v2/race/blobs/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http()
+        .post(format!(
+            "{}/v2/other/blobs/uploads/?mount={d2}&from=race",
+            s.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // ... GC runs in between ...
+    let store = Store::open(&s.dir, false).unwrap();
+    let r = ferry::gc::gc(&store, Duration::from_secs(3600), false).unwrap();
+    assert_eq!(r.kept_young, 2, "{r}");
+    // ... and the manifest that references them is still accepted.
+    let config = b"{}".to_vec();
+    push_blob(&s.url, "race", &config).await;
+    let m = image_manifest(&config, &[&layer, &bytes(4000, 111)]);
+    let r = put_manifest(
+        &s.url,
+        "race",
+        "v1",
+        "application/vnd.oci.image.manifest.v1+json",
+        &m,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn verify_names_corrupt_and_missing_blobs_and_the_tags_they_break_and_repairs() {
+    let s = TestServer::start().await;
+    replay_push(&s.url, "cache-legacy-oci").await;
+    let m = push_image(&s.url, "img", "1", 120).await;
+    let store = Store::open(&s.dir, false).unwrap();
+    assert!(ferry::verify::verify(&store, 2, false).unwrap().ok());
+
+    let flipped = "6b9b508719e00b1f764587f77d2f5ce412b6e9574434c763d38b78b2e174b2dc";
+    let p = s.dir.join("blobs/sha256").join(flipped);
+    let good = std::fs::read(&p).unwrap();
+    let mut b = good.clone();
+    b[0] ^= 1;
+    std::fs::write(&p, &b).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+    let layer = v["layers"][0]["digest"].as_str().unwrap().to_owned();
+    std::fs::remove_file(
+        s.dir
+            .join("blobs/sha256")
+            .join(layer.strip_prefix("sha256:").unwrap()),
+    )
+    .unwrap();
+
+    let r = ferry::verify::verify(&store, 2, false).unwrap();
+    assert!(!r.ok());
+    assert_eq!(r.corrupt, vec![format!("sha256:{flipped}")]);
+    assert_eq!(r.missing, vec![layer.clone()]);
+    assert_eq!(
+        r.broken.get("cache/legacy-oci:cache"),
+        Some(&vec![format!("sha256:{flipped}")])
+    );
+    assert_eq!(r.broken.get("img:1"), Some(&vec![layer.clone()]));
+
+    // The command line: exit 1; --repair quarantines the corrupt blob, a push restores it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["verify", "--data", &s.dir.display().to_string(), "--repair"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("quarantined sha256:{flipped}")),
+        "{text}"
+    );
+    assert!(s
+        .dir
+        .join(".ferry/quarantine")
+        .join(format!("sha256-{flipped}"))
+        .exists());
+    let r = http()
+        .head(format!(
+            "{}/v2/cache/legacy-oci/blobs/sha256:{flipped}",
+            s.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "a client will push it again"
+    );
+    push_blob(&s.url, "cache/legacy-oci", &good).await;
+    let r = ferry::verify::verify(&store, 2, false).unwrap();
+    assert_eq!(r.corrupt.len(), 0, "{r}");
+    assert_eq!(r.missing, vec![layer]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn idle_upload_sessions_expire() {
+    let s = TestServer::start().await;
+    let r = http()
+        .post(format!("{}/v2/up/blobs/uploads/", s.url))
+        .send()
+        .await
+        .unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let r = http()
+        .patch(format!("{}{loc}", s.url))
+        .body(vec![1u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r2 = http()
+        .post(format!("{}/v2/up/blobs/uploads/", s.url))
+        .send()
+        .await
+        .unwrap();
+    let fresh = r2.headers()["location"].to_str().unwrap().to_owned();
+    let id = loc.rsplit('/').next().unwrap();
+    age(
+        &s.dir.join(".ferry/uploads").join(id),
+        Duration::from_secs(48 * 3600),
+    );
+    let store = Store::open(&s.dir, false).unwrap();
+    assert_eq!(
+        store
+            .expire_uploads(Duration::from_secs(24 * 3600))
+            .unwrap(),
+        1
+    );
+    // The server's own view is what clients see: that one store handle is the server's in
+    // production; here a second handle removed the file, so the session cannot be recovered.
+    assert!(!s.dir.join(".ferry/uploads").join(id).exists());
+    let r = http()
+        .get(format!("{}{fresh}", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT, "a fresh session stays");
+    s.stop().await;
+}
