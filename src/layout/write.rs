@@ -16,6 +16,8 @@ use crate::digest::Hasher;
 
 /// Chunks queued between the network and the disk thread.
 const CHANNEL_CHUNKS: usize = 16;
+/// Body bytes read and dropped after a disk error, so the error answer reaches the client.
+const DRAIN_ON_ERROR: u64 = 64 << 20;
 /// Bytes gathered before a `write` syscall.
 const WRITE_BUFFER: usize = 1 << 20;
 
@@ -109,7 +111,17 @@ where
                     break;
                 }
                 if tx.send(chunk).await.is_err() {
-                    break; // the disk thread stopped on an error; it reports it below
+                    // The disk thread stopped on an error (it reports it below). Read and drop a
+                    // bounded amount of the rest, so the client is reading when the error answer
+                    // comes instead of getting a reset connection mid-send.
+                    let mut drained = 0u64;
+                    while drained < DRAIN_ON_ERROR {
+                        match body.next().await {
+                            Some(Ok(c)) => drained += c.len() as u64,
+                            _ => break,
+                        }
+                    }
+                    break;
                 }
             }
             Err(e) => {
