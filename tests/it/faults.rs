@@ -253,3 +253,75 @@ async fn sixteen_clients_pushing_one_100_mib_blob() {
     assert!(ferry::verify::verify(&store, 2, false).unwrap().ok());
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_syncs_into_a_served_directory() {
+    let src = TestServer::start().await;
+    for i in 0..10u64 {
+        let layer = bytes(48 * 1024 * 1024, 160 + i);
+        let config = format!("{{\"i\":{i}}}").into_bytes();
+        push_blob(&src.url, "sync/app", &config).await;
+        push_blob(&src.url, "sync/app", &layer).await;
+        let m = image_manifest(&config, &[&layer]);
+        let r = put_manifest(
+            &src.url,
+            "sync/app",
+            &format!("v{i}"),
+            "application/vnd.oci.image.manifest.v1+json",
+            &m,
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    // ~96 MiB/s: each 48 MiB layer takes about half a second to arrive.
+    let proxy = crate::sync::throttling_proxy(src.addr, 96 * 1024 * 1024).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("served");
+    let d = dir.display().to_string();
+    let mut seed = 0x2545f4914f6cdd1du64;
+    for i in 0..10u64 {
+        let mut serve = FerryProcess::start(&["--listen", "127.0.0.1:0", "--data", &d], &[]);
+        let from = format!("docker://{proxy}/sync/app:v{i}");
+        let mut sync = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["sync", "--json", &from, &d])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(seed % 900)).await;
+        let _ = sync.kill();
+        let _ = sync.wait();
+        serve.child.kill().unwrap();
+        serve.child.wait().unwrap();
+        verify_clean(&dir);
+        // Run again: the sync completes and a restarted server serves the tag.
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["sync", "--json", &from, &d])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let p = FerryProcess::start(&["--listen", "127.0.0.1:0", "--data", &d], &[]);
+        let r = http()
+            .get(format!("{}/v2/sync/app/manifests/v{i}", p.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        drop(p);
+        verify_clean(&dir);
+    }
+    assert!(
+        !dir.join(".ferry/partial")
+            .read_dir()
+            .is_ok_and(|mut r| r.next().is_some()),
+        "no partial files left"
+    );
+    src.stop().await;
+}

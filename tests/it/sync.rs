@@ -391,7 +391,7 @@ async fn delta_trip_inventory_have_apply() {
 }
 
 /// A TCP proxy that slows the server-to-client direction to about `bytes_per_sec`.
-async fn throttling_proxy(
+pub(crate) async fn throttling_proxy(
     upstream: std::net::SocketAddr,
     bytes_per_sec: u64,
 ) -> std::net::SocketAddr {
