@@ -26,6 +26,7 @@ pub mod location;
 pub mod media;
 pub mod reference;
 pub mod remote;
+pub mod retention;
 pub mod server;
 pub mod sync;
 pub mod verify;

@@ -53,6 +53,21 @@ enum Command {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+        /// Retention: apply the rules below only to repositories matching this regex.
+        #[arg(long, value_name = "REGEX")]
+        repo: Option<String>,
+        /// Retention: keep the newest N tags of each repository.
+        #[arg(long, value_name = "N")]
+        keep_last: Option<usize>,
+        /// Retention: keep tags matching this regex.
+        #[arg(long, value_name = "REGEX")]
+        keep_tags: Option<String>,
+        /// Retention: keep tags read within this long (e.g. 30d).
+        #[arg(long, value_name = "DURATION")]
+        keep_read_within: Option<String>,
+        /// Retention: then drop least-recently-read tags until the store fits (e.g. 200G).
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<String>,
     },
     /// Re-hash every blob and check every manifest's references; exit 1 on problems.
     Verify {
@@ -257,15 +272,58 @@ async fn run() -> anyhow::Result<i32> {
             grace,
             dry_run,
             json,
+            repo,
+            keep_last,
+            keep_tags,
+            keep_read_within,
+            max_size,
         } => {
             let grace =
                 ferry::gc::parse_duration(&grace).map_err(|e| usage(format!("--grace: {e}")))?;
-            let store = ferry::layout::Store::open(&data, dry_run)
-                .with_context(|| format!("opening data directory {}", data.display()))?;
-            let r = tokio::task::spawn_blocking(move || ferry::gc::gc(&store, grace, dry_run))
-                .await??;
+            let re = |s: Option<String>, what: &str| -> anyhow::Result<Option<regex::Regex>> {
+                s.map(|s| regex::Regex::new(&s).map_err(|e| usage(format!("{what}: {e}"))))
+                    .transpose()
+            };
+            let policy = ferry::retention::Policy {
+                repo: re(repo, "--repo")?,
+                keep_last,
+                keep_tags: re(keep_tags, "--keep-tags")?,
+                keep_read_within: keep_read_within
+                    .map(|s| {
+                        ferry::gc::parse_duration(&s)
+                            .map_err(|e| usage(format!("--keep-read-within: {e}")))
+                    })
+                    .transpose()?,
+                max_size: max_size
+                    .map(|s| {
+                        ferry::retention::parse_size(&s)
+                            .map_err(|e| usage(format!("--max-size: {e}")))
+                    })
+                    .transpose()?,
+            };
+            let store = Arc::new(
+                ferry::layout::Store::open(&data, dry_run)
+                    .with_context(|| format!("opening data directory {}", data.display()))?,
+            );
+            let mut out = serde_json::Map::new();
+            if !policy.is_empty() {
+                let s = store.clone();
+                let plan = tokio::task::spawn_blocking(move || ferry::retention::plan(&s, &policy))
+                    .await??;
+                if !json {
+                    println!("{plan}");
+                }
+                if !dry_run {
+                    ferry::retention::apply(&store, &plan).await?;
+                }
+                out.insert("retention".into(), serde_json::to_value(&plan)?);
+            }
+            let s = store.clone();
+            let r =
+                tokio::task::spawn_blocking(move || ferry::gc::gc(&s, grace, dry_run)).await??;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                out.insert("gc".into(), serde_json::to_value(&r)?);
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 println!("{r}");
             }

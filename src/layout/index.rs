@@ -20,6 +20,8 @@ use crate::reference::{is_valid_name, is_valid_tag};
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const FERRY_REPOSITORY: &str = "io.ferry.repository";
 pub const FERRY_SUBJECT: &str = "io.ferry.subject";
+/// When the tag was published, in milliseconds since the epoch (retention's "newest N").
+pub const FERRY_TAGGED: &str = "io.ferry.tagged";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Descriptor {
@@ -69,6 +71,11 @@ impl Descriptor {
     pub fn subject(&self) -> Option<&str> {
         self.annotation(FERRY_SUBJECT)
     }
+
+    /// When the tag was published (ms since the epoch), if ferry recorded it.
+    pub fn tagged_at(&self) -> Option<u64> {
+        self.annotation(FERRY_TAGGED)?.parse().ok()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,6 +110,8 @@ pub struct NewEntry {
     pub size: u64,
     pub artifact_type: Option<String>,
     pub subject: Option<Digest>,
+    /// Milliseconds since the epoch.
+    pub tagged_at: u64,
 }
 
 impl NewEntry {
@@ -111,6 +120,7 @@ impl NewEntry {
         ann.insert(FERRY_REPOSITORY.to_owned(), self.repo.clone());
         if let Some(t) = tag {
             ann.insert(REF_NAME.to_owned(), format!("{}:{}", self.repo, t));
+            ann.insert(FERRY_TAGGED.to_owned(), self.tagged_at.to_string());
         }
         if let Some(s) = &self.subject {
             ann.insert(FERRY_SUBJECT.to_owned(), s.to_string());
@@ -196,6 +206,25 @@ impl IndexFile {
         self.manifests
             .retain(|d| !(&d.digest == digest && d.repo_and_tag().0 == Some(repo)));
         before - self.manifests.len()
+    }
+
+    /// Retention: drop a tag, and with it the repository's untagged records of manifests in
+    /// `orphaned` (what only that tag reached), so GC can reclaim them.
+    pub fn drop_tag(
+        &mut self,
+        repo: &str,
+        tag: &str,
+        orphaned: &std::collections::BTreeSet<Digest>,
+    ) -> bool {
+        let before = self.manifests.len();
+        self.manifests
+            .retain(|d| d.repo_and_tag() != (Some(repo), Some(tag)));
+        if self.manifests.len() == before {
+            return false;
+        }
+        self.manifests
+            .retain(|d| !(d.repo_and_tag() == (Some(repo), None) && orphaned.contains(&d.digest)));
+        true
     }
 
     pub fn names_digest(&self, digest: &Digest) -> bool {
@@ -294,6 +323,7 @@ mod tests {
             size: 1,
             artifact_type: None,
             subject: None,
+            tagged_at: 0,
         }
     }
 

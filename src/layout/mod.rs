@@ -75,6 +75,8 @@ pub struct PutManifest {
 pub struct Store {
     root: PathBuf,
     read_only: bool,
+    /// When each manifest's read marker was last refreshed by this process (rate limit).
+    reads: Mutex<std::collections::HashMap<Digest, std::time::Instant>>,
     cache: Mutex<Option<(Stamp, Arc<Index>)>>,
     index_write: tokio::sync::Mutex<()>,
     uploads: Uploads,
@@ -117,6 +119,7 @@ impl Store {
             uploads: Uploads::new(root.join(".ferry/uploads")),
             root,
             read_only,
+            reads: Mutex::new(Default::default()),
             cache: Mutex::new(None),
             index_write: tokio::sync::Mutex::new(()),
         };
@@ -269,6 +272,49 @@ impl Store {
             File::open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()))
         })
         .await;
+    }
+
+    fn read_marker(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join(".ferry/reads")
+            .join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
+    }
+
+    /// Record that a manifest was read (retention's "read in the last D days"). Cheap: the
+    /// marker file's mtime, refreshed at most once an hour per manifest, never index.json.
+    pub async fn note_read(&self, d: &Digest) {
+        if self.read_only {
+            return;
+        }
+        {
+            let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if reads
+                .get(d)
+                .is_some_and(|t| now.duration_since(*t) < std::time::Duration::from_secs(3600))
+            {
+                return;
+            }
+            reads.insert(d.clone(), now);
+        }
+        let path = self.read_marker(d);
+        let _ = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            f.set_modified(std::time::SystemTime::now())
+        })
+        .await;
+    }
+
+    /// When a manifest was last read, if ever (through this data directory's servers).
+    pub fn last_read(&self, d: &Digest) -> Option<std::time::SystemTime> {
+        std::fs::metadata(self.read_marker(d)).ok()?.modified().ok()
     }
 
     /// Remove upload sessions idle for longer than `max_age` (also those left by a crash).
@@ -652,6 +698,9 @@ impl Store {
             size: bytes.len() as u64,
             artifact_type: info.subject.as_ref().and(info.artifact_type.clone()),
             subject: info.subject.clone(),
+            tagged_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
         self.update_index(move |f| {
             let before = f.manifests.len();

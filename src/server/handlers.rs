@@ -288,6 +288,7 @@ async fn get_blob(app: &App, d: &Digest, headers: &HeaderMap, head: bool) -> HRe
 async fn get_manifest(app: &App, r: &RepoName, reference: &str, head: bool) -> HResult {
     let reference = Reference::parse(reference)?;
     let m = app.store.manifest(r, &reference).await?;
+    app.store.note_read(&m.digest).await;
     // Stored bytes are served whatever `Accept` says (see fixtures/buildkit/traffic/accept-matrix):
     // real clients send `*/*` or the full list, and the bytes must never be converted.
     let body = if head {

@@ -233,3 +233,133 @@ async fn idle_upload_sessions_expire() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT, "a fresh session stays");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_newest_named_and_recently_read_tags_then_fits_a_budget() {
+    let s = TestServer::start().await;
+    let mut manifests = std::collections::HashMap::new();
+    for (i, tag) in ["release-1", "v1", "v2", "v3", "v4", "v5"]
+        .iter()
+        .enumerate()
+    {
+        manifests.insert(
+            *tag,
+            push_image(&s.url, "ret/app", tag, 200 + i as u64).await,
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await; // distinct publish times
+    }
+    push_image(&s.url, "other/x", "1", 300).await;
+    // Someone pulls v2.
+    let r = http()
+        .get(format!("{}/v2/ret/app/manifests/v2", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let gc = |extra: &[&str]| {
+        let mut args = vec![
+            "gc",
+            "--data",
+            s.dir.to_str().unwrap(),
+            "--grace",
+            "0s",
+            "--json",
+            "--repo",
+            "^ret/",
+        ];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let removed = |v: &serde_json::Value| -> Vec<String> {
+        let mut t: Vec<String> = v["retention"]["remove"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["tag"].as_str().unwrap().to_owned())
+            .collect();
+        t.sort();
+        t
+    };
+    let rules = [
+        "--keep-last",
+        "2",
+        "--keep-tags",
+        "^release-",
+        "--keep-read-within",
+        "1h",
+    ];
+
+    // Dry run: says what would go and how much returns; changes nothing.
+    let before = snapshot(&s.dir);
+    let mut dry: Vec<&str> = rules.to_vec();
+    dry.push("--dry-run");
+    let v = gc(&dry);
+    assert_eq!(removed(&v), vec!["v1", "v3"], "{v}");
+    assert!(
+        v["retention"]["bytes_freed"].as_u64().unwrap() > 2 * 3000,
+        "{v}"
+    );
+    let after = snapshot(&s.dir);
+    assert_eq!(
+        before
+            .keys()
+            .filter(|k| k.starts_with("blobs"))
+            .collect::<Vec<_>>(),
+        after
+            .keys()
+            .filter(|k| k.starts_with("blobs"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(before.get("index.json"), after.get("index.json"));
+
+    // For real: the two tags go, their unique blobs are swept, everything else is intact.
+    let v = gc(&rules);
+    assert_eq!(removed(&v), vec!["v1", "v3"]);
+    assert!(v["gc"]["swept"].as_u64().unwrap() >= 4, "{v}"); // 2 manifests + their configs and layers
+    for (tag, code) in [
+        ("v1", 404),
+        ("v3", 404),
+        ("v2", 200),
+        ("v4", 200),
+        ("v5", 200),
+        ("release-1", 200),
+    ] {
+        let r = http()
+            .get(format!("{}/v2/ret/app/manifests/{tag}", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), code, "{tag}");
+    }
+    let r = http()
+        .get(format!("{}/v2/other/x/manifests/1", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "--repo limits the rules");
+    let store = Store::open(&s.dir, true).unwrap();
+    assert!(ferry::verify::verify(&store, 2, false).unwrap().ok());
+
+    // A budget just under the current size: one more tag goes, least recently read first. The
+    // checks above read every remaining tag; v2 was read before them (and a marker is refreshed at
+    // most hourly), so v2 is now the least recently read.
+    let size: u64 = v["retention"]["bytes_before"].as_u64().unwrap()
+        - v["retention"]["bytes_freed"].as_u64().unwrap();
+    let budget = (size - 1).to_string();
+    let v = gc(&["--max-size", &budget]);
+    assert_eq!(removed(&v), vec!["v2"], "{v}");
+    assert_eq!(
+        v["retention"]["remove"][0]["reason"],
+        "over the size budget (least recently read)"
+    );
+    s.stop().await;
+}
