@@ -2,9 +2,11 @@
 //! repository records, through the graph by media type, legacy cache indexes included), then sweep
 //! blob files that nothing reaches and that are older than the grace period.
 //!
-//! Racing pushes: the registry touches a blob's mtime whenever it tells a client the blob exists
-//! (HEAD, a mount, a completed upload), so a blob a client was just told about is younger than the
-//! grace period and is not swept while the client goes on to push the manifest that references it.
+//! Racing pushes: the registry refreshes a blob's mtime whenever it tells a client the blob exists
+//! (HEAD, a mount; a completed upload is new anyway), under a shared lock on `.ferry/gc.lock`; the
+//! sweep takes that lock exclusively for each victim and re-checks its age under it. So a blob a
+//! client was told about is younger than the grace period and is not swept while the client goes
+//! on to push the manifest that references it — also when `ferry gc` runs as another process.
 //! `index.json` is re-read right before the sweep, so a manifest recorded during the mark is seen.
 
 use std::collections::BTreeSet;

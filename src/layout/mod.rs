@@ -261,17 +261,44 @@ impl Store {
 
     /// Open a blob for reading; the length is taken from the open file, so a concurrent delete
     /// cannot make the two disagree.
-    /// Mark a blob as just promised to a client (HEAD, mount): GC spares blobs younger than its
-    /// grace period, so a client that was told "it exists" can still reference it.
-    pub async fn touch_blob(&self, d: &Digest) {
+    /// The lock that orders "promise a blob exists" against "sweep it" across processes.
+    pub fn gc_lock_path(&self) -> PathBuf {
+        self.root.join(".ferry/gc.lock")
+    }
+
+    /// Promise a blob to a client (HEAD, mount): check that it exists and refresh its mtime, under
+    /// a shared lock that the GC sweep takes exclusively per victim. Either the sweep removed the
+    /// blob first (and the answer is "unknown"), or the blob is now younger than the grace period
+    /// and the sweep keeps it — so a client that was told "it exists" can reference it.
+    pub async fn promise_blob(&self, d: &Digest) -> Result<Option<u64>> {
         if self.read_only {
-            return;
+            return self.blob_size(d).await;
         }
         let path = self.blob_path(d);
-        let _ = tokio::task::spawn_blocking(move || {
-            File::open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        let lock = self.gc_lock_path();
+        blocking(move || {
+            // A file descriptor of our own: flock is per open file, so concurrent promises in this
+            // process hold independent shared locks.
+            let l = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock)?;
+            l.lock_shared()?;
+            let r = match File::open(&path) {
+                Ok(f) => {
+                    let len = f.metadata()?.len();
+                    // Needs a writable open only on filesystems that refuse utimes via a read fd.
+                    let _ = f.set_modified(std::time::SystemTime::now());
+                    Ok(Some(len))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+            drop(l);
+            r
         })
-        .await;
+        .await
     }
 
     fn read_marker(&self, d: &Digest) -> PathBuf {

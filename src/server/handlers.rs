@@ -219,8 +219,7 @@ async fn start_upload(app: &App, r: &RepoName, req: Request) -> HResult {
         // blob exists (with or without `from`: automatic cross-mount). Otherwise fall through to
         // a new session, as the spec asks.
         if let Ok(d) = m.parse::<Digest>() {
-            if app.store.blob_size(&d).await?.is_some() {
-                app.store.touch_blob(&d).await;
+            if app.store.promise_blob(&d).await?.is_some() {
                 return Ok(blob_created(r, &d));
             }
         }
@@ -236,11 +235,14 @@ async fn start_upload(app: &App, r: &RepoName, req: Request) -> HResult {
 }
 
 async fn get_blob(app: &App, d: &Digest, headers: &HeaderMap, head: bool) -> HResult {
-    let (file, len) = app.store.open_blob(d).await?;
     if head {
         // A HEAD answer is a promise that the blob exists (clients skip uploading it).
-        app.store.touch_blob(d).await;
+        app.store
+            .promise_blob(d)
+            .await?
+            .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
     }
+    let (file, len) = app.store.open_blob(d).await?;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
         Some(s) => match parse_range(s, len) {

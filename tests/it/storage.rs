@@ -363,3 +363,88 @@ async fn retention_keeps_newest_named_and_recently_read_tags_then_fits_a_budget(
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_racing_a_gc_loop_never_lose_a_promised_blob() {
+    let s = TestServer::start().await;
+    // Layers already in the store, old and unreferenced: exactly what a sweep removes. Each push
+    // uses three shared ones and one of its own that no other manifest will ever reference.
+    let shared: Vec<Vec<u8>> = (0..24).map(|i| bytes(20_000, 400 + i)).collect();
+    let own: Vec<Vec<u8>> = (0..40).map(|i| bytes(10_000, 500 + i)).collect();
+    for b in shared.iter().chain(&own) {
+        push_blob(&s.url, "race/base", b).await;
+    }
+    age_all_blobs(&s.dir, Duration::from_secs(7200));
+    // 1. Clients ask whether the layers exist (as docker does before uploading): all are there.
+    let mut plans = Vec::new();
+    for i in 0..40usize {
+        let mut layers: Vec<Vec<u8>> = (0..3)
+            .map(|k| shared[(i * 7 + k * 5) % shared.len()].clone())
+            .collect();
+        layers.push(own[i].clone());
+        for l in &layers {
+            let r = http()
+                .head(format!("{}/v2/race/app/blobs/{}", s.url, sha256(l)))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+        plans.push(layers);
+    }
+    // 2. GC runs in a loop while the (slow) clients get on with their pushes ...
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc_loop = {
+        let dir = s.dir.clone();
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = Store::open(&dir, false).unwrap();
+            let mut runs = 0;
+            // Bounded, so that a failing push (which ends the test early) cannot leave it spinning.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                ferry::gc::gc(&store, Duration::from_secs(60), false).unwrap();
+                runs += 1;
+            }
+            runs
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 3. ... and reference what they were told exists, without uploading it.
+    let mut pushes = Vec::new();
+    for (i, layers) in plans.into_iter().enumerate() {
+        let url = s.url.clone();
+        pushes.push(tokio::spawn(async move {
+            let config = format!("{{\"push\":{i}}}").into_bytes();
+            push_blob(&url, "race/app", &config).await;
+            let refs: Vec<&[u8]> = layers.iter().map(Vec::as_slice).collect();
+            let m = image_manifest(&config, &refs);
+            put_manifest(
+                &url,
+                "race/app",
+                &format!("p{i}"),
+                "application/vnd.oci.image.manifest.v1+json",
+                &m,
+            )
+            .await
+            .status()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for p in pushes {
+        statuses.push(p.await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::CREATED),
+        "a manifest push lost a blob it was promised: {statuses:?}"
+    );
+    let runs = gc_loop.await.unwrap();
+    assert!(runs >= 2, "GC ran {runs} times during the pushes");
+    let store = Store::open(&s.dir, true).unwrap();
+    let v = ferry::verify::verify(&store, 2, false).unwrap();
+    assert!(v.ok(), "{v}");
+    s.stop().await;
+}
