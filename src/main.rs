@@ -70,7 +70,12 @@ enum Command {
         max_size: Option<String>,
     },
     /// Re-hash every blob and check every manifest's references; exit 1 on problems.
+    ///
+    /// With a registry location (`docker://HOST[:PORT][/REPO[:TAG]]`), every blob of every ref is
+    /// downloaded and hashed instead.
     Verify {
+        /// A registry or a directory to verify instead of --data.
+        location: Option<String>,
         /// The data directory (or any layout directory).
         #[arg(long, env = "FERRY_DATA", default_value = "./registry-data")]
         data: PathBuf,
@@ -329,11 +334,35 @@ async fn run() -> anyhow::Result<i32> {
             }
         }
         Command::Verify {
+            location,
             data,
             jobs,
             repair,
             json,
         } => {
+            let data = match location
+                .as_deref()
+                .map(ferry::location::Location::parse)
+                .transpose()?
+            {
+                Some(loc @ ferry::location::Location::Registry { .. }) => {
+                    let reports = ferry::check::check(&loc, &[], &Default::default()).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&reports)?);
+                    } else {
+                        for r in &reports {
+                            println!("{r}");
+                        }
+                    }
+                    return Ok(if reports.iter().all(|r| r.ok()) {
+                        0
+                    } else {
+                        EXIT_FAILED
+                    });
+                }
+                Some(ferry::location::Location::Dir { path }) => path,
+                None => data,
+            };
             let store = ferry::layout::Store::open(&data, !repair)
                 .with_context(|| format!("opening data directory {}", data.display()))?;
             let jobs =

@@ -448,3 +448,82 @@ async fn pushes_racing_a_gc_loop_never_lose_a_promised_blob() {
     assert!(v.ok(), "{v}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_and_sync_publishing_into_one_directory_lose_no_tag() {
+    // A source registry with 10 images to sync in, while clients push 20 tags to the server
+    // that serves the destination directory.
+    let src = TestServer::start().await;
+    for i in 0..10 {
+        push_image(&src.url, "from/sync", &format!("s{i}"), 600 + i).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shared");
+    let served = TestServer::start_on(&dir, false).await;
+    let m = push_image(&served.url, "from/push", "seed", 700).await;
+    let sync = {
+        let from = format!("docker://{}/from/sync", src.host());
+        let to = dir.display().to_string();
+        tokio::spawn(async move {
+            ferry::sync::sync(
+                &ferry::location::Location::parse(&from).unwrap(),
+                &ferry::location::Location::parse(&to).unwrap(),
+                &ferry::sync::SyncOptions {
+                    jobs: 4,
+                    ..Default::default()
+                },
+                &ferry::sync::Quiet,
+            )
+            .await
+        })
+    };
+    let mut pushes = Vec::new();
+    for i in 0..20 {
+        let url = served.url.clone();
+        let m = m.clone();
+        pushes.push(tokio::spawn(async move {
+            put_manifest(
+                &url,
+                "from/push",
+                &format!("p{i}"),
+                "application/vnd.oci.image.manifest.v1+json",
+                &m,
+            )
+            .await
+            .status()
+        }));
+    }
+    for p in pushes {
+        assert_eq!(p.await.unwrap(), StatusCode::CREATED);
+    }
+    let s = sync.await.unwrap().unwrap();
+    assert!(s.failed.is_empty(), "{s}");
+    for (repo, n) in [("from/push", 21), ("from/sync", 10)] {
+        let v: serde_json::Value = http()
+            .get(format!("{}/v2/{repo}/tags/list", served.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["tags"].as_array().unwrap().len(), n, "{v}");
+    }
+    // And `ferry verify` on the directory, and through the registry, agree that all is well.
+    for loc in [
+        dir.display().to_string(),
+        format!("docker://{}", served.host()),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["verify", &loc])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{loc}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    served.stop().await;
+    src.stop().await;
+}
