@@ -347,18 +347,7 @@ async fn run() -> anyhow::Result<i32> {
             {
                 Some(loc @ ferry::location::Location::Registry { .. }) => {
                     let reports = ferry::check::check(&loc, &[], &Default::default()).await?;
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&reports)?);
-                    } else {
-                        for r in &reports {
-                            println!("{r}");
-                        }
-                    }
-                    return Ok(if reports.iter().all(|r| r.ok()) {
-                        0
-                    } else {
-                        EXIT_FAILED
-                    });
+                    return report_checks(&reports, json);
                 }
                 Some(ferry::location::Location::Dir { path }) => path,
                 None => data,
@@ -393,18 +382,7 @@ async fn run() -> anyhow::Result<i32> {
             if reports.is_empty() {
                 return Err(usage(format!("no refs selected in {loc}")));
             }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&reports)?);
-            } else {
-                for r in &reports {
-                    println!("{r}");
-                }
-            }
-            return Ok(if reports.iter().all(|r| r.ok()) {
-                0
-            } else {
-                EXIT_FAILED
-            });
+            return report_checks(&reports, json);
         }
         Command::Inventory {
             location,
@@ -429,6 +407,22 @@ async fn run() -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Print `ferry check` / registry `ferry verify` reports; exit 1 when any ref has a problem.
+fn report_checks(reports: &[ferry::check::RefReport], json: bool) -> anyhow::Result<i32> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(reports)?);
+    } else {
+        for r in reports {
+            println!("{r}");
+        }
+    }
+    Ok(if reports.iter().all(|r| r.ok()) {
+        0
+    } else {
+        EXIT_FAILED
+    })
 }
 
 fn remote_options(r: &SrcRemoteArgs, creds: Option<String>) -> ferry::remote::RemoteOptions {
