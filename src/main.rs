@@ -40,6 +40,13 @@ enum Command {
         /// Upload sessions idle for this long are removed (at start and hourly).
         #[arg(long, value_name = "DURATION", default_value = "24h")]
         upload_expiry: String,
+        /// Require credentials from this htpasswd file (bcrypt entries); re-read when it changes.
+        #[arg(long, value_name = "FILE")]
+        htpasswd: Option<PathBuf>,
+        /// With --htpasswd: let pulls through without credentials (pushes, deletes and mounts
+        /// still need them).
+        #[arg(long, requires = "htpasswd")]
+        anonymous_read: bool,
     },
     /// Remove blobs nothing references any more (older than the grace period).
     Gc {
@@ -209,6 +216,8 @@ async fn run() -> anyhow::Result<i32> {
             gc_interval,
             gc_grace,
             upload_expiry,
+            htpasswd,
+            anonymous_read,
         } => {
             let dur = |s: &str, what: &str| {
                 ferry::gc::parse_duration(s).map_err(|e| usage(format!("{what}: {e}")))
@@ -236,7 +245,13 @@ async fn run() -> anyhow::Result<i32> {
                 read_only,
                 "ferry registry listening"
             );
-            let app = Arc::new(ferry::server::App { store });
+            let auth = htpasswd
+                .map(|p| {
+                    ferry::server::auth::Htpasswd::new(p.clone(), anonymous_read)
+                        .with_context(|| format!("reading --htpasswd {}", p.display()))
+                })
+                .transpose()?;
+            let app = Arc::new(ferry::server::App { store, auth });
             if !read_only {
                 let app = app.clone();
                 tokio::spawn(async move {

@@ -90,6 +90,41 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
         ));
     };
     let method = req.method().clone();
+    if app.auth.is_some() {
+        let access = if is_write(&method) {
+            super::auth::Access::Write
+        } else {
+            super::auth::Access::Read
+        };
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        // bcrypt is deliberately slow: keep it off the async workers.
+        let app2 = app.clone();
+        let verdict = tokio::task::spawn_blocking(move || {
+            app2.auth
+                .as_ref()
+                .map(|a| a.check(access, header.as_deref()))
+        })
+        .await
+        .ok()
+        .flatten();
+        if verdict != Some(super::auth::Verdict::Allowed) {
+            let mut res = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "authentication required",
+            )
+            .into_response();
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"ferry\""),
+            );
+            return Ok(res);
+        }
+    }
     if app.store.read_only() && is_write(&method) {
         return Err(Error::Unsupported(
             "this registry is read-only (serving with --read-only); writes are refused".into(),

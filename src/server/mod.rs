@@ -7,6 +7,7 @@
 //! `HTTP/`. A plain-HTTP server must therefore *answer* a ClientHello with `HTTP/1.0 400`, not
 //! drop it, and that needs a look at the first byte before hyper sees the connection.
 
+pub mod auth;
 pub mod endpoint;
 pub mod error;
 pub mod handlers;
@@ -36,6 +37,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shared state of a running registry.
 pub struct App {
     pub store: Store,
+    /// `--htpasswd`: when set, requests need credentials (reads too, unless anonymous reads).
+    pub auth: Option<auth::Htpasswd>,
 }
 
 /// The registry as an axum `Router` (useful on its own in tests).

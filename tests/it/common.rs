@@ -31,13 +31,22 @@ impl TestServer {
 
     /// A registry on an existing directory.
     pub async fn start_on(dir: &Path, read_only: bool) -> TestServer {
+        TestServer::start_with(dir, read_only, None).await
+    }
+
+    /// A registry with `--htpasswd` (and maybe `--anonymous-read`).
+    pub async fn start_with(
+        dir: &Path,
+        read_only: bool,
+        auth: Option<ferry::server::auth::Htpasswd>,
+    ) -> TestServer {
         let store = Store::open(dir, read_only).expect("open store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = Arc::new(App { store });
+        let app = Arc::new(App { store, auth });
         let task = tokio::spawn(ferry::server::run(listener, app, async {
             let _ = rx.await;
         }));

@@ -9,6 +9,7 @@ mod common;
 mod compose;
 
 mod api;
+mod auth;
 mod faults;
 mod fixtures;
 mod interop_docker;
