@@ -23,7 +23,13 @@ pub enum Access {
 pub struct Htpasswd {
     path: PathBuf,
     anonymous_read: bool,
-    state: Mutex<(Option<(SystemTime, u64)>, Arc<Users>)>,
+    state: Mutex<Loaded>,
+}
+
+/// The users as last read, and which version of the file (mtime, size) they came from.
+struct Loaded {
+    stamp: Option<(SystemTime, u64)>,
+    users: Arc<Users>,
 }
 
 #[derive(Default)]
@@ -71,7 +77,10 @@ impl Htpasswd {
         let h = Htpasswd {
             path,
             anonymous_read,
-            state: Mutex::new((None, Arc::new(Users::default()))),
+            state: Mutex::new(Loaded {
+                stamp: None,
+                users: Arc::new(Users::default()),
+            }),
         };
         h.users()?;
         Ok(h)
@@ -81,12 +90,13 @@ impl Htpasswd {
         let meta = std::fs::metadata(&self.path)?;
         let stamp = (meta.modified()?, meta.len());
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.0 != Some(stamp) {
+        if st.stamp != Some(stamp) {
             let text = std::fs::read_to_string(&self.path)?;
-            *st = (Some(stamp), Arc::new(parse(&text)));
-            tracing::info!(users = st.1.hashes.len(), "htpasswd loaded");
+            st.users = Arc::new(parse(&text));
+            st.stamp = Some(stamp);
+            tracing::info!(users = st.users.hashes.len(), "htpasswd loaded");
         }
-        Ok(st.1.clone())
+        Ok(st.users.clone())
     }
 
     /// Decide on a request. `authorization` is the raw header, if any.
