@@ -251,7 +251,7 @@ async fn run() -> anyhow::Result<i32> {
                         .with_context(|| format!("reading --htpasswd {}", p.display()))
                 })
                 .transpose()?;
-            let app = Arc::new(ferry::server::App { store, auth });
+            let app = Arc::new(ferry::server::App::new(store, auth));
             if !read_only {
                 let app = app.clone();
                 tokio::spawn(async move {
@@ -274,7 +274,12 @@ async fn run() -> anyhow::Result<i32> {
                             }
                             if run_gc {
                                 match ferry::gc::gc(&a.store, gc_grace, false) {
-                                    Ok(r) => tracing::info!(%r, "gc"),
+                                    Ok(r) => {
+                                        use std::sync::atomic::Ordering::Relaxed;
+                                        a.metrics.gc_runs.fetch_add(1, Relaxed);
+                                        a.metrics.gc_bytes_freed.fetch_add(r.bytes_freed, Relaxed);
+                                        tracing::info!(%r, "gc")
+                                    }
                                     Err(e) => tracing::warn!(error = %e, "gc failed"),
                                 }
                             }

@@ -23,6 +23,33 @@ type HResult = Result<Response, ApiError>;
 /// Largest `n` honoured for pagination; larger requests get this many and a `Link` to the rest.
 pub const MAX_PAGE: usize = 10_000;
 
+/// `/readyz`: the data directory can be written (or, read-only, read) right now.
+pub async fn readyz(app: Arc<App>) -> Response {
+    let root = app.store.root().to_owned();
+    let read_only = app.store.read_only();
+    let ok = tokio::task::spawn_blocking(move || {
+        if read_only {
+            std::fs::metadata(root.join("oci-layout")).is_ok()
+        } else {
+            tempfile::Builder::new()
+                .prefix(".ready-")
+                .tempfile_in(root.join(".ferry/tmp"))
+                .is_ok()
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if ok {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "data directory not usable\n",
+        )
+            .into_response()
+    }
+}
+
 pub async fn handle(app: Arc<App>, req: Request) -> Response {
     match dispatch(app, req).await {
         Ok(r) => r,
@@ -112,6 +139,9 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
         .ok()
         .flatten();
         if verdict != Some(super::auth::Verdict::Allowed) {
+            app.metrics
+                .auth_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut res = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",
@@ -168,7 +198,12 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
             let r = repo(&name)?;
             let start = content_range_start(req.headers())?;
             let body = req.into_body().into_data_stream();
+            let before = app.store.upload_status(&id).await.unwrap_or(0);
             let len = app.store.upload_append(&id, start, body).await?;
+            app.metrics.bytes_in.fetch_add(
+                len.saturating_sub(before),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             Ok(upload_accepted(&r, &id, len, StatusCode::ACCEPTED))
         }
         (Endpoint::Upload { name, id }, Method::PUT) => {
@@ -180,7 +215,9 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
                 })?)?;
             let start = content_range_start(req.headers())?;
             let body = req.into_body().into_data_stream();
+            let before = app.store.upload_status(&id).await.unwrap_or(0);
             app.store.upload_finish(&id, start, body, &d).await?;
+            count_in(&app, &d, before).await;
             Ok(blob_created(&r, &d))
         }
         (Endpoint::Upload { name, id }, Method::DELETE) => {
@@ -208,6 +245,16 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
             Ok(res)
         }
         _ => Err(unsupported_method()),
+    }
+}
+
+/// Count the bytes a finished upload received in this request (its size less what came before).
+async fn count_in(app: &App, d: &Digest, before: u64) {
+    if let Ok(Some(size)) = app.store.blob_size(d).await {
+        app.metrics.bytes_in.fetch_add(
+            size.saturating_sub(before),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 
@@ -263,6 +310,7 @@ async fn start_upload(app: &App, r: &RepoName, req: Request) -> HResult {
         let d = digest(d)?;
         let body = req.into_body().into_data_stream();
         app.store.put_blob(body, &d).await?;
+        count_in(app, &d, 0).await;
         return Ok(blob_created(r, &d));
     }
     let id = app.store.upload_start().await?;

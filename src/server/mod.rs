@@ -11,6 +11,7 @@ pub mod auth;
 pub mod endpoint;
 pub mod error;
 pub mod handlers;
+pub mod metrics;
 pub mod range;
 
 use std::future::Future;
@@ -39,20 +40,65 @@ pub struct App {
     pub store: Store,
     /// `--htpasswd`: when set, requests need credentials (reads too, unless anonymous reads).
     pub auth: Option<auth::Htpasswd>,
+    pub metrics: metrics::Metrics,
+}
+
+impl App {
+    pub fn new(store: Store, auth: Option<auth::Htpasswd>) -> App {
+        App {
+            store,
+            auth,
+            metrics: Default::default(),
+        }
+    }
 }
 
 /// The registry as an axum `Router` (useful on its own in tests).
 pub fn router(app: Arc<App>) -> Router {
+    let (a1, a2, a3) = (app.clone(), app.clone(), app.clone());
     Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || handlers::readyz(a1.clone())),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    a2.metrics.render(&a2.store),
+                )
+            }),
+        )
         .fallback(move |req: Request| handlers::handle(app.clone(), req))
-        .layer(middleware::from_fn(common_headers_and_log))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            common_headers_and_log(a3.clone(), req, next)
+        }))
 }
 
-async fn common_headers_and_log(req: Request, next: Next) -> Response {
+async fn common_headers_and_log(app: Arc<App>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let mut res = next.run(req).await;
+    let sent = res
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|_| method != axum::http::Method::HEAD)
+        .unwrap_or(0);
+    let ep = endpoint::parse_endpoint(&path);
+    app.metrics.request(
+        metrics::endpoint_label(ep.as_ref()),
+        method.as_str(),
+        res.status().as_u16(),
+        sent,
+    );
     res.headers_mut().insert(
         "Docker-Distribution-API-Version",
         HeaderValue::from_static("registry/2.0"),

@@ -954,3 +954,76 @@ async fn concurrent_pushes_of_one_blob_and_many_tags() {
     assert!(leftovers(&s.dir).is_empty());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let s = TestServer::start().await;
+    let r = http()
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http()
+        .get(format!("{}/readyz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let data = bytes(1000, 900);
+    let d = push_blob(&s.url, "m/x", &data).await;
+    let r = http()
+        .get(format!("{}/v2/m/x/blobs/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), 1000);
+    let r = http()
+        .get(format!("{}/v2/m/x/blobs/{}", s.url, sha256(b"none")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = http()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(hdr(&r, "content-type").starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert_eq!(
+        value(r#"ferry_http_requests_total{endpoint="blob",method="GET",status="200"}"#),
+        1
+    );
+    assert_eq!(
+        value(r#"ferry_http_requests_total{endpoint="blob",method="GET",status="404"}"#),
+        1
+    );
+    assert_eq!(
+        value(r#"ferry_http_requests_total{endpoint="upload",method="POST",status="201"}"#),
+        1
+    );
+    assert_eq!(value("ferry_bytes_received_total"), 1000);
+    assert!(value("ferry_bytes_sent_total") >= 1000);
+    assert_eq!(value("ferry_blobs_stored"), 1);
+    assert_eq!(value("ferry_bytes_stored"), 1000);
+    assert_eq!(value("ferry_upload_sessions_open"), 0);
+    assert_eq!(value("ferry_auth_failures_total"), 0);
+    // Not ready when the data directory cannot take writes.
+    std::fs::remove_dir_all(s.dir.join(".ferry/tmp")).unwrap();
+    let r = http()
+        .get(format!("{}/readyz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    std::fs::create_dir_all(s.dir.join(".ferry/tmp")).unwrap();
+    s.stop().await;
+}

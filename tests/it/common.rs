@@ -46,7 +46,7 @@ impl TestServer {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = Arc::new(App { store, auth });
+        let app = Arc::new(App::new(store, auth));
         let task = tokio::spawn(ferry::server::run(listener, app, async {
             let _ = rx.await;
         }));
