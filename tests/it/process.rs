@@ -246,3 +246,56 @@ async fn two_servers_on_one_directory_lose_no_tag() {
         assert_eq!(v["tags"].as_array().unwrap().len(), 41, "{v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_is_one_object_per_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            let _ = tx.send(v);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let listen = first["fields"]["listen"]
+        .as_str()
+        .expect("listen field")
+        .to_owned();
+    let r = http()
+        .get(format!("http://{listen}/v2/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let request = loop {
+        let v = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a request line");
+        if v["fields"]["message"] == "request" {
+            break v;
+        }
+    };
+    assert_eq!(request["fields"]["method"], "GET");
+    assert_eq!(request["fields"]["path"], "/v2/");
+    assert_eq!(request["fields"]["status"], 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
