@@ -508,7 +508,6 @@ async fn sync(a: SyncArgs) -> anyhow::Result<i32> {
         have,
         src: remote_options(&a.remote, a.remote.src_creds.clone()),
         dest: remote_options(&a.remote, a.dest_creds.clone()),
-        verbose: false,
     };
     let progress: Box<dyn ferry::sync::Progress> = if a.json {
         Box::new(ferry::sync::Quiet)

@@ -146,8 +146,6 @@ pub struct SyncOptions {
     pub have: Option<HashSet<Digest>>,
     pub src: RemoteOptions,
     pub dest: RemoteOptions,
-    /// Print a line per blob (when there is no progress bar).
-    pub verbose: bool,
 }
 
 /// What a sync did, for people (`Display`) and scripts (`--json`).
@@ -400,19 +398,11 @@ impl Place {
         let mut set = std::collections::BTreeSet::new();
         match self {
             Place::Dir(s) => {
-                for alg in ["sha256", "sha512"] {
-                    let dir = s.root().join("blobs").join(alg);
-                    let Ok(rd) = std::fs::read_dir(&dir) else {
-                        continue;
-                    };
-                    for e in rd.flatten() {
-                        let name = e.file_name();
-                        if let Ok(d) = format!("{alg}:{}", name.to_string_lossy()).parse::<Digest>()
-                        {
-                            set.insert(d);
-                        }
-                    }
-                }
+                set.extend(
+                    crate::verify::list_blobs(s.root())
+                        .into_iter()
+                        .map(|(d, _)| d),
+                );
             }
             Place::Remote(_) => {
                 for root in self.roots(loc).await? {
@@ -711,22 +701,18 @@ async fn copy_root(
         }
         todo.push(b);
     }
-    let Some(dst) = dst else {
-        for b in &todo {
-            progress.message(&format!("would copy {} ({} bytes)", b.digest, b.size));
-            summary.blobs_copied += 1;
-            summary.bytes_copied += b.size;
+    let dst = match dst {
+        Some(d) if !opts.dry_run => d,
+        // A dry run (or one whose destination does not exist yet) reports and stops here.
+        _ => {
+            for b in &todo {
+                progress.message(&format!("would copy {} ({} bytes)", b.digest, b.size));
+                summary.blobs_copied += 1;
+                summary.bytes_copied += b.size;
+            }
+            return Ok(());
         }
-        return Ok(());
     };
-    if opts.dry_run {
-        for b in &todo {
-            progress.message(&format!("would copy {} ({} bytes)", b.digest, b.size));
-            summary.blobs_copied += 1;
-            summary.bytes_copied += b.size;
-        }
-        return Ok(());
-    }
     // Mount what another repository of the destination registry already holds.
     let mut to_copy = Vec::new();
     for b in todo {

@@ -57,15 +57,12 @@ impl Metrics {
                 return (n, b);
             }
         }
-        let (mut n, mut b) = (0u64, 0u64);
-        for alg in ["sha256", "sha512"] {
-            if let Ok(rd) = std::fs::read_dir(root.join("blobs").join(alg)) {
-                for e in rd.flatten() {
-                    n += 1;
-                    b += e.metadata().map_or(0, |m| m.len());
-                }
-            }
-        }
+        let blobs = crate::verify::list_blobs(root);
+        let n = blobs.len() as u64;
+        let b = blobs
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .sum();
         *cache = Some((Instant::now(), n, b));
         (n, b)
     }
