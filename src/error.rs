@@ -40,6 +40,10 @@ pub enum Error {
     PaginationInvalid(String),
     #[error("the operation is unsupported: {0}")]
     Unsupported(String),
+    #[error("too many requests: {0}")]
+    TooManyRequests(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("no space left on the registry's disk")]
     NoSpace,
     #[error("the data directory is not a valid OCI image layout: {0}")]
@@ -90,6 +94,8 @@ impl Error {
             Error::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
             Error::Unsupported(_) => "UNSUPPORTED",
             Error::NoSpace => "NO_SPACE",
+            Error::TooManyRequests(_) => "TOOMANYREQUESTS",
+            Error::Tls(_) => "UNKNOWN",
             Error::Layout(_) | Error::Io(_) => "UNKNOWN",
             Error::Usage(_) | Error::Remote { .. } | Error::MissingBlobs(_) => "UNKNOWN",
             Error::Corrupt { .. } => "DIGEST_INVALID",

@@ -15,6 +15,7 @@
 //! - [`layout`]: the OCI image layout store: blobs written atomically after verification,
 //!   `index.json` as the tag table (replaced atomically under a lock), upload sessions.
 //! - [`server`]: the HTTP registry (OCI distribution-spec v1.1) over a [`layout::Store`].
+//! - [`tls`]: the server's certificate (reloadable) and `ferry tls init`'s private CA.
 //! - [`error`]: the library's typed errors and their OCI error codes.
 
 pub mod check;
@@ -29,6 +30,7 @@ pub mod remote;
 pub mod retention;
 pub mod server;
 pub mod sync;
+pub mod tls;
 pub mod verify;
 
 pub use error::{Error, Result};

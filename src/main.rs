@@ -56,7 +56,35 @@ enum Command {
         /// still need them).
         #[arg(long, requires = "htpasswd")]
         anonymous_read: bool,
+        /// Serve HTTPS with this certificate (PEM, chain allowed); re-read on SIGHUP.
+        #[arg(
+            long,
+            value_name = "FILE",
+            env = "FERRY_TLS_CERT",
+            requires = "tls_key"
+        )]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) for --tls-cert; re-read on SIGHUP.
+        #[arg(
+            long,
+            value_name = "FILE",
+            env = "FERRY_TLS_KEY",
+            requires = "tls_cert"
+        )]
+        tls_key: Option<PathBuf>,
+        /// Blob uploads receiving data at once, all clients together (more get 429).
+        #[arg(long, value_name = "N", default_value_t = 64)]
+        max_uploads: usize,
+        /// Blob uploads receiving data at once from one client address (more get 429).
+        #[arg(long, value_name = "N", default_value_t = 16)]
+        max_uploads_per_client: usize,
+        /// Close connections with no byte moving either way for this long.
+        #[arg(long, value_name = "DURATION", default_value = "2m")]
+        idle_timeout: String,
     },
+    /// TLS helpers for a mirror shared over a LAN.
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Remove blobs nothing references any more (older than the grace period).
     Gc {
         /// The data directory.
@@ -132,6 +160,33 @@ enum Command {
         output: Option<PathBuf>,
         #[command(flatten)]
         remote: SrcRemoteArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Create a small CA and a server certificate for the mirror's names, and print where each
+    /// client must put the CA.
+    ///
+    /// Writes ca.crt, server.crt and server.key (mode 0600) to --out. The CA's key is not kept:
+    /// the CA can vouch for this one certificate only. To change names, run again with --force and
+    /// hand out the new ca.crt.
+    Init {
+        /// A name or IP address clients use to reach the mirror; repeat for each.
+        #[arg(long = "host", value_name = "NAME|IP", required = true)]
+        hosts: Vec<String>,
+        /// Directory to write the files to.
+        #[arg(long, default_value = "./tls")]
+        out: PathBuf,
+        /// The port the mirror will listen on (for the printed instructions).
+        #[arg(long, default_value_t = 5000)]
+        port: u16,
+        /// Days the certificates stay valid.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -230,6 +285,11 @@ async fn run() -> anyhow::Result<i32> {
             upload_expiry,
             htpasswd,
             anonymous_read,
+            tls_cert,
+            tls_key,
+            max_uploads,
+            max_uploads_per_client,
+            idle_timeout,
         } => {
             let dur = |s: &str, what: &str| {
                 ferry::gc::parse_duration(s).map_err(|e| usage(format!("{what}: {e}")))
@@ -240,6 +300,16 @@ async fn run() -> anyhow::Result<i32> {
                 .transpose()?;
             let gc_grace = dur(&gc_grace, "--gc-grace")?;
             let upload_expiry = dur(&upload_expiry, "--upload-expiry")?;
+            let idle_timeout = dur(&idle_timeout, "--idle-timeout")?;
+            if max_uploads == 0 || max_uploads_per_client == 0 {
+                return Err(usage(
+                    "--max-uploads and --max-uploads-per-client must be at least 1".into(),
+                ));
+            }
+            let tls = match (&tls_cert, &tls_key) {
+                (Some(c), Some(k)) => Some(Arc::new(ferry::tls::ServerTls::load(c, k)?)),
+                _ => None,
+            };
             let store = ferry::layout::Store::open(&data, read_only)
                 .with_context(|| format!("opening data directory {}", data.display()))?;
             if !read_only {
@@ -255,15 +325,32 @@ async fn run() -> anyhow::Result<i32> {
                 listen = %listener.local_addr()?,
                 data = %data.display(),
                 read_only,
+                tls = tls.is_some(),
                 "ferry registry listening"
             );
+            if tls.is_none() && !listen.ip().is_loopback() {
+                tracing::warn!(
+                    "serving plain HTTP beyond loopback: docker and BuildKit need an \
+                     insecure-registries entry, and credentials cross the network in clear text; \
+                     see `ferry tls init`"
+                );
+            }
+            if let Some(tls) = tls.clone() {
+                tokio::spawn(reload_on_sighup(tls));
+            }
             let auth = htpasswd
                 .map(|p| {
                     ferry::server::auth::Htpasswd::new(p.clone(), anonymous_read)
                         .with_context(|| format!("reading --htpasswd {}", p.display()))
                 })
                 .transpose()?;
-            let app = Arc::new(ferry::server::App::new(store, auth));
+            let limits = ferry::server::limits::Limits {
+                max_uploads,
+                max_uploads_per_client,
+                idle_timeout,
+                ..Default::default()
+            };
+            let app = Arc::new(ferry::server::App::new(store, auth).with_limits(limits));
             if !read_only {
                 let app = app.clone();
                 tokio::spawn(async move {
@@ -300,10 +387,20 @@ async fn run() -> anyhow::Result<i32> {
                     }
                 });
             }
-            ferry::server::run(listener, app, shutdown_signal()).await?;
+            ferry::server::run(listener, app, tls, shutdown_signal()).await?;
             tracing::info!("stopped");
         }
         Command::Sync(a) => return sync(a).await,
+        Command::Tls(TlsCommand::Init {
+            hosts,
+            out,
+            port,
+            days,
+            force,
+        }) => {
+            let issued = ferry::tls::init(&hosts, &out, days, force)?;
+            print!("{}", ferry::tls::instructions(&issued, port));
+        }
         Command::Gc {
             data,
             grace,
@@ -608,6 +705,22 @@ mod progress {
                 let _ = self.multi.println(msg);
             } else {
                 eprintln!("{msg}");
+            }
+        }
+    }
+}
+
+/// SIGHUP re-reads the TLS certificate and key (after a renewal); a bad pair keeps the old one.
+async fn reload_on_sighup(tls: Arc<ferry::tls::ServerTls>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
             }
         }
     }

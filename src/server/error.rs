@@ -25,10 +25,12 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::RangeInvalid(_) => StatusCode::RANGE_NOT_SATISFIABLE,
         Error::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
         Error::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+        Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::Corrupt { .. } => StatusCode::BAD_REQUEST,
         Error::Layout(_)
         | Error::Io(_)
         | Error::Usage(_)
+        | Error::Tls(_)
         | Error::Remote { .. }
         | Error::MissingBlobs(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::endpoint::{parse_endpoint, Endpoint};
 use super::error::ApiError;
+use super::limits::{guarded_body, ClientAddr, UploadPermit};
 use super::range::{parse_content_range, parse_range, ByteRange};
 use super::App;
 use crate::digest::Digest;
@@ -102,6 +103,12 @@ fn repo(name: &str) -> Result<RepoName, ApiError> {
 fn digest(s: &str) -> Result<Digest, ApiError> {
     s.parse::<Digest>()
         .map_err(|e| Error::DigestInvalid(e.to_string()).into())
+}
+
+/// A slot for an upload request (a body on its way to disk), or 429 TOOMANYREQUESTS.
+fn upload_slot(app: &App, req: &Request) -> Result<UploadPermit, ApiError> {
+    let client = req.extensions().get::<ClientAddr>().copied();
+    Ok(app.uploads.acquire(client, &app.limits)?)
 }
 
 fn hv(s: &str) -> HeaderValue {
@@ -197,7 +204,8 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
         (Endpoint::Upload { name, id }, Method::PATCH) => {
             let r = repo(&name)?;
             let start = content_range_start(req.headers())?;
-            let body = req.into_body().into_data_stream();
+            let _slot = upload_slot(&app, &req)?;
+            let body = guarded_body(req.into_body(), &app.limits);
             let before = app.store.upload_status(&id).await.unwrap_or(0);
             let len = app.store.upload_append(&id, start, body).await?;
             app.metrics.bytes_in.fetch_add(
@@ -214,7 +222,8 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
                     Error::DigestInvalid("the closing PUT needs ?digest=".into())
                 })?)?;
             let start = content_range_start(req.headers())?;
-            let body = req.into_body().into_data_stream();
+            let _slot = upload_slot(&app, &req)?;
+            let body = guarded_body(req.into_body(), &app.limits);
             let before = app.store.upload_status(&id).await.unwrap_or(0);
             app.store.upload_finish(&id, start, body, &d).await?;
             count_in(&app, &d, before).await;
@@ -308,7 +317,8 @@ async fn start_upload(app: &App, r: &RepoName, req: Request) -> HResult {
     }
     if let Some(d) = param(&params, "digest") {
         let d = digest(d)?;
-        let body = req.into_body().into_data_stream();
+        let _slot = upload_slot(app, &req)?;
+        let body = guarded_body(req.into_body(), &app.limits);
         app.store.put_blob(body, &d).await?;
         count_in(app, &d, 0).await;
         return Ok(blob_created(r, &d));
@@ -402,20 +412,18 @@ async fn put_manifest(app: &App, r: &RepoName, reference: &str, req: Request) ->
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let limit = media::MAX_MANIFEST_BYTES as usize;
-    let bytes = axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|e| {
-            if std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            {
-                Error::ManifestTooLarge {
-                    size: limit as u64 + 1,
-                    limit: limit as u64,
-                }
-            } else {
-                Error::ManifestInvalid(format!("reading the body failed: {e}"))
+    let body = Body::from_stream(guarded_body(req.into_body(), &app.limits));
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            Error::ManifestTooLarge {
+                size: limit as u64 + 1,
+                limit: limit as u64,
             }
-        })?;
+        } else {
+            Error::ManifestInvalid(format!("reading the body failed: {e}"))
+        }
+    })?;
     let put = app
         .store
         .put_manifest(r, &reference, bytes, content_type.as_deref())

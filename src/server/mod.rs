@@ -11,6 +11,7 @@ pub mod auth;
 pub mod endpoint;
 pub mod error;
 pub mod handlers;
+pub mod limits;
 pub mod metrics;
 pub mod range;
 
@@ -41,6 +42,8 @@ pub struct App {
     /// `--htpasswd`: when set, requests need credentials (reads too, unless anonymous reads).
     pub auth: Option<auth::Htpasswd>,
     pub metrics: metrics::Metrics,
+    pub limits: limits::Limits,
+    pub uploads: Arc<limits::UploadGate>,
 }
 
 impl App {
@@ -49,7 +52,14 @@ impl App {
             store,
             auth,
             metrics: Default::default(),
+            limits: Default::default(),
+            uploads: Default::default(),
         }
+    }
+
+    pub fn with_limits(mut self, limits: limits::Limits) -> App {
+        self.limits = limits;
+        self
     }
 }
 
@@ -114,13 +124,15 @@ async fn common_headers_and_log(app: Arc<App>, req: Request, next: Next) -> Resp
 }
 
 /// Serve until `shutdown` resolves, then stop accepting, let in-flight requests finish (up to
-/// [`DRAIN_TIMEOUT`]) and return.
+/// [`DRAIN_TIMEOUT`]) and return. With `tls`, every connection must open with a TLS handshake
+/// (plain HTTP gets a `400` saying so); without it, a TLS ClientHello gets that `400` instead.
 pub async fn run(
     listener: TcpListener,
     app: Arc<App>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let router = router(app);
+    let router = router(app.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -137,26 +149,36 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let watcher = graceful.watcher();
+        let conn = Conn {
+            router: router.clone(),
+            limits: app.limits.clone(),
+            peer,
+            watcher: graceful.watcher(),
+        };
+        let tls = tls.clone();
         tokio::spawn(async move {
-            match first_byte(&stream).await {
-                Some(0x16) => {
+            let first = first_byte(&stream).await;
+            match (first, tls) {
+                (None, _) => {}
+                (Some(0x16), None) => {
                     tracing::debug!(%peer, "TLS ClientHello on the plain-HTTP port; answering 400");
-                    reject_tls(stream).await;
-                    return;
+                    reject(stream, "Client sent an HTTPS request to an HTTP server.").await;
                 }
-                Some(_) => {}
-                None => return,
-            }
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    router.clone().call(req.map(axum::body::Body::new))
-                });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                (Some(0x16), Some(tls)) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                    match tokio::time::timeout(conn.limits.header_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => conn.serve(s).await,
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                }
+                (Some(_), Some(_)) => {
+                    tracing::debug!(%peer, "plain HTTP on the TLS port; answering 400");
+                    reject(stream, "Client sent an HTTP request to an HTTPS server.").await;
+                }
+                (Some(_), None) => conn.serve(stream).await,
             }
         });
     }
@@ -171,6 +193,68 @@ pub async fn run(
     Ok(())
 }
 
+/// One accepted connection, ready to be served over any byte stream (TCP or TLS).
+struct Conn {
+    router: Router,
+    limits: limits::Limits,
+    peer: std::net::SocketAddr,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Conn {
+    async fn serve<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            router,
+            limits,
+            peer,
+            watcher,
+        } = self;
+        let client = limits::ClientAddr(peer.ip());
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(client);
+                router.clone().call(req.map(axum::body::Body::new))
+            });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits::MAX_HEADER_BYTES);
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .max_header_list_size(limits::MAX_HEADER_BYTES as u32)
+            .max_concurrent_streams(limits::MAX_H2_STREAMS);
+        let activity = limits::Activity::new();
+        let io = limits::Watched::new(io, activity.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let conn = watcher.watch(conn.into_owned());
+        tokio::pin!(conn);
+        let idle = limits.idle_timeout;
+        let tick = (idle / 4).max(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                r = &mut conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = tokio::time::sleep(tick) => {
+                    if activity.idle_for() >= idle {
+                        tracing::info!(%peer, idle_s = idle.as_secs(), "closing an idle connection");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 async fn first_byte(stream: &TcpStream) -> Option<u8> {
     let mut b = [0u8; 1];
     match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut b)).await {
@@ -179,12 +263,10 @@ async fn first_byte(stream: &TcpStream) -> Option<u8> {
     }
 }
 
-async fn reject_tls(mut stream: TcpStream) {
-    let _ = stream
-        .write_all(
-            b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n\
-              Client sent an HTTPS request to an HTTP server.\n",
-        )
-        .await;
+async fn reject(mut stream: TcpStream, why: &str) {
+    let msg = format!(
+        "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n{why}\n"
+    );
+    let _ = stream.write_all(msg.as_bytes()).await;
     let _ = stream.shutdown().await;
 }
