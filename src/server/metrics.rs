@@ -67,7 +67,7 @@ impl Metrics {
         (n, b)
     }
 
-    pub fn render(&self, store: &crate::layout::Store) -> String {
+    pub fn render(&self, store: &crate::layout::Store, uploads_in_flight: usize) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -86,7 +86,7 @@ impl Metrics {
             );
         }
         let (blobs, bytes) = self.stored(store.root());
-        let gauges: [(&str, &str, &str, u64); 8] = [
+        let gauges: [(&str, &str, &str, u64); 9] = [
             (
                 "ferry_bytes_received_total",
                 "counter",
@@ -104,6 +104,12 @@ impl Metrics {
                 "gauge",
                 "Upload sessions in progress.",
                 store.open_uploads() as u64,
+            ),
+            (
+                "ferry_upload_requests_in_flight",
+                "gauge",
+                "Upload requests receiving data now (capped by --max-uploads).",
+                uploads_in_flight as u64,
             ),
             (
                 "ferry_blobs_stored",

@@ -31,8 +31,6 @@ use tower::Service;
 
 use crate::layout::Store;
 
-/// How long a connection may stay silent before its first byte.
-const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -80,7 +78,7 @@ pub fn router(app: Arc<App>) -> Router {
                         axum::http::header::CONTENT_TYPE,
                         "text/plain; version=0.0.4",
                     )],
-                    a2.metrics.render(&a2.store),
+                    a2.metrics.render(&a2.store, a2.uploads.in_flight()),
                 )
             }),
         )
@@ -157,7 +155,7 @@ pub async fn run(
         };
         let tls = tls.clone();
         tokio::spawn(async move {
-            let first = first_byte(&stream).await;
+            let first = first_byte(&stream, conn.limits.header_timeout).await;
             match (first, tls) {
                 (None, _) => {}
                 (Some(0x16), None) => {
@@ -255,9 +253,10 @@ impl Conn {
     }
 }
 
-async fn first_byte(stream: &TcpStream) -> Option<u8> {
+/// The first byte a client sends, without consuming it; `None` if it sends none within `wait`.
+async fn first_byte(stream: &TcpStream, wait: Duration) -> Option<u8> {
     let mut b = [0u8; 1];
-    match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut b)).await {
+    match tokio::time::timeout(wait, stream.peek(&mut b)).await {
         Ok(Ok(1)) => Some(b[0]),
         _ => None,
     }

@@ -10,6 +10,16 @@ use ferry::layout::Store;
 use ferry::server::App;
 use reqwest::StatusCode;
 
+#[derive(Default)]
+pub struct ServerOpts {
+    pub read_only: bool,
+    pub auth: Option<ferry::server::auth::Htpasswd>,
+    pub limits: ferry::server::limits::Limits,
+    pub tls: Option<Arc<ferry::tls::ServerTls>>,
+    /// Address to bind (default `127.0.0.1:0`).
+    pub bind: Option<String>,
+}
+
 pub struct TestServer {
     pub url: String,
     pub addr: std::net::SocketAddr,
@@ -40,18 +50,32 @@ impl TestServer {
         read_only: bool,
         auth: Option<ferry::server::auth::Htpasswd>,
     ) -> TestServer {
-        let store = Store::open(dir, read_only).expect("open store");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        TestServer::start_opts(
+            dir,
+            ServerOpts {
+                read_only,
+                auth,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// A registry with any of `serve`'s options.
+    pub async fn start_opts(dir: &Path, opts: ServerOpts) -> TestServer {
+        let store = Store::open(dir, opts.read_only).expect("open store");
+        let listener = tokio::net::TcpListener::bind(opts.bind.as_deref().unwrap_or("127.0.0.1:0"))
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = Arc::new(App::new(store, auth));
-        let task = tokio::spawn(ferry::server::run(listener, app, async {
+        let app = Arc::new(App::new(store, opts.auth).with_limits(opts.limits));
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
+        let task = tokio::spawn(ferry::server::run(listener, app, opts.tls, async {
             let _ = rx.await;
         }));
         TestServer {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             addr,
             dir: dir.to_owned(),
             _tmp: None,

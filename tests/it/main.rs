@@ -14,6 +14,7 @@ mod faults;
 mod fixtures;
 mod interop_docker;
 mod interop_skopeo;
+mod limits;
 mod oci_client;
 mod process;
 mod storage;
