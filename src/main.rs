@@ -201,7 +201,7 @@ struct SrcRemoteArgs {
     /// Do not verify TLS certificates.
     #[arg(long)]
     insecure: bool,
-    /// Trust this CA certificate (PEM) for registry TLS.
+    /// Trust this CA certificate (PEM) for registry TLS (e.g. the ca.crt of `ferry tls init`).
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
 }

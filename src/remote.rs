@@ -174,7 +174,7 @@ impl Registry {
         self.client
             .auth(&self.repo_ref(repo), &self.auth, op)
             .await
-            .map_err(|e| self.err(format!("authentication for {repo}: {e}")))?;
+            .map_err(|e| self.err(format!("authentication for {repo}: {}", chain(&e))))?;
         done.insert(key);
         Ok(())
     }
@@ -188,7 +188,7 @@ impl Registry {
                 .client
                 .catalog(&any, &self.auth, Some(1000), out.last().map(String::as_str))
                 .await
-                .map_err(|e| self.err(format!("catalog: {e}")))?;
+                .map_err(|e| self.err(format!("catalog: {}", chain(&e))))?;
             let n = page.repositories.len();
             out.extend(page.repositories);
             if n < 1000 {
@@ -211,7 +211,7 @@ impl Registry {
                     out.last().map(String::as_str),
                 )
                 .await
-                .map_err(|e| self.err(format!("tags of {repo}: {e}")))?;
+                .map_err(|e| self.err(format!("tags of {repo}: {}", chain(&e))))?;
             let n = page.tags.len();
             out.extend(page.tags);
             if n < 1000 {
@@ -231,7 +231,7 @@ impl Registry {
             .client
             .pull_manifest_raw(&self.oref(repo, reference), &self.auth, &MANIFEST_TYPES)
             .await
-            .map_err(|e| self.err(format!("manifest {repo}:{reference}: {e}")))?;
+            .map_err(|e| self.err(format!("manifest {repo}:{reference}: {}", chain(&e))))?;
         let expected = match reference {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(_) => digest
@@ -267,7 +267,7 @@ impl Registry {
         self.client
             .blob_exists(&self.repo_ref(repo), &d.to_string())
             .await
-            .map_err(|e| self.err(format!("HEAD {d}: {e}")))
+            .map_err(|e| self.err(format!("HEAD {d}: {}", chain(&e))))
     }
 
     /// A blob from `offset` on. Always sent with a `Range`, so the bytes are hashed once, by the
@@ -278,7 +278,7 @@ impl Registry {
             .client
             .pull_blob_stream_partial(&self.repo_ref(repo), d.to_string().as_str(), offset, None)
             .await
-            .map_err(|e| self.err(format!("GET {d}: {e}")))?;
+            .map_err(|e| self.err(format!("GET {d}: {}", chain(&e))))?;
         Ok(match resp {
             oci_client::client::BlobResponse::Partial(s) => RemoteBlob {
                 stream: s.stream,
@@ -301,7 +301,7 @@ impl Registry {
         self.client
             .push_blob_stream(&self.repo_ref(repo), body, &d.to_string(), Some(size))
             .await
-            .map_err(|e| self.err(format!("push {d}: {e}")))?;
+            .map_err(|e| self.err(format!("push {d}: {}", chain(&e))))?;
         Ok(())
     }
 
@@ -329,7 +329,23 @@ impl Registry {
         self.client
             .push_manifest_raw(&self.oref(repo, reference), bytes, ct)
             .await
-            .map_err(|e| self.err(format!("put manifest {repo}:{reference}: {e}")))?;
+            .map_err(|e| self.err(format!("put manifest {repo}:{reference}: {}", chain(&e))))?;
         Ok(())
     }
+}
+
+/// An error with its causes (`error sending request: … : invalid peer certificate: UnknownIssuer`):
+/// the HTTP client's top-level message alone hides what went wrong with TLS or the network.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
 }

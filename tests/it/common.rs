@@ -326,3 +326,29 @@ impl Drop for Distribution {
         let _ = self.child.wait();
     }
 }
+
+/// This machine's first non-loopback IPv4 address. TLS tests need one: clients (ferry sync, docker)
+/// treat loopback registries as plain-HTTP/insecure and would never check a certificate there.
+pub fn lan_ip() -> Option<std::net::IpAddr> {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|s| s.parse::<std::net::IpAddr>().ok())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+}
+
+/// [`lan_ip`], or a failure under `FERRY_REQUIRE_INTEROP=1` / a visible skip otherwise.
+pub fn require_lan_ip(test: &str) -> Option<std::net::IpAddr> {
+    let ip = lan_ip();
+    if ip.is_none() {
+        assert!(
+            !require_interop(),
+            "{test}: no non-loopback IPv4 address (hostname -I) and FERRY_REQUIRE_INTEROP=1"
+        );
+        eprintln!("SKIPPED {test}: no non-loopback IPv4 address on this machine");
+    }
+    ip
+}

@@ -19,5 +19,6 @@ mod oci_client;
 mod process;
 mod storage;
 mod sync;
+mod tls;
 mod trip;
 mod upstream;
