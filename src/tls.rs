@@ -247,13 +247,14 @@ pub fn instructions(issued: &Issued, port: u16) -> String {
     );
     let _ = writeln!(
         s,
-        "  Docker (dockerd reads it for pull, push and builds, no restart needed):"
+        "  Docker (pull and push see it at once; builds only after a restart of dockerd, whose\n  BuildKit reads this directory when it starts):"
     );
     for h in &issued.hosts {
         let hp = host_port(h, port);
         let _ = writeln!(s, "    mkdir -p /etc/docker/certs.d/{hp}");
         let _ = writeln!(s, "    cp {ca} /etc/docker/certs.d/{hp}/ca.crt");
     }
+    let _ = writeln!(s, "    systemctl restart docker");
     let _ = writeln!(
         s,
         "\n  BuildKit (a buildx docker-container builder or a standalone buildkitd), in buildkitd.toml:"

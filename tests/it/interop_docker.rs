@@ -83,7 +83,9 @@ impl Dockerd {
         c.arg("-H")
             .arg(&self.sock)
             .args(args)
-            .env("DOCKER_BUILDKIT", "1");
+            .env("DOCKER_BUILDKIT", "1")
+            // Each daemon's client keeps its own credentials (`docker login`).
+            .env("DOCKER_CONFIG", self.dir.path().join("client"));
         if let Some(d) = cwd {
             c.current_dir(d);
         }

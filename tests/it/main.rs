@@ -17,6 +17,7 @@ mod interop_skopeo;
 mod limits;
 mod oci_client;
 mod process;
+mod shared_mirror;
 mod storage;
 mod sync;
 mod tls;

@@ -29,13 +29,13 @@ fn ferry(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
-const DOCKERFILE: &str = "ARG BASE\nFROM ${BASE}\n\
+pub(crate) const DOCKERFILE: &str = "ARG BASE\nFROM ${BASE}\n\
 RUN busybox sh -c 'i=0; while [ $i -lt 15000000 ]; do i=$((i+1)); done; echo $i > /burned'\n\
 RUN busybox mkdir -p /data && busybox dd if=/dev/urandom of=/data/blob bs=1024 count=1024 2>/dev/null\n\
 COPY src/lib.txt /src/lib.txt\n\
 COPY src/app.txt /src/app.txt\n";
 
-fn build(
+pub(crate) fn build(
     d: &Dockerd,
     ctx: &Path,
     base: &str,
