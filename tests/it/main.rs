@@ -12,6 +12,7 @@ mod api;
 mod auth;
 mod faults;
 mod fixtures;
+mod hostile;
 mod interop_docker;
 mod interop_skopeo;
 mod limits;
