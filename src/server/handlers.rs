@@ -323,6 +323,17 @@ async fn start_upload(app: &App, r: &RepoName, req: Request) -> HResult {
         count_in(app, &d, 0).await;
         return Ok(blob_created(r, &d));
     }
+    // Each session is a file and a table entry: cap them, so a client opening sessions in a
+    // loop cannot grow either without bound. Abandoned ones expire (--upload-expiry).
+    let open = app.store.open_uploads();
+    if open >= app.limits.max_sessions {
+        return Err(Error::TooManyRequests(format!(
+            "{open} upload sessions are open (limit {}); finish or cancel some, or wait for \
+             abandoned ones to expire",
+            app.limits.max_sessions
+        ))
+        .into());
+    }
     let id = app.store.upload_start().await?;
     Ok(upload_accepted(r, &id, 0, StatusCode::ACCEPTED))
 }

@@ -27,6 +27,8 @@ pub struct Limits {
     pub max_uploads: usize,
     /// Upload requests at once from one client address.
     pub max_uploads_per_client: usize,
+    /// Upload sessions open at once (started, not yet finished, cancelled or expired).
+    pub max_sessions: usize,
     /// A request head must arrive in full within this time.
     pub header_timeout: Duration,
     /// A connection with no byte moving either way for this long is closed.
@@ -42,6 +44,7 @@ impl Default for Limits {
         Limits {
             max_uploads: 64,
             max_uploads_per_client: 16,
+            max_sessions: 10_000,
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             body_stall: Duration::from_secs(30),

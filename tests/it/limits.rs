@@ -160,6 +160,31 @@ async fn uploads_past_the_cap_get_429_and_slots_come_back() {
     srv.stop().await;
 }
 
+#[tokio::test]
+async fn open_upload_sessions_are_capped() {
+    let (srv, _tmp) = server(Limits {
+        max_sessions: 5,
+        ..Limits::default()
+    })
+    .await;
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        sessions.push(start_session(&srv.url).await);
+    }
+    let r = http()
+        .post(format!("{}/v2/lim/blobs/uploads/", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error_code(r).await, "TOOMANYREQUESTS");
+    // Finishing one frees its place.
+    let r = http().delete(&sessions[0]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    start_session(&srv.url).await;
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_is_cut_off_and_what_came_is_kept() {
     let (srv, _tmp) = server(short()).await;
