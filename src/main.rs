@@ -73,10 +73,10 @@ enum Command {
         )]
         tls_key: Option<PathBuf>,
         /// Blob uploads receiving data at once, all clients together (more get 429).
-        #[arg(long, value_name = "N", default_value_t = 64)]
+        #[arg(long, value_name = "N", default_value_t = 128)]
         max_uploads: usize,
         /// Blob uploads receiving data at once from one client address (more get 429).
-        #[arg(long, value_name = "N", default_value_t = 16)]
+        #[arg(long, value_name = "N", default_value_t = 32)]
         max_uploads_per_client: usize,
         /// Close connections with no byte moving either way for this long.
         #[arg(long, value_name = "DURATION", default_value = "2m")]

@@ -42,8 +42,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_uploads: 64,
-            max_uploads_per_client: 16,
+            max_uploads: 128,
+            max_uploads_per_client: 32,
             max_sessions: 10_000,
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),

@@ -262,9 +262,23 @@ pub fn leftovers(dir: &Path) -> Vec<PathBuf> {
 /// Send raw bytes as one HTTP/1.1 request (no client-side path normalization) and return the
 /// status code and the whole response text.
 pub async fn raw_request(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String) {
+    raw_exchange(addr, request, false).await
+}
+
+/// [`raw_request`], optionally closing the sending side after the bytes (so a body shorter than
+/// its Content-Length ends there). Complete requests must not: hyper drops the response when a
+/// client half-closes before it is written.
+pub async fn raw_exchange(
+    addr: std::net::SocketAddr,
+    request: &[u8],
+    half_close: bool,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    c.write_all(request).await.expect("write");
+    let _ = c.write_all(request).await;
+    if half_close {
+        let _ = c.shutdown().await;
+    }
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf).into_owned();

@@ -3,10 +3,7 @@
 //! The store is snapshotted (every file's digest) before and after: none of them may change a
 //! byte of it.
 
-use std::time::Duration;
-
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
 
@@ -53,26 +50,6 @@ fn case(
         status,
         code,
     }
-}
-
-/// Send the bytes and read the whole answer (every request says `Connection: close`). A request
-/// whose body is shorter than its Content-Length also closes our sending side, so it ends there;
-/// complete requests must not (hyper drops a response when the client half-closes early).
-async fn send(addr: std::net::SocketAddr, bytes: &[u8], truncated: bool) -> (u16, String) {
-    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let _ = c.write_all(bytes).await;
-    if truncated {
-        let _ = c.shutdown().await;
-    }
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf)).await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +195,7 @@ async fn hostile_inputs_get_the_right_answer_and_change_nothing() {
     let mut failures = Vec::new();
     for c in &cases {
         let truncated = c.what.contains("truncated");
-        let (status, text) = send(s.addr, &c.request, truncated).await;
+        let (status, text) = raw_exchange(s.addr, &c.request, truncated).await;
         let code_ok = c
             .code
             .is_none_or(|code| text.contains(&format!("\"{code}\"")));

@@ -185,16 +185,21 @@ async fn open_upload_sessions_are_capped() {
     srv.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_body_is_cut_off_and_what_came_is_kept() {
-    let (srv, _tmp) = server(short()).await;
+/// A new upload session and a connection that has sent the head of a PATCH promising 100,000
+/// bytes, and none of them yet.
+async fn open_patch(srv: &TestServer) -> (String, TcpStream) {
     let loc = start_session(&srv.url).await;
     let path = loc.trim_start_matches(&srv.url).to_owned();
     let mut c = TcpStream::connect(srv.addr).await.unwrap();
-    let head = format!(
-        "PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"
-    );
+    let head = format!("PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
     c.write_all(head.as_bytes()).await.unwrap();
+    (loc, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_cut_off_and_what_came_is_kept() {
+    let (srv, _tmp) = server(short()).await;
+    let (loc, mut c) = open_patch(&srv).await;
     c.write_all(&[7u8; 1000]).await.unwrap();
     // …and then nothing. The server answers and closes within the stall time (plus slack).
     let (text, closed) = read_until_closed(&mut c, Duration::from_secs(10)).await;
@@ -213,12 +218,8 @@ async fn a_stalled_body_is_cut_off_and_what_came_is_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_body_is_cut_off() {
     let (srv, _tmp) = server(short()).await;
-    let loc = start_session(&srv.url).await;
-    let path = loc.trim_start_matches(&srv.url).to_owned();
-    let c = TcpStream::connect(srv.addr).await.unwrap();
+    let (_, c) = open_patch(&srv).await;
     let (mut rd, mut wr) = c.into_split();
-    let head = format!("PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
-    wr.write_all(head.as_bytes()).await.unwrap();
     // One byte every 100 ms never stalls for a second, but stays far under 1 KiB/s.
     let trickle = tokio::spawn(async move {
         for _ in 0..200 {

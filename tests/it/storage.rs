@@ -366,7 +366,21 @@ async fn retention_keeps_newest_named_and_recently_read_tags_then_fits_a_budget(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pushes_racing_a_gc_loop_never_lose_a_promised_blob() {
-    let s = TestServer::start().await;
+    // 40 clients on one address push at once: more than the default per-client upload cap
+    // (which would answer some with 429); this test is about GC, so lift the cap.
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_opts(
+        &tmp.path().join("data"),
+        ServerOpts {
+            limits: ferry::server::limits::Limits {
+                max_uploads_per_client: 1000,
+                max_uploads: 1000,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
     // Layers already in the store, old and unreferenced: exactly what a sweep removes. Each push
     // uses three shared ones and one of its own that no other manifest will ever reference.
     let shared: Vec<Vec<u8>> = (0..24).map(|i| bytes(20_000, 400 + i)).collect();
