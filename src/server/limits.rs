@@ -172,6 +172,22 @@ pub fn guarded_body(
     ))
 }
 
+/// Counts a handler as running on its connection until dropped (also when cancelled).
+pub struct Running(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Running {
+    pub fn new(counter: Arc<std::sync::atomic::AtomicUsize>) -> Running {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Running(counter)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Milliseconds since a fixed start at which the connection last moved a byte.
 #[derive(Clone)]
 pub struct Activity {

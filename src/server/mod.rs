@@ -211,10 +211,22 @@ impl Conn {
             watcher,
         } = self;
         let client = limits::ClientAddr(peer.ip());
+        // Handlers running on this connection. While one runs, silence on the wire is the
+        // server's doing (an fsync of a large blob on slow media can take minutes), not the
+        // client's: the idle watchdog waits. A stalled request body is the body guard's business,
+        // a stalled download (handler done, body streaming) the watchdog's.
+        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let busy_svc = busy.clone();
         let service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(client);
-                router.clone().call(req.map(axum::body::Body::new))
+                let running = limits::Running::new(busy_svc.clone());
+                let call = router.clone().call(req.map(axum::body::Body::new));
+                async move {
+                    let res = call.await;
+                    drop(running);
+                    res
+                }
             });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -243,7 +255,8 @@ impl Conn {
                     return;
                 }
                 () = tokio::time::sleep(tick) => {
-                    if activity.idle_for() >= idle {
+                    let running = busy.load(std::sync::atomic::Ordering::Relaxed);
+                    if running == 0 && activity.idle_for() >= idle {
                         tracing::info!(%peer, idle_s = idle.as_secs(), "closing an idle connection");
                         return;
                     }

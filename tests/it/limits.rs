@@ -338,6 +338,43 @@ async fn a_client_that_stops_reading_a_download_is_dropped() {
     srv.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_server_is_slow_to_answer_is_not_cut_as_idle() {
+    let (srv, _tmp) = server(short()).await;
+    let config = b"{}".to_vec();
+    let layer = bytes(1000, 5);
+    push_blob(&srv.url, "lim", &config).await;
+    push_blob(&srv.url, "lim", &layer).await;
+    // Another process holds the store's index lock for 3 s (as a slow fsync or a second writer
+    // would): the manifest PUT waits in its handler, nothing moves on the wire for longer than
+    // the 1-s idle timeout, and the connection must survive it.
+    let lock = srv.dir.join(".ferry/lock");
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "3"])
+        .spawn()
+        .expect("flock (util-linux)");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let m = image_manifest(&config, &[&layer]);
+    let r = put_manifest(
+        &srv.url,
+        "lim",
+        "slow",
+        "application/vnd.oci.image.manifest.v1+json",
+        &m,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(
+        start.elapsed() > Duration::from_secs(2),
+        "the lock was not held: {:?}",
+        start.elapsed()
+    );
+    let _ = holder.wait();
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn oversized_heads_are_refused() {
     let (srv, _tmp) = server(Limits::default()).await;
