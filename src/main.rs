@@ -335,9 +335,7 @@ async fn run() -> anyhow::Result<i32> {
                      see `ferry tls init`"
                 );
             }
-            if let Some(tls) = tls.clone() {
-                tokio::spawn(reload_on_sighup(tls));
-            }
+            tokio::spawn(reload_on_sighup(tls.clone()));
             let auth = htpasswd
                 .map(|p| {
                     ferry::server::auth::Htpasswd::new(p.clone(), anonymous_read)
@@ -711,12 +709,20 @@ mod progress {
 }
 
 /// SIGHUP re-reads the TLS certificate and key (after a renewal); a bad pair keeps the old one.
-async fn reload_on_sighup(tls: Arc<ferry::tls::ServerTls>) {
+/// Without TLS there is nothing to reload, but SIGHUP must still not kill the server (its default
+/// action), since service managers send it as "reload".
+async fn reload_on_sighup(tls: Option<Arc<ferry::tls::ServerTls>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
+        let Some(tls) = &tls else {
+            tracing::info!(
+                "SIGHUP: nothing to reload (no --tls-cert; --htpasswd is re-read when it changes)"
+            );
+            continue;
+        };
         match tls.reload() {
             Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
             Err(e) => {

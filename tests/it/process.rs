@@ -299,3 +299,25 @@ async fn log_format_json_is_one_object_per_line() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn sighup_without_tls_does_not_stop_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data").display().to_string();
+    let mut p = FerryProcess::start(&["--listen", "127.0.0.1:0", "--data", &data], &[]);
+    p.signal("HUP");
+    let start = std::time::Instant::now();
+    while !p
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("nothing to reload"))
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "SIGHUP not handled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(p.child.try_wait().unwrap().is_none(), "ferry exited on SIGHUP");
+    let r = http().get(format!("{}/v2/", p.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
