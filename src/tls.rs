@@ -262,13 +262,13 @@ pub fn instructions(issued: &Issued, port: u16) -> String {
     for h in &issued.hosts {
         let _ = writeln!(
             s,
-            "    [registry.\"{}\"]\n      ca=[\"/etc/ferry/ca.crt\"]",
+            "    [registry.\"{}\"]\n      ca=[\"{ca}\"]",
             host_port(h, port)
         );
     }
     let _ = writeln!(
         s,
-        "    (copy the CA to /etc/ferry/ca.crt; for a buildx builder pass the file with\n     docker buildx create --config buildkitd.toml, which copies the CA into the builder)"
+        "    (for a buildx builder: docker buildx create --config buildkitd.toml copies the CA into it)"
     );
     let _ = writeln!(
         s,

@@ -314,10 +314,16 @@ async fn sighup_without_tls_does_not_stop_the_server() {
         .iter()
         .any(|l| l.contains("nothing to reload"))
     {
-        assert!(start.elapsed() < Duration::from_secs(10), "SIGHUP not handled");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "SIGHUP not handled"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(p.child.try_wait().unwrap().is_none(), "ferry exited on SIGHUP");
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "ferry exited on SIGHUP"
+    );
     let r = http().get(format!("{}/v2/", p.url)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
