@@ -58,6 +58,19 @@ impl FerryProcess {
         assert!(st.success());
     }
 
+    /// Wait (up to 10 s) until a log line contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let start = std::time::Instant::now();
+        while !self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no log line with {needle:?}: {:?}",
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let start = std::time::Instant::now();
         loop {
@@ -306,20 +319,7 @@ async fn sighup_without_tls_does_not_stop_the_server() {
     let data = tmp.path().join("data").display().to_string();
     let mut p = FerryProcess::start(&["--listen", "127.0.0.1:0", "--data", &data], &[]);
     p.signal("HUP");
-    let start = std::time::Instant::now();
-    while !p
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("nothing to reload"))
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "SIGHUP not handled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    p.wait_for_log("nothing to reload").await;
     assert!(
         p.child.try_wait().unwrap().is_none(),
         "ferry exited on SIGHUP"

@@ -179,20 +179,7 @@ async fn tls_init_serve_and_reload_on_sighup() {
     )
     .unwrap();
     p.signal("HUP");
-    let start = std::time::Instant::now();
-    while !p
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("keeping the old certificate"))
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no reload attempt logged"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    p.wait_for_log("keeping the old certificate").await;
     let r = client_trusting(&ca)
         .get(format!("{https}/v2/"))
         .send()
