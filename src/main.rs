@@ -168,7 +168,7 @@ enum TlsCommand {
     /// Create a small CA and a server certificate for the mirror's names, and print where each
     /// client must put the CA.
     ///
-    /// Writes ca.crt, server.crt and server.key (mode 0600) to --out. The CA's key is not kept:
+    /// Writes ca.crt, server.crt and server.key (the key with mode 0600) to --out. The CA's key is not kept:
     /// the CA can vouch for this one certificate only. To change names, run again with --force and
     /// hand out the new ca.crt.
     Init {
