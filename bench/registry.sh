@@ -9,20 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale="${1:-1.0}"
-work="$(mktemp -d "${BENCH_DIR:-/tmp}/ferry-bench.XXXXXX")"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. bench/lib.sh
+bench_init ferry-bench
 
 cargo build --release --quiet --bin ferry --example regbench
 registry=$(command -v docker-registry || true)
 [ -n "$registry" ] || { echo "docker-registry not installed (apt-get install docker-registry)" >&2; exit 1; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_up() { for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$1/v2/" >/dev/null && return 0; sleep 0.1; done; echo "server on $1 did not start" >&2; exit 1; }
 
 fport=$(free_port)
@@ -30,20 +23,7 @@ RUST_LOG=warn ./target/release/ferry serve --listen "127.0.0.1:$fport" --data "$
 fpid=$!; pids+=("$fpid")
 
 dport=$(free_port)
-cat > "$work/distribution.yml" <<YML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $work/distribution
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:$dport
-YML
+distribution_yml "$work/distribution.yml" "$work/distribution" "$dport"
 "$registry" serve "$work/distribution.yml" 2>"$work/distribution.log" &
 dpid=$!; pids+=("$dpid")
 wait_up "$fport"; wait_up "$dport"

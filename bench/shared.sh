@@ -13,21 +13,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib="${1:-1024}"
 heads="${2:-2000}"
-work="$(mktemp -d "${BENCH_DIR:-/tmp}/ferry-shared.XXXXXX")"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. bench/lib.sh
+bench_init ferry-shared
 
 cargo build --release --quiet --bin ferry
 registry=$(command -v docker-registry || true)
 [ -n "$registry" ] || { echo "docker-registry not installed (apt-get install docker-registry)" >&2; exit 1; }
 ferry=./target/release/ferry
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 "$ferry" tls init --host 127.0.0.1 --out "$work/tls" >/dev/null
 ca="$work/tls/ca.crt"
 # bcrypt at cost 5, what `htpasswd -B` writes by default.
@@ -39,25 +32,13 @@ RUST_LOG=warn "$ferry" serve --listen "127.0.0.1:$fport" --data "$work/ferry" \
   --tls-cert "$work/tls/server.crt" --tls-key "$work/tls/server.key" --htpasswd "$work/htpasswd" &
 fpid=$!; pids+=("$fpid")
 dport=$(free_port)
-cat > "$work/distribution.yml" <<YML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $work/distribution
-http:
-  addr: 127.0.0.1:$dport
-  tls:
+distribution_yml "$work/distribution.yml" "$work/distribution" "$dport" "  tls:
     certificate: $work/tls/server.crt
     key: $work/tls/server.key
 auth:
   htpasswd:
     realm: ferry
-    path: $work/htpasswd
-YML
+    path: $work/htpasswd"
 "$registry" serve "$work/distribution.yml" 2>"$work/distribution.log" &
 dpid=$!; pids+=("$dpid")
 c=(curl -s --cacert "$ca" -u bench:s3cret)

@@ -8,22 +8,14 @@
 # blobs (100 images x 10 small blobs). Peak RSS from GNU time. Needs docker-registry, skopeo, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-work="$(mktemp -d "${BENCH_DIR:-/tmp}/ferry-syncbench.XXXXXX")"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. bench/lib.sh
+bench_init ferry-syncbench
 cargo build --release --quiet --bin ferry --example gendata
 ferry=./target/release/ferry
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 registry() { # registry NAME: starts Distribution, sets $reg to host:port
   local port; port=$(free_port)
-  cat > "$work/$1.yml" <<YML
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $work/$1}, delete: {enabled: true}}
-http: {addr: 127.0.0.1:$port}
-YML
+  distribution_yml "$work/$1.yml" "$work/$1" "$port"
   docker-registry serve "$work/$1.yml" >/dev/null 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
