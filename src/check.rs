@@ -64,22 +64,30 @@ impl std::fmt::Display for RefReport {
     }
 }
 
-async fn blob_state(place: &Place, repo: &str, d: &Digest) -> std::result::Result<(), bool> {
-    // Err(true): missing; Err(false): corrupt.
-    let Ok((mut s, _)) = place.read_blob(repo, d, 0).await else {
-        return Err(true);
+enum Problem {
+    Missing,
+    /// Corrupt, and what is known of why.
+    Corrupt(Option<String>),
+}
+
+async fn blob_state(place: &Place, repo: &str, d: &Digest) -> std::result::Result<(), Problem> {
+    let mut s = match place.read_blob(repo, d, 0).await {
+        Ok((s, _)) => s,
+        // A FIFO, a socket or a symlink out of the layout under the blob's name: not content.
+        Err(crate::Error::BlobUnreadable { why, .. }) => return Err(Problem::Corrupt(Some(why))),
+        Err(_) => return Err(Problem::Missing),
     };
     let mut h = d.algorithm().hasher();
     while let Some(chunk) = s.next().await {
         match chunk {
             Ok(c) => h.update(&c),
-            Err(_) => return Err(false),
+            Err(e) => return Err(Problem::Corrupt(Some(format!("reading failed: {e}")))),
         }
     }
     if &h.finish() == d {
         Ok(())
     } else {
-        Err(false)
+        Err(Problem::Corrupt(None))
     }
 }
 
@@ -135,8 +143,11 @@ pub async fn check(
         for b in &g.blobs {
             match blob_state(&place, &root.repo, &b.digest).await {
                 Ok(()) => {}
-                Err(true) => rep.missing.push(b.digest.to_string()),
-                Err(false) => rep.corrupt.push(b.digest.to_string()),
+                Err(Problem::Missing) => rep.missing.push(b.digest.to_string()),
+                Err(Problem::Corrupt(None)) => rep.corrupt.push(b.digest.to_string()),
+                Err(Problem::Corrupt(Some(why))) => {
+                    rep.corrupt.push(format!("{}: {why}", b.digest))
+                }
             }
         }
         if let Some(cfg) = cache_cfg {

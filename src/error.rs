@@ -12,6 +12,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     #[error("blob unknown to registry: {0}")]
     BlobUnknown(Digest),
+    /// A file under a blob's name that ferry will not read as content (a FIFO, a socket, a
+    /// directory, a symlink leaving the layout): treated as absent, and named.
+    #[error("blob {digest} is {why}; treated as absent")]
+    BlobUnreadable { digest: Digest, why: String },
     #[error("blob upload unknown to registry")]
     BlobUploadUnknown,
     #[error("blob upload invalid: {0}")]
@@ -78,7 +82,7 @@ impl Error {
     /// The distribution-spec error code (`errors[].code`).
     pub fn code(&self) -> &'static str {
         match self {
-            Error::BlobUnknown(_) => "BLOB_UNKNOWN",
+            Error::BlobUnknown(_) | Error::BlobUnreadable { .. } => "BLOB_UNKNOWN",
             Error::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
             Error::BlobUploadInvalid(_) => "BLOB_UPLOAD_INVALID",
             Error::DigestInvalid(_) => "DIGEST_INVALID",

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::layout::Store;
+use crate::progress::Tally;
 use crate::verify::{list_blobs, reachable};
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -46,22 +47,31 @@ impl std::fmt::Display for GcReport {
     }
 }
 
-fn mark(store: &Store) -> Result<BTreeSet<Digest>> {
+fn mark(store: &Store, tally: &Tally) -> Result<BTreeSet<Digest>> {
     let idx = store.index()?;
+    tally.phase("marking", idx.file.manifests.len() as u64, 0);
     let mut live = BTreeSet::new();
     for d in &idx.file.manifests {
         let (reach, _) = reachable(store, &d.digest, &d.media_type);
         live.extend(reach);
+        tally.done(1, 0);
     }
     Ok(live)
 }
 
 pub fn gc(store: &Store, grace: Duration, dry_run: bool) -> Result<GcReport> {
+    gc_with(store, grace, dry_run, &Tally::default())
+}
+
+/// [`gc`], counting in `tally`: phase `"marking"` (manifests recorded), then `"sweeping"` (blob
+/// files examined; bytes are those freed).
+pub fn gc_with(store: &Store, grace: Duration, dry_run: bool, tally: &Tally) -> Result<GcReport> {
     let start = std::time::Instant::now();
-    let mut live = mark(store)?;
+    let mut live = mark(store, tally)?;
     let files = list_blobs(store.root());
     // Manifests recorded while we were marking are live too.
-    live.extend(mark(store)?);
+    live.extend(mark(store, tally)?);
+    tally.phase("sweeping", files.len() as u64, 0);
     let now = SystemTime::now();
     let mut r = GcReport {
         blobs: files.len(),
@@ -70,10 +80,12 @@ pub fn gc(store: &Store, grace: Duration, dry_run: bool) -> Result<GcReport> {
         ..Default::default()
     };
     for (d, path) in files {
+        tally.done(1, 0);
         if live.contains(&d) {
             continue;
         }
-        let Ok(meta) = std::fs::metadata(&path) else {
+        // The name itself, never what a symlink points at: sweeping removes the link only.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
         let age = meta

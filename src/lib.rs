@@ -25,6 +25,7 @@ pub mod gc;
 pub mod layout;
 pub mod location;
 pub mod media;
+pub mod progress;
 pub mod reference;
 pub mod remote;
 pub mod retention;

@@ -7,6 +7,10 @@
 //! docker://HOST[:PORT]/REPO@sha256:…        one manifest by digest
 //! oci:PATH  or  PATH                        a directory in ferry's format, all its tags
 //! ```
+//!
+//! Anything else that starts like a scheme (`s3://bucket`, `oci-archive:x.tar`, `dcoker://…`) is
+//! refused with the list above, never taken as a relative directory to create: a typo must not
+//! become `./s3:/bucket`. A directory whose name has a colon is written `./NAME` or `oci:NAME`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -29,6 +33,20 @@ pub enum Location {
 
 fn bad(s: &str, why: &str) -> Error {
     Error::Usage(format!("bad location {s:?}: {why}"))
+}
+
+/// The location forms ferry knows, for error messages.
+pub const KNOWN_FORMS: &str = "docker://HOST[:PORT][/REPO[:TAG|@DIGEST]] (a registry), \
+     oci:PATH or PATH (a directory; write ./NAME for a directory whose name has a colon)";
+
+/// `scheme:` at the start, in RFC 3986's grammar (a letter, then letters, digits, `+`, `-`, `.`).
+fn scheme_of(s: &str) -> Option<&str> {
+    let (scheme, _) = s.split_once(':')?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then_some(scheme)
 }
 
 impl Location {
@@ -74,7 +92,18 @@ impl Location {
                 reference,
             });
         }
-        let path = s.strip_prefix("oci:").unwrap_or(s);
+        let path = match s.strip_prefix("oci:") {
+            Some(p) => p,
+            None => {
+                if let Some(scheme) = scheme_of(s) {
+                    return Err(Error::Usage(format!(
+                        "unknown location {s:?}: ferry does not know the scheme {scheme:?}; \
+                         a location is {KNOWN_FORMS}"
+                    )));
+                }
+                s
+            }
+        };
         if path.is_empty() {
             return Err(bad(s, "empty path"));
         }
@@ -166,6 +195,14 @@ mod tests {
             Location::Dir { path: "./x".into() }
         );
         for bad in [
+            "s3://bucket",
+            "s3://bucket/prefix",
+            "oci-archive:x.tar",
+            "docker-archive:x.tar",
+            "dcoker://host/a",
+            "DOCKER://host/a",
+            "http://host:5000/a",
+            "usb:backup",
             "docker://",
             "docker://h/A",
             "docker://h/a:-x",
@@ -173,6 +210,21 @@ mod tests {
             "oci:",
         ] {
             assert!(Location::parse(bad).is_err(), "{bad}");
+        }
+        let e = Location::parse("s3://bucket").unwrap_err().to_string();
+        assert!(e.contains("\"s3\"") && e.contains("docker://HOST"), "{e}");
+        // A directory whose name has a colon, written so it cannot look like a scheme.
+        for ok in [
+            "./usb:backup",
+            "/media/usb:1",
+            "oci:usb:backup",
+            "a/b:c",
+            "1x:y",
+        ] {
+            assert!(
+                matches!(Location::parse(ok), Ok(Location::Dir { .. })),
+                "{ok}"
+            );
         }
         assert!(is_loopback_host("[::1]:5000"));
         assert!(is_loopback_host("localhost"));

@@ -1,38 +1,171 @@
 //! Retention: which tags to let go, so that GC can return their space.
 //!
-//! Rules apply to the repositories matching `--repo` (all by default). A tag is kept when any
-//! rule keeps it: it is among the newest `keep_last` of its repository (by the time ferry
-//! published it), it matches `keep_tags`, or it was read within `keep_read_within`. Then, if the
-//! store is larger than `max_size`, further tags go, least recently read first (never read: oldest
-//! published first), until what the remaining tags reach fits. Space is counted per blob, once,
-//! however many tags share it. Applying a plan removes the tags (and the repository's untagged
-//! records of manifests only they reached); the GC sweep that follows returns the space.
+//! A [`Policy`] is a list of [`Rule`]s, each for the repositories its pattern matches, and an
+//! optional size budget. A tag in a repository that some rule governs is kept when any of those
+//! rules keeps it: it is among the newest `keep_last` of its repository (by the time ferry
+//! published it), it matches `keep_tags`, or it was read within `keep_read_within`. Tags in
+//! repositories no rule governs are left to the budget alone. Then, if the store is larger than
+//! `max_size`, further tags go, least recently read first (never read: oldest published first),
+//! until what the remaining tags reach fits. Space is counted per blob, once, however many tags
+//! share it. Applying a plan removes the tags (and the repository's untagged records of manifests
+//! only they reached); the GC sweep that follows returns the space.
+//!
+//! The rules come from `ferry gc`'s flags (one rule) or from a file (`--retention FILE`, for
+//! `ferry gc` and for the server's schedule), parsed by [`Policy::from_toml`]:
+//!
+//! ```toml
+//! max-size = "200G"            # the whole store; optional
+//!
+//! [repo."cache/.*"]            # a regular expression matching the whole repository name
+//! keep-last = 3
+//! keep-read-within = "14d"
+//!
+//! [repo.".*"]
+//! keep-last = 10
+//! keep-tags = "^(release|stable)-"
+//! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layout::Store;
 use crate::verify::reachable;
 
+/// What to keep in the repositories `repo` matches (all, when `None`).
 #[derive(Clone, Debug, Default)]
-pub struct Policy {
+pub struct Rule {
     pub repo: Option<regex::Regex>,
     pub keep_last: Option<usize>,
     pub keep_tags: Option<regex::Regex>,
     pub keep_read_within: Option<Duration>,
+}
+
+impl Rule {
+    /// Whether the rule says anything (a rule with no `keep_*` would keep nothing).
+    pub fn is_empty(&self) -> bool {
+        self.keep_last.is_none() && self.keep_tags.is_none() && self.keep_read_within.is_none()
+    }
+
+    fn governs(&self, repo: &str) -> bool {
+        self.repo.as_ref().is_none_or(|r| r.is_match(repo))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
     pub max_size: Option<u64>,
+    /// The repositories whose tags the size budget may remove (all, when `None`).
+    pub budget_repo: Option<regex::Regex>,
 }
 
 impl Policy {
+    /// `ferry gc`'s flags: one rule for the repositories `--repo` matches, which also bounds
+    /// what `--max-size` may remove.
+    pub fn from_flags(
+        repo: Option<regex::Regex>,
+        keep_last: Option<usize>,
+        keep_tags: Option<regex::Regex>,
+        keep_read_within: Option<Duration>,
+        max_size: Option<u64>,
+    ) -> Policy {
+        let rule = Rule {
+            repo: repo.clone(),
+            keep_last,
+            keep_tags,
+            keep_read_within,
+        };
+        Policy {
+            rules: if rule.is_empty() { vec![] } else { vec![rule] },
+            max_size,
+            budget_repo: repo,
+        }
+    }
+
+    /// A retention file (see the module docs). Unknown keys are errors, not silently ignored: a
+    /// misspelt `keep_last` must not turn into "keep nothing".
+    pub fn from_toml(text: &str) -> std::result::Result<Policy, String> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        struct File {
+            max_size: Option<SizeValue>,
+            #[serde(default)]
+            repo: BTreeMap<String, FileRule>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum SizeValue {
+            Bytes(u64),
+            Text(String),
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        struct FileRule {
+            keep_last: Option<usize>,
+            keep_tags: Option<String>,
+            keep_read_within: Option<String>,
+        }
+        let f: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut rules = Vec::new();
+        for (pattern, r) in f.repo {
+            let what = |k: &str| format!("[repo.{pattern:?}] {k}");
+            let repo = regex::Regex::new(&format!("^(?:{pattern})$"))
+                .map_err(|e| format!("[repo.{pattern:?}]: {e}"))?;
+            let rule = Rule {
+                repo: Some(repo),
+                keep_last: r.keep_last,
+                keep_tags: r
+                    .keep_tags
+                    .map(|t| {
+                        regex::Regex::new(&t).map_err(|e| format!("{}: {e}", what("keep-tags")))
+                    })
+                    .transpose()?,
+                keep_read_within: r
+                    .keep_read_within
+                    .map(|d| {
+                        crate::gc::parse_duration(&d)
+                            .map_err(|e| format!("{}: {e}", what("keep-read-within")))
+                    })
+                    .transpose()?,
+            };
+            if rule.is_empty() {
+                return Err(format!(
+                    "[repo.{pattern:?}] has no keep-last, keep-tags or keep-read-within; \
+                     to let every tag of those repositories go, say keep-last = 0"
+                ));
+            }
+            rules.push(rule);
+        }
+        let max_size = match f.max_size {
+            None => None,
+            Some(SizeValue::Bytes(n)) => Some(n),
+            Some(SizeValue::Text(t)) => Some(parse_size(&t).map_err(|e| format!("max-size: {e}"))?),
+        };
+        if rules.is_empty() && max_size.is_none() {
+            return Err("no [repo.\"PATTERN\"] table and no max-size: nothing to do".into());
+        }
+        Ok(Policy {
+            rules,
+            max_size,
+            budget_repo: None,
+        })
+    }
+
+    /// [`Policy::from_toml`] on a file, with the file's name in the error.
+    pub fn load(path: &Path) -> Result<Policy> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Usage(format!("--retention {}: {e}", path.display())))?;
+        Policy::from_toml(&text)
+            .map_err(|e| Error::Usage(format!("--retention {}: {e}", path.display())))
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.keep_last.is_none()
-            && self.keep_tags.is_none()
-            && self.keep_read_within.is_none()
-            && self.max_size.is_none()
+        self.rules.iter().all(Rule::is_empty) && self.max_size.is_none()
     }
 }
 
@@ -98,7 +231,7 @@ pub fn plan(store: &Store, policy: &Policy) -> Result<Plan> {
         };
         let (reach, _) = reachable(store, &d.digest, &d.media_type);
         let tagged = d.tagged_at().unwrap_or_else(|| {
-            std::fs::metadata(store.blob_path(&d.digest))
+            std::fs::symlink_metadata(store.blob_path(&d.digest))
                 .and_then(|m| m.modified())
                 .map_or(0, millis)
         });
@@ -118,14 +251,19 @@ pub fn plan(store: &Store, policy: &Policy) -> Result<Plan> {
         for b in &t.reach {
             *refs.entry(b.clone()).or_default() += 1;
             size.entry(b.clone())
-                .or_insert_with(|| std::fs::metadata(store.blob_path(b)).map_or(0, |m| m.len()));
+                .or_insert_with(|| store.blob_size_sync(b).unwrap_or(0));
         }
     }
     let mut plan = Plan {
         bytes_before: size.values().sum(),
         ..Default::default()
     };
-    let applies = |t: &TagInfo| policy.repo.as_ref().is_none_or(|r| r.is_match(&t.repo));
+    let in_budget = |t: &TagInfo| {
+        policy
+            .budget_repo
+            .as_ref()
+            .is_none_or(|r| r.is_match(&t.repo))
+    };
     let mut removed = vec![false; tags.len()];
     let remove = |i: usize,
                   why: &str,
@@ -154,16 +292,20 @@ pub fn plan(store: &Store, policy: &Policy) -> Result<Plan> {
         });
     };
 
-    // 1. Rules, per repository.
-    if policy.keep_last.is_some() || policy.keep_tags.is_some() || policy.keep_read_within.is_some()
-    {
+    // 1. Rules, per repository: a tag goes when rules govern its repository and none keeps it.
+    let rules: Vec<&Rule> = policy.rules.iter().filter(|r| !r.is_empty()).collect();
+    if !rules.is_empty() {
         let mut by_repo: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, t) in tags.iter().enumerate().filter(|(_, t)| applies(t)) {
+        for (i, t) in tags.iter().enumerate() {
             by_repo.entry(t.repo.as_str()).or_default().push(i);
         }
         let mut repos: Vec<_> = by_repo.into_iter().collect();
         repos.sort();
-        for (_, mut idxs) in repos {
+        for (repo, mut idxs) in repos {
+            let governing: Vec<&&Rule> = rules.iter().filter(|r| r.governs(repo)).collect();
+            if governing.is_empty() {
+                continue;
+            }
             idxs.sort_by(|&a, &b| {
                 tags[b]
                     .tagged
@@ -172,16 +314,19 @@ pub fn plan(store: &Store, policy: &Policy) -> Result<Plan> {
             });
             for (rank, &i) in idxs.iter().enumerate() {
                 let t = &tags[i];
-                let newest = policy.keep_last.is_some_and(|n| rank < n);
-                let named = policy
-                    .keep_tags
-                    .as_ref()
-                    .is_some_and(|re| re.is_match(&t.tag));
-                let read = policy.keep_read_within.is_some_and(|d| {
-                    t.read
-                        .is_some_and(|r| now.duration_since(r).unwrap_or_default() <= d)
+                let kept = governing.iter().any(|rule| {
+                    let newest = rule.keep_last.is_some_and(|n| rank < n);
+                    let named = rule
+                        .keep_tags
+                        .as_ref()
+                        .is_some_and(|re| re.is_match(&t.tag));
+                    let read = rule.keep_read_within.is_some_and(|d| {
+                        t.read
+                            .is_some_and(|r| now.duration_since(r).unwrap_or_default() <= d)
+                    });
+                    newest || named || read
                 });
-                if !(newest || named || read) {
+                if !kept {
                     remove(
                         i,
                         "no retention rule keeps it",
@@ -196,7 +341,7 @@ pub fn plan(store: &Store, policy: &Policy) -> Result<Plan> {
     // 2. The size budget, least recently read first.
     if let Some(budget) = policy.max_size {
         let mut order: Vec<usize> = (0..tags.len())
-            .filter(|&i| !removed[i] && applies(&tags[i]))
+            .filter(|&i| !removed[i] && in_budget(&tags[i]))
             .collect();
         order.sort_by_key(|&i| (tags[i].read.map_or(0, millis), tags[i].tagged));
         for i in order {
@@ -257,4 +402,55 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size {s:?} too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_file() {
+        let p = Policy::from_toml(
+            r#"
+            max-size = "2G"
+            [repo."cache/.*"]
+            keep-last = 3
+            keep-read-within = "14d"
+            [repo."app"]
+            keep-tags = "^release-"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(p.max_size, Some(2 << 30));
+        assert_eq!(p.rules.len(), 2);
+        let cache = p.rules.iter().find(|r| r.keep_last == Some(3)).unwrap();
+        assert!(cache.governs("cache/app"));
+        assert!(
+            !cache.governs("mycache/app"),
+            "patterns match the whole name"
+        );
+        assert_eq!(
+            cache.keep_read_within,
+            Some(Duration::from_secs(14 * 86400))
+        );
+        assert_eq!(
+            Policy::from_toml("max-size = 1000").unwrap().max_size,
+            Some(1000)
+        );
+        for (bad, why) in [
+            ("[repo.\"a\"]\nkeep_last = 3", "unknown field"),
+            ("[repo.\"a\"]\n", "keep-last = 0"),
+            ("[repo.\"(\"]\nkeep-last = 1", "regex"),
+            (
+                "[repo.\"a\"]\nkeep-read-within = \"3 weeks\"",
+                "keep-read-within",
+            ),
+            ("max-size = \"lots\"", "max-size"),
+            ("", "nothing to do"),
+            ("keep-last = 3", "unknown field"),
+        ] {
+            let e = Policy::from_toml(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
 }

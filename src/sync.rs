@@ -254,7 +254,7 @@ impl Place {
             Place::Dir(s) => {
                 let name = RepoName::parse(repo)?;
                 let m = s.manifest(&name, reference).await?;
-                let bytes = Bytes::from(tokio::fs::read(&m.path).await?);
+                let bytes = s.read_manifest(&m.digest).await?;
                 let actual = Digest::of(m.digest.algorithm(), &bytes);
                 if actual != m.digest {
                     return Err(Error::Corrupt {
@@ -398,10 +398,13 @@ impl Place {
         let mut set = std::collections::BTreeSet::new();
         match self {
             Place::Dir(s) => {
+                // Only what can be read as a blob: a FIFO or a symlink out of the layout under
+                // a blob's name is not content the far side can count on.
                 set.extend(
                     crate::verify::list_blobs(s.root())
                         .into_iter()
-                        .map(|(d, _)| d),
+                        .map(|(d, _)| d)
+                        .filter(|d| s.blob_size_sync(d).is_some()),
                 );
             }
             Place::Remote(_) => {
@@ -615,7 +618,22 @@ pub async fn sync(
         };
         match from {
             Ok(from) => match walk(&src, &root.repo, &from).await {
-                Ok(g) => graphs.push((root.clone(), g)),
+                Ok(g) => {
+                    // A directory source may be hostile media: a FIFO or a symlink out of the
+                    // layout under a blob's name is neither content nor a delta's gap. That
+                    // root fails, named; the others go on.
+                    let refused = match &src {
+                        Place::Dir(s) => g
+                            .blobs
+                            .iter()
+                            .find_map(|b| s.blob_refusal(&b.digest).map(|w| (b.digest.clone(), w))),
+                        Place::Remote(_) => None,
+                    };
+                    match refused {
+                        Some((d, why)) => summary.failed.push(format!("{root}: blob {d} is {why}")),
+                        None => graphs.push((root.clone(), g)),
+                    }
+                }
                 Err(e) => summary.failed.push(format!("{root}: {e}")),
             },
             Err(e) => summary.failed.push(format!("{root}: {e}")),

@@ -14,6 +14,7 @@ use crate::digest::{hash_reader, Digest};
 use crate::error::Result;
 use crate::layout::Store;
 use crate::media::{self, EdgeKind};
+use crate::progress::Tally;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct VerifyReport {
@@ -25,6 +26,9 @@ pub struct VerifyReport {
     /// Tag (`REPO:TAG`, or `REPO@DIGEST` for untagged manifests) → the digests it lacks.
     pub broken: BTreeMap<String, Vec<String>>,
     pub quarantined: Vec<String>,
+    /// Corrupt digests whose file is not content at all (a FIFO, a symlink leaving the layout),
+    /// and what it is.
+    pub unreadable: BTreeMap<String, String>,
 }
 
 impl VerifyReport {
@@ -44,7 +48,10 @@ impl std::fmt::Display for VerifyReport {
             self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
         )?;
         for d in &self.corrupt {
-            write!(f, "\nCORRUPT {d}")?;
+            match self.unreadable.get(d) {
+                Some(why) => write!(f, "\nCORRUPT {d}: {why}")?,
+                None => write!(f, "\nCORRUPT {d}")?,
+            }
         }
         for d in &self.missing {
             write!(f, "\nMISSING {d}")?;
@@ -78,23 +85,60 @@ pub fn list_blobs(root: &Path) -> Vec<(Digest, PathBuf)> {
     out
 }
 
-/// Re-hash `files` on `jobs` threads; returns the digests whose bytes do not match and the bytes read.
-pub fn rehash(files: &[(Digest, PathBuf)], jobs: usize) -> (Vec<Digest>, u64) {
+/// What re-hashing found.
+#[derive(Debug, Default)]
+pub struct Rehashed {
+    /// Digests whose file does not hash to them (or cannot be read), sorted.
+    pub bad: Vec<Digest>,
+    /// Of those, the ones that are no content at all, and what they are.
+    pub unreadable: BTreeMap<Digest, String>,
+    pub bytes: u64,
+}
+
+/// Re-hash `files` (of the layout whose canonical root is `root`) on `jobs` threads, counting
+/// each file done in `tally`. Files are opened as [`crate::layout::read::open_regular`] allows:
+/// a FIFO under a blob's name is reported, never opened for reading (it would block forever).
+pub fn rehash(root: &Path, files: &[(Digest, PathBuf)], jobs: usize, tally: &Tally) -> Rehashed {
+    use crate::layout::read::{open_regular, Found};
     let next = AtomicUsize::new(0);
     let bad = Mutex::new(Vec::new());
+    let unreadable = Mutex::new(BTreeMap::new());
     let bytes = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some((d, p)) = files.get(i) else { break };
-                let ok = std::fs::File::open(p)
-                    .and_then(|f| hash_reader(f, d.algorithm()))
-                    .map(|(h, n)| {
-                        bytes.fetch_add(n, Ordering::Relaxed);
-                        &h.finish() == d
-                    })
-                    .unwrap_or(false);
+                let ok = match open_regular(root, p) {
+                    Ok(Found::File(f, _)) => hash_reader(f, d.algorithm())
+                        .map(|(h, n)| {
+                            bytes.fetch_add(n, Ordering::Relaxed);
+                            tally.done(1, n);
+                            &h.finish() == d
+                        })
+                        .unwrap_or(false),
+                    Ok(Found::Refused(why)) => {
+                        unreadable
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(d.clone(), why);
+                        tally.done(1, 0);
+                        false
+                    }
+                    // Gone since the listing (a GC): nothing to check.
+                    Ok(Found::Missing) => {
+                        tally.done(1, 0);
+                        true
+                    }
+                    Err(e) => {
+                        unreadable
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(d.clone(), format!("unreadable ({e})"));
+                        tally.done(1, 0);
+                        false
+                    }
+                };
                 if !ok {
                     bad.lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -105,7 +149,11 @@ pub fn rehash(files: &[(Digest, PathBuf)], jobs: usize) -> (Vec<Digest>, u64) {
     });
     let mut bad = bad.into_inner().unwrap_or_else(|p| p.into_inner());
     bad.sort();
-    (bad, bytes.load(Ordering::Relaxed))
+    Rehashed {
+        bad,
+        unreadable: unreadable.into_inner().unwrap_or_else(|p| p.into_inner()),
+        bytes: bytes.load(Ordering::Relaxed),
+    }
 }
 
 /// Everything reachable from one manifest: (digests, digests missing on disk).
@@ -121,13 +169,17 @@ pub fn reachable(
         if !seen.insert(d.clone()) {
             continue;
         }
-        let path = store.blob_path(&d);
-        if !path.is_file() {
+        // Present means a regular file (or a symlink inside the layout to one): a FIFO or a
+        // symlink leaving the layout under this name is missing content, and never opened.
+        let Some(size) = store.blob_size_sync(&d) else {
             missing.insert(d);
             continue;
-        }
+        };
         let Some(mt) = mt else { continue };
-        let Ok(bytes) = std::fs::read(&path) else {
+        if size > media::MAX_MANIFEST_BYTES {
+            continue;
+        }
+        let Ok(bytes) = store.read_small_sync(&d, media::MAX_MANIFEST_BYTES) else {
             missing.insert(d);
             continue;
         };
@@ -143,13 +195,36 @@ pub fn reachable(
 }
 
 pub fn verify(store: &Store, jobs: usize, repair: bool) -> Result<VerifyReport> {
+    verify_with(store, jobs, repair, &Tally::default())
+}
+
+/// [`verify`], counting blobs and bytes re-hashed in `tally` (phase `"re-hashing"`).
+pub fn verify_with(
+    store: &Store,
+    jobs: usize,
+    repair: bool,
+    tally: &Tally,
+) -> Result<VerifyReport> {
     let start = std::time::Instant::now();
     let files = list_blobs(store.root());
-    let (corrupt, bytes) = rehash(&files, jobs);
+    let total: u64 = files
+        .iter()
+        .map(|(_, p)| std::fs::symlink_metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    tally.phase("re-hashing", files.len() as u64, total);
+    let Rehashed {
+        bad: corrupt,
+        unreadable,
+        bytes,
+    } = rehash(store.canonical_root(), &files, jobs, tally);
     let mut report = VerifyReport {
         blobs: files.len(),
         bytes,
         corrupt: corrupt.iter().map(ToString::to_string).collect(),
+        unreadable: unreadable
+            .into_iter()
+            .map(|(d, why)| (d.to_string(), why))
+            .collect(),
         ..Default::default()
     };
     let corrupt_set: HashSet<Digest> = corrupt.iter().cloned().collect();

@@ -297,6 +297,32 @@ impl Index {
         tags
     }
 
+    /// The entries of `index.json` that name no tag although they look meant to, and why: a
+    /// `ref.name` that is not `REPO:TAG` (nor a tag of the entry's `io.ferry.repository`), an
+    /// entry with neither annotation. Readers name these instead of skipping them in silence.
+    pub fn skipped(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, d) in self.file.manifests.iter().enumerate() {
+            let refname = d.annotation(REF_NAME);
+            let why = match (d.repo_and_tag(), refname) {
+                ((None, _), Some(n)) => format!(
+                    "ref.name {:?} is not REPO:TAG (a lower-case repository name, a colon, a tag)",
+                    truncate(n)
+                ),
+                ((None, _), None) => format!(
+                    "no {REF_NAME} annotation (nor {FERRY_REPOSITORY}): no repository or tag"
+                ),
+                ((Some(r), None), Some(n)) => format!(
+                    "ref.name {:?} is not a valid tag of repository {r:?}",
+                    truncate(n)
+                ),
+                _ => continue,
+            };
+            out.push(format!("entry {i} ({}) skipped: {why}", d.digest));
+        }
+        out
+    }
+
     /// Manifests of `repo` whose subject is `subject`.
     pub fn referrers(&self, repo: &str, subject: &Digest) -> Vec<&Descriptor> {
         let want = subject.to_string();
@@ -308,6 +334,10 @@ impl Index {
             .filter(|d| seen.insert(d.digest.clone()))
             .collect()
     }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(200).collect()
 }
 
 #[cfg(test)]

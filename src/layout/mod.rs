@@ -39,6 +39,11 @@ use upload::Uploads;
 
 pub const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
+/// Largest `index.json` read (about 600,000 tags); a larger one is refused, not loaded.
+pub const MAX_INDEX_BYTES: u64 = 256 << 20;
+/// Largest `oci-layout` file read.
+const MAX_LAYOUT_FILE_BYTES: u64 = 64 << 10;
+
 /// Identity of an `index.json` version: a rename gives a new inode, a rewrite a new mtime.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Stamp {
@@ -74,6 +79,8 @@ pub struct PutManifest {
 
 pub struct Store {
     root: PathBuf,
+    /// `root` with every symlink resolved: a symlink under it may lead only inside this.
+    canon: PathBuf,
     read_only: bool,
     /// When each manifest's read marker was last refreshed by this process (rate limit).
     reads: Mutex<std::collections::HashMap<Digest, std::time::Instant>>,
@@ -95,7 +102,22 @@ impl Store {
     pub fn open(root: impl Into<PathBuf>, read_only: bool) -> Result<Store> {
         let root: PathBuf = root.into();
         let layout_file = root.join("oci-layout");
-        match std::fs::read(&layout_file) {
+        let existing = match std::fs::canonicalize(&root) {
+            Ok(canon) => {
+                read::read_regular(&canon, &canon.join("oci-layout"), MAX_LAYOUT_FILE_BYTES)?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(read::Found::Missing),
+            Err(e) => return Err(e.into()),
+        };
+        let read_layout = match existing {
+            Ok(bytes) => Ok(bytes),
+            Err(read::Found::Missing) => Err(io::Error::from(io::ErrorKind::NotFound)),
+            Err(read::Found::Refused(why)) => {
+                return Err(Error::Layout(format!("{} is {why}", layout_file.display())))
+            }
+            Err(read::Found::File(..)) => unreachable!("read_regular returns bytes for a file"),
+        };
+        match read_layout {
             Ok(bytes) => {
                 let v: Value = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::Layout(format!("{}: {e}", layout_file.display())))?;
@@ -115,8 +137,9 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        let store = Store {
+        let mut store = Store {
             uploads: Uploads::new(root.join(".ferry/uploads")),
+            canon: root.clone(),
             root,
             read_only,
             reads: Mutex::new(Default::default()),
@@ -126,6 +149,7 @@ impl Store {
         if !read_only {
             store.init()?;
         }
+        store.canon = std::fs::canonicalize(&store.root)?;
         Ok(store)
     }
 
@@ -159,6 +183,23 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The root with symlinks resolved (what [`read::open_regular`] checks symlinks against).
+    pub fn canonical_root(&self) -> &Path {
+        &self.canon
+    }
+
+    /// Read a small file of the layout (index.json) through [`read::read_regular`].
+    fn read_layout_file(&self, path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
+        match read::read_regular(&self.canon, path, limit)? {
+            Ok(b) => Ok(Some(b)),
+            Err(read::Found::Missing) => Ok(None),
+            Err(read::Found::Refused(why)) => {
+                Err(Error::Layout(format!("{} is {why}", path.display())))
+            }
+            Err(read::Found::File(..)) => Ok(None),
+        }
     }
 
     pub fn read_only(&self) -> bool {
@@ -209,8 +250,13 @@ impl Store {
                 return Ok(idx.clone());
             }
         }
-        let bytes = std::fs::read(&path)?;
+        let Some(bytes) = self.read_layout_file(&path, MAX_INDEX_BYTES)? else {
+            return Ok(Arc::new(Index::default()));
+        };
         let idx = Arc::new(Index::new(IndexFile::parse(&bytes)?));
+        for why in idx.skipped() {
+            tracing::warn!(data = %self.root.display(), "index.json: {why}");
+        }
         *cache = Some((stamp, idx.clone()));
         Ok(idx)
     }
@@ -224,6 +270,7 @@ impl Store {
         self.ensure_writable()?;
         let _guard = self.index_write.lock().await;
         let root = self.root.clone();
+        let canon = self.canon.clone();
         let tmp = self.tmp_dir();
         blocking(move || {
             let lock = OpenOptions::new()
@@ -233,10 +280,13 @@ impl Store {
                 .open(root.join(".ferry/lock"))?;
             lock.lock()?; // released when `lock` is dropped
             let path = root.join("index.json");
-            let mut file = match std::fs::read(&path) {
+            let mut file = match read::read_regular(&canon, &path, MAX_INDEX_BYTES)? {
                 Ok(b) => IndexFile::parse(&b)?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => IndexFile::default(),
-                Err(e) => return Err(e.into()),
+                Err(read::Found::Missing) => IndexFile::default(),
+                Err(read::Found::Refused(why)) => {
+                    return Err(Error::Layout(format!("{} is {why}", path.display())))
+                }
+                Err(read::Found::File(..)) => IndexFile::default(),
             };
             let (out, changed) = f(&mut file)?;
             if changed {
@@ -250,12 +300,56 @@ impl Store {
     // ---------------------------------------------------------------- blobs
 
     /// Size of a stored blob, or `None`.
+    /// Only a regular file counts (see [`read::open_regular`]): a FIFO or a symlink leaving the
+    /// layout under a blob's name is no blob.
     pub async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
-        match tokio::fs::metadata(self.blob_path(d)).await {
-            Ok(m) if m.is_file() => Ok(Some(m.len())),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+        let (canon, path) = (self.canon.clone(), self.blob_path(d));
+        blocking(move || Ok(read::regular_size(&canon, &path)?)).await
+    }
+
+    /// Why the file under a blob's name is not content (a FIFO, a symlink leaving the layout…),
+    /// or `None` when it is a readable blob or absent. Looks, never opens.
+    pub fn blob_refusal(&self, d: &Digest) -> Option<String> {
+        read::refusal(&self.canon, &self.blob_path(d))
+            .ok()
+            .flatten()
+    }
+
+    /// [`Store::blob_size`] for blocking callers (verify, GC, retention).
+    pub fn blob_size_sync(&self, d: &Digest) -> Option<u64> {
+        read::regular_size(&self.canon, &self.blob_path(d))
+            .ok()
+            .flatten()
+    }
+
+    /// Open a blob for reading as [`read::open_regular`] allows; a refused file is
+    /// [`Error::BlobUnreadable`], named.
+    pub fn open_blob_sync(&self, d: &Digest) -> Result<(File, u64)> {
+        self.clone_handle().open_blob_sync(d)
+    }
+
+    /// A whole manifest (or another small blob) read through [`read::read_regular`], refused
+    /// past `limit` bytes.
+    pub fn read_small_sync(&self, d: &Digest, limit: u64) -> Result<Vec<u8>> {
+        self.clone_handle().read_small_sync(d, limit)
+    }
+
+    /// A stored manifest's bytes (at most [`media::MAX_MANIFEST_BYTES`]).
+    pub async fn read_manifest(&self, d: &Digest) -> Result<Bytes> {
+        let me = self.clone_handle();
+        let d = d.clone();
+        blocking(move || {
+            me.read_small_sync(&d, media::MAX_MANIFEST_BYTES)
+                .map(Bytes::from)
+        })
+        .await
+    }
+
+    /// What blocking helpers need of the store (paths only), to move into a blocking task.
+    fn clone_handle(&self) -> StoreFiles {
+        StoreFiles {
+            root: self.root.clone(),
+            canon: self.canon.clone(),
         }
     }
 
@@ -275,6 +369,7 @@ impl Store {
             return self.blob_size(d).await;
         }
         let path = self.blob_path(d);
+        let canon = self.canon.clone();
         let lock = self.gc_lock_path();
         blocking(move || {
             // A file descriptor of our own: flock is per open file, so concurrent promises in this
@@ -285,14 +380,13 @@ impl Store {
                 .write(true)
                 .open(&lock)?;
             l.lock_shared()?;
-            let r = match File::open(&path) {
-                Ok(f) => {
-                    let len = f.metadata()?.len();
+            let r = match read::open_regular(&canon, &path) {
+                Ok(read::Found::File(f, len)) => {
                     // Needs a writable open only on filesystems that refuse utimes via a read fd.
                     let _ = f.set_modified(std::time::SystemTime::now());
                     Ok(Some(len))
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Ok(read::Found::Missing) | Ok(read::Found::Refused(_)) => Ok(None),
                 Err(e) => Err(e.into()),
             };
             drop(l);
@@ -368,17 +462,9 @@ impl Store {
     }
 
     pub async fn open_blob(&self, d: &Digest) -> Result<(File, u64)> {
-        let path = self.blob_path(d);
-        let digest = d.clone();
-        blocking(move || match File::open(&path) {
-            Ok(f) => {
-                let len = f.metadata()?.len();
-                Ok((f, len))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::BlobUnknown(digest)),
-            Err(e) => Err(e.into()),
-        })
-        .await
+        let me = self.clone_handle();
+        let d = d.clone();
+        blocking(move || me.open_blob_sync(&d)).await
     }
 
     pub async fn delete_blob(&self, d: &Digest) -> Result<()> {
@@ -769,7 +855,7 @@ impl Store {
                 if size > media::MAX_MANIFEST_BYTES {
                     return Err(unknown());
                 }
-                let bytes = tokio::fs::read(&path).await?;
+                let bytes = self.read_manifest(&digest).await?;
                 media::sniff_media_type(&bytes).ok_or_else(unknown)?
             }
         };
@@ -847,7 +933,7 @@ impl Store {
                 desc["artifactType"] = json!(a);
             }
             // Annotations come from the manifest itself, as the spec asks.
-            if let Ok(bytes) = tokio::fs::read(self.blob_path(&d.digest)).await {
+            if let Ok(bytes) = self.read_manifest(&d.digest).await {
                 if let Ok(info) = media::parse_manifest(&bytes, Some(&d.media_type)) {
                     if let Some(a) = info.annotations {
                         desc["annotations"] = Value::Object(a);
@@ -886,4 +972,47 @@ async fn open_for_append(path: &Path, len: u64) -> Result<File> {
 pub fn hash_file(path: &Path, alg: Algorithm) -> Result<Digest> {
     let (h, _) = crate::digest::hash_reader(File::open(path)?, alg)?;
     Ok(h.finish())
+}
+
+/// The paths of a store, for blocking tasks that read blobs ([`Store`] itself is not `Clone`),
+/// and the readers that need nothing more.
+struct StoreFiles {
+    root: PathBuf,
+    canon: PathBuf,
+}
+
+impl StoreFiles {
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(d.algorithm().as_str())
+            .join(d.hex())
+    }
+
+    fn open_blob_sync(&self, d: &Digest) -> Result<(File, u64)> {
+        match read::open_regular(&self.canon, &self.blob_path(d))? {
+            read::Found::File(f, len) => Ok((f, len)),
+            read::Found::Missing => Err(Error::BlobUnknown(d.clone())),
+            read::Found::Refused(why) => {
+                tracing::warn!(digest = %d, data = %self.root.display(), "blob file is {why}; treated as absent");
+                Err(Error::BlobUnreadable {
+                    digest: d.clone(),
+                    why,
+                })
+            }
+        }
+    }
+
+    fn read_small_sync(&self, d: &Digest, limit: u64) -> Result<Vec<u8>> {
+        match read::read_regular(&self.canon, &self.blob_path(d), limit)? {
+            Ok(b) => Ok(b),
+            Err(read::Found::Missing) | Err(read::Found::File(..)) => {
+                Err(Error::BlobUnknown(d.clone()))
+            }
+            Err(read::Found::Refused(why)) => Err(Error::BlobUnreadable {
+                digest: d.clone(),
+                why,
+            }),
+        }
+    }
 }

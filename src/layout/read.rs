@@ -4,9 +4,14 @@
 //! `tokio::fs::File` would read into its own buffer and copy into the caller's, one extra memcpy
 //! per byte served; on the 2-core machines ferry runs on that copy was a visible share of a pull.
 //! Memory per download is bounded by the channel (a few chunks), whatever the blob's size.
+//!
+//! And opening one safely: a layout may sit on a USB disk from anywhere, so every reader goes
+//! through [`open_regular`], which never opens a FIFO, socket or device for reading and never
+//! follows a symlink out of the layout.
 
 use std::fs::File;
 use std::io::{self, Read, Seek};
+use std::path::Path;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -57,4 +62,171 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
 ) -> impl Stream<Item = io::Result<Bytes>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// What a name inside a layout turned out to be, for a reader that must not trust it.
+#[derive(Debug)]
+pub enum Found {
+    /// A regular file (reached directly, or through a symlink that stays inside the layout),
+    /// open for reading, and its length.
+    File(File, u64),
+    Missing,
+    /// Something ferry refuses to read as content, and why (`a FIFO, not a regular file`,
+    /// `a symlink leaving the layout (to /etc/passwd)`).
+    Refused(String),
+}
+
+/// What kind of thing a non-regular file is, for messages.
+pub fn kind_of(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_symlink() {
+        "a symlink"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Where `path` leads, if ferry may read it: itself when it is no symlink, else its target when
+/// that stays inside `root` (which must be canonical). Looks, never opens.
+fn resolve(root: &Path, path: &Path) -> io::Result<Result<std::path::PathBuf, Found>> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err(Found::Missing)),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_symlink() {
+        return Ok(Ok(path.to_owned()));
+    }
+    match std::fs::canonicalize(path) {
+        Ok(target) if target.starts_with(root) => Ok(Ok(target)),
+        Ok(target) => Ok(Err(Found::Refused(format!(
+            "a symlink leaving the layout (to {})",
+            target.display()
+        )))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(Err(Found::Refused("a symlink to nothing".to_owned())))
+        }
+        Err(e) => Ok(Err(Found::Refused(format!(
+            "a symlink that cannot be followed ({e})"
+        )))),
+    }
+}
+
+/// Open a file of a layout the way every reader of hostile media must (USB disks, directories
+/// another tool wrote): only a regular file, or a symlink that stays inside `root` (canonical)
+/// and ends at one. A FIFO, socket, device or directory is refused without ever being opened
+/// for reading: the open itself is non-blocking (a FIFO with no writer would otherwise block it
+/// forever), does not follow a symlink swapped in since the look, and the type is checked on the
+/// open descriptor.
+pub fn open_regular(root: &Path, path: &Path) -> io::Result<Found> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let target = match resolve(root, path)? {
+        Ok(t) => t,
+        Err(found) => return Ok(found),
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(&target)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(Found::Refused(
+                "a symlink (changed while being read)".into(),
+            ))
+        }
+        // A socket cannot be opened at all.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Ok(Found::Refused("a socket, not a regular file".into()))
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok(Found::Refused(format!(
+            "{}, not a regular file",
+            kind_of(meta.file_type())
+        )));
+    }
+    // Reads of a regular file ignore O_NONBLOCK on local filesystems, but not on every FUSE or
+    // network one: clear it now that the type is known.
+    {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor this function owns; no memory is passed.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags >= 0 {
+            // SAFETY: as above.
+            unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+        }
+    }
+    Ok(Found::File(file, meta.len()))
+}
+
+/// The size of a regular file of a layout (as [`open_regular`] would accept it), without opening
+/// it: `Ok(None)` when it is missing or refused.
+pub fn regular_size(root: &Path, path: &Path) -> io::Result<Option<u64>> {
+    let target = match resolve(root, path)? {
+        Ok(t) => t,
+        Err(_) => return Ok(None),
+    };
+    match std::fs::symlink_metadata(&target) {
+        Ok(m) if m.is_file() => Ok(Some(m.len())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Why a name of a layout is not content ferry reads (`a FIFO, not a regular file`, `a symlink
+/// leaving the layout (to …)`), or `None` when it is a readable regular file or simply absent.
+/// Looks, never opens.
+pub fn refusal(root: &Path, path: &Path) -> io::Result<Option<String>> {
+    let target = match resolve(root, path)? {
+        Ok(t) => t,
+        Err(Found::Refused(why)) => return Ok(Some(why)),
+        Err(_) => return Ok(None),
+    };
+    match std::fs::symlink_metadata(&target) {
+        Ok(m) if m.is_file() => Ok(None),
+        Ok(m) => Ok(Some(format!(
+            "{}, not a regular file",
+            kind_of(m.file_type())
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Read a whole small file of a layout (`index.json`, `oci-layout`, a manifest) as
+/// [`open_regular`] allows, refusing one longer than `limit` before reading it.
+pub fn read_regular(root: &Path, path: &Path, limit: u64) -> io::Result<Result<Vec<u8>, Found>> {
+    match open_regular(root, path)? {
+        Found::File(_, len) if len > limit => Ok(Err(Found::Refused(format!(
+            "{len} bytes, more than the {limit} allowed"
+        )))),
+        Found::File(f, len) => {
+            let mut buf = Vec::with_capacity(len as usize);
+            // `take`: a file that grows while being read still cannot exceed the limit.
+            f.take(limit + 1).read_to_end(&mut buf)?;
+            if buf.len() as u64 > limit {
+                return Ok(Err(Found::Refused(format!(
+                    "more than the {limit} bytes allowed"
+                ))));
+            }
+            Ok(Ok(buf))
+        }
+        other => Ok(Err(other)),
+    }
 }

@@ -10,6 +10,7 @@ use crate::error::Error;
 pub fn status_of(e: &Error) -> StatusCode {
     match e {
         Error::BlobUnknown(_)
+        | Error::BlobUnreadable { .. }
         | Error::BlobUploadUnknown
         | Error::ManifestUnknown(_)
         | Error::NameUnknown(_) => StatusCode::NOT_FOUND,
@@ -58,9 +59,9 @@ impl ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
         let detail = match &e {
-            Error::BlobUnknown(d) | Error::ManifestBlobUnknown(d) => {
-                Some(json!({ "digest": d.to_string() }))
-            }
+            Error::BlobUnknown(d)
+            | Error::ManifestBlobUnknown(d)
+            | Error::BlobUnreadable { digest: d, .. } => Some(json!({ "digest": d.to_string() })),
             _ => None,
         };
         let status = status_of(&e);

@@ -105,6 +105,30 @@ fn digest(s: &str) -> Result<Digest, ApiError> {
         .map_err(|e| Error::DigestInvalid(e.to_string()).into())
 }
 
+/// A digest in a *read* path (GET/HEAD/DELETE of a blob). A string that is not a digest names no
+/// blob: the spec's answer to a blob that is not there is 404 (`DIGEST_INVALID` is about content
+/// that does not match on upload), and the conformance suite and Distribution agree.
+fn blob_name(s: &str) -> Result<Digest, ApiError> {
+    s.parse::<Digest>().map_err(|e| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            format!("no blob is named {:?} ({e})", truncated(s)),
+        )
+    })
+}
+
+/// A reference in a *read* path (GET/HEAD/DELETE of a manifest): one that is neither a valid tag
+/// nor a valid digest names no manifest, so the answer is 404 `MANIFEST_UNKNOWN` (the conformance
+/// suite's `.INVALID_MANIFEST_NAME`). A PUT to such a reference stays 400 (`put_manifest`).
+fn manifest_name(s: &str) -> Result<Reference, ApiError> {
+    Reference::parse(s).map_err(|_| Error::ManifestUnknown(truncated(s)).into())
+}
+
+fn truncated(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
 /// A slot for an upload request (a body on its way to disk), or 429 TOOMANYREQUESTS.
 fn upload_slot(app: &App, req: &Request) -> Result<UploadPermit, ApiError> {
     let client = req.extensions().get::<ClientAddr>().copied();
@@ -180,17 +204,18 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
             put_manifest(&app, &repo(&name)?, &reference, req).await
         }
         (Endpoint::Manifest { name, reference }, Method::DELETE) => {
-            let r = Reference::parse(&reference)?;
-            app.store.delete_manifest(&repo(&name)?, &r).await?;
+            let name = repo(&name)?;
+            let r = manifest_name(&reference)?;
+            app.store.delete_manifest(&name, &r).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
         (Endpoint::Blob { name, digest: d }, Method::GET | Method::HEAD) => {
             repo(&name)?;
-            get_blob(&app, &digest(&d)?, req.headers(), head).await
+            get_blob(&app, &blob_name(&d)?, req.headers(), head).await
         }
         (Endpoint::Blob { name, digest: d }, Method::DELETE) => {
             repo(&name)?;
-            app.store.delete_blob(&digest(&d)?).await?;
+            app.store.delete_blob(&blob_name(&d)?).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
         (Endpoint::UploadStart { name }, Method::POST) => {
@@ -392,7 +417,7 @@ async fn get_blob(app: &App, d: &Digest, headers: &HeaderMap, head: bool) -> HRe
 }
 
 async fn get_manifest(app: &App, r: &RepoName, reference: &str, head: bool) -> HResult {
-    let reference = Reference::parse(reference)?;
+    let reference = manifest_name(reference)?;
     let m = app.store.manifest(r, &reference).await?;
     app.store.note_read(&m.digest).await;
     // Stored bytes are served whatever `Accept` says (see fixtures/buildkit/traffic/accept-matrix):
@@ -400,7 +425,7 @@ async fn get_manifest(app: &App, r: &RepoName, reference: &str, head: bool) -> H
     let body = if head {
         Body::empty()
     } else {
-        let bytes = tokio::fs::read(&m.path).await.map_err(Error::from)?;
+        let bytes = app.store.read_manifest(&m.digest).await?;
         if bytes.len() as u64 != m.size {
             return Err(Error::ManifestUnknown(reference.to_string()).into());
         }

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     pub gc_runs: AtomicU64,
     pub gc_bytes_freed: AtomicU64,
+    pub retention_tags_removed: AtomicU64,
     /// (when, blobs, bytes): counting a large store takes a while, so scrapes reuse it for a minute.
     stored: Mutex<Option<(Instant, u64, u64)>>,
 }
@@ -61,7 +62,7 @@ impl Metrics {
         let n = blobs.len() as u64;
         let b = blobs
             .iter()
-            .map(|(_, p)| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .map(|(_, p)| std::fs::symlink_metadata(p).map_or(0, |m| m.len()))
             .sum();
         *cache = Some((Instant::now(), n, b));
         (n, b)
@@ -86,7 +87,7 @@ impl Metrics {
             );
         }
         let (blobs, bytes) = self.stored(store.root());
-        let gauges: [(&str, &str, &str, u64); 9] = [
+        let gauges: [(&str, &str, &str, u64); 10] = [
             (
                 "ferry_bytes_received_total",
                 "counter",
@@ -134,6 +135,12 @@ impl Metrics {
                 "counter",
                 "Bytes freed by those collections.",
                 self.gc_bytes_freed.load(Ordering::Relaxed),
+            ),
+            (
+                "ferry_retention_tags_removed_total",
+                "counter",
+                "Tags removed by scheduled retention.",
+                self.retention_tags_removed.load(Ordering::Relaxed),
             ),
             (
                 "ferry_auth_failures_total",

@@ -12,8 +12,10 @@ pub mod endpoint;
 pub mod error;
 pub mod handlers;
 pub mod limits;
+pub mod maintenance;
 pub mod metrics;
 pub mod range;
+pub mod signals;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The distribution-spec API through reqwest: every endpoint, every error code.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::common::*;
@@ -491,14 +491,57 @@ async fn names_and_digests_are_validated() {
         &format!("sha256:{}", "g".repeat(64)),
         &d.to_string().to_uppercase(),
     ] {
-        let r = http()
-            .get(format!("{}/v2/a/blobs/{bad}", s.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
-        assert_eq!(error_code(r).await, "DIGEST_INVALID");
+        // A string that is not a digest names no blob: 404 on every read, as Distribution and
+        // the conformance suite expect (DIGEST_INVALID is for uploads whose bytes disagree).
+        for method in [Method::GET, Method::HEAD, Method::DELETE] {
+            let r = http()
+                .request(method.clone(), format!("{}/v2/a/blobs/{bad}", s.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {bad}");
+            if method != Method::HEAD {
+                assert_eq!(error_code(r).await, "BLOB_UNKNOWN", "{method} {bad}");
+            }
+        }
     }
+    // The same for manifests: `.INVALID_MANIFEST_NAME` (the conformance suite's "nonexistent
+    // manifest") is neither a tag nor a digest, so it names nothing: 404, not 400.
+    for bad in [
+        ".INVALID_MANIFEST_NAME",
+        "sha256:totallywrong",
+        "-x",
+        "a%2Fb",
+    ] {
+        for method in [Method::GET, Method::HEAD, Method::DELETE] {
+            let r = http()
+                .request(method.clone(), format!("{}/v2/a/manifests/{bad}", s.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {bad}");
+            if method != Method::HEAD {
+                assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN", "{method} {bad}");
+            }
+        }
+    }
+    // A PUT to such a reference is a bad request, not a missing thing.
+    let r = http()
+        .put(format!("{}/v2/a/manifests/.INVALID_MANIFEST_NAME", s.url))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // The referrers API is the exception the spec names: an invalid digest there MUST be 400.
+    let r = http()
+        .get(format!("{}/v2/a/referrers/sha256:abc", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
     let r = http()
         .get(format!("{}/v2/a/blobs/uploads/not-a-uuid", s.url))
         .send()

@@ -232,14 +232,26 @@ pub fn tool(name: &str, candidates: &[&str]) -> Option<PathBuf> {
 /// Every file below `dir` (relative path → sha256), for before/after comparisons of a store.
 pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
+    // Every entry by what it is: a regular file by its digest, anything else (a FIFO, a socket, a
+    // symlink) by its type and target, never opened (a FIFO would block the test forever).
     fn walk(base: &Path, d: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+        use std::os::unix::fs::FileTypeExt;
         let Ok(rd) = std::fs::read_dir(d) else { return };
         for e in rd.flatten() {
             let p = e.path();
-            if p.is_dir() {
+            let rel = p.strip_prefix(base).unwrap_or(&p).display().to_string();
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let ft = meta.file_type();
+            if ft.is_dir() {
                 walk(base, &p, out);
+            } else if ft.is_symlink() {
+                let to = std::fs::read_link(&p).map(|t| t.display().to_string());
+                out.insert(rel, format!("symlink -> {}", to.unwrap_or_default()));
+            } else if ft.is_fifo() || ft.is_socket() {
+                out.insert(rel, format!("special {:?}", ft));
             } else if let Ok(b) = std::fs::read(&p) {
-                let rel = p.strip_prefix(base).unwrap_or(&p).display().to_string();
                 out.insert(rel, sha256(&b).to_string());
             }
         }

@@ -114,14 +114,19 @@ async fn hostile_inputs_get_the_right_answer_and_change_nothing() {
         case("push to a `..` name", req("PUT", b"/v2/../x/manifests/t", &ct(OCI_MANIFEST), &good_manifest), 400, Some("NAME_INVALID")),
         case("tag climbing out", req("PUT", b"/v2/app/manifests/..%2F..%2Fetc", &ct(OCI_MANIFEST), &good_manifest), 400, Some("MANIFEST_INVALID")),
         case("upload id climbing out", req("PATCH", b"/v2/app/blobs/uploads/..%2F..%2Findex.json", &[], b"x"), 404, Some("BLOB_UPLOAD_UNKNOWN")),
-        // Digests.
-        case("unknown algorithm", req("GET", format!("/v2/app/blobs/md5:{}", &hex64[..32]).as_bytes(), &[], b""), 400, Some("DIGEST_INVALID")),
-        case("short hex", req("GET", format!("/v2/app/blobs/sha256:{}", &hex64[..63]).as_bytes(), &[], b""), 400, Some("DIGEST_INVALID")),
-        case("long hex", req("GET", format!("/v2/app/blobs/sha256:{hex64}0").as_bytes(), &[], b""), 400, Some("DIGEST_INVALID")),
-        case("sha512 of sha256 length", req("GET", format!("/v2/app/blobs/sha512:{hex64}").as_bytes(), &[], b""), 400, Some("DIGEST_INVALID")),
-        case("upper-case hex", req("GET", format!("/v2/app/blobs/sha256:{}", hex64.to_uppercase()).as_bytes(), &[], b""), 400, Some("DIGEST_INVALID")),
-        case("padded digest", req("GET", format!("/v2/app/blobs/sha256:{hex64}=").as_bytes(), &[], b""), 400, Some("DIGEST_INVALID")),
-        case("space-padded digest", req("GET", format!("/v2/app/blobs/%20sha256:{hex64}").as_bytes(), &[], b""), 400, Some("DIGEST_INVALID")),
+        // Digests. On a read, a string that is not a digest names no blob (404, as the spec's
+        // "not found" and Distribution); on a write it is a bad request.
+        case("unknown algorithm", req("GET", format!("/v2/app/blobs/md5:{}", &hex64[..32]).as_bytes(), &[], b""), 404, Some("BLOB_UNKNOWN")),
+        case("short hex", req("GET", format!("/v2/app/blobs/sha256:{}", &hex64[..63]).as_bytes(), &[], b""), 404, Some("BLOB_UNKNOWN")),
+        case("long hex", req("GET", format!("/v2/app/blobs/sha256:{hex64}0").as_bytes(), &[], b""), 404, Some("BLOB_UNKNOWN")),
+        case("sha512 of sha256 length", req("GET", format!("/v2/app/blobs/sha512:{hex64}").as_bytes(), &[], b""), 404, Some("BLOB_UNKNOWN")),
+        case("upper-case hex", req("GET", format!("/v2/app/blobs/sha256:{}", hex64.to_uppercase()).as_bytes(), &[], b""), 404, Some("BLOB_UNKNOWN")),
+        case("padded digest", req("GET", format!("/v2/app/blobs/sha256:{hex64}=").as_bytes(), &[], b""), 404, Some("BLOB_UNKNOWN")),
+        case("space-padded digest", req("GET", format!("/v2/app/blobs/%20sha256:{hex64}").as_bytes(), &[], b""), 404, Some("BLOB_UNKNOWN")),
+        case("not a reference, GET", req("GET", b"/v2/app/manifests/.INVALID_MANIFEST_NAME", &[], b""), 404, Some("MANIFEST_UNKNOWN")),
+        case("not a reference, HEAD", req("HEAD", b"/v2/app/manifests/.INVALID_MANIFEST_NAME", &[], b""), 404, None),
+        case("not a reference, DELETE", req("DELETE", b"/v2/app/manifests/.INVALID_MANIFEST_NAME", &[], b""), 404, Some("MANIFEST_UNKNOWN")),
+        case("not a digest, DELETE", req("DELETE", format!("/v2/app/blobs/sha256:{}", &hex64[..10]).as_bytes(), &[], b""), 404, Some("BLOB_UNKNOWN")),
         case("bad ?digest= on push", req("POST", b"/v2/app/blobs/uploads/?digest=sha256:abc", &[], &layer), 400, Some("DIGEST_INVALID")),
         case("digest of other bytes on push", req("POST", format!("/v2/app/blobs/uploads/?digest={existing}").as_bytes(), &[], &layer), 400, Some("DIGEST_INVALID")),
         // Lengths and bodies.

@@ -13,6 +13,7 @@ mod auth;
 mod faults;
 mod fixtures;
 mod hostile;
+mod hostile_media;
 mod interop_docker;
 mod interop_skopeo;
 mod limits;

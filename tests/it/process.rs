@@ -313,6 +313,132 @@ async fn log_format_json_is_one_object_per_line() {
     let _ = child.wait();
 }
 
+/// The port a process listens on, from its own sockets (/proc/PID/fd) and the kernel's TCP table
+/// (/proc/PID/net/tcp): known as soon as `listen(2)` returned, without a word from the process.
+fn listening_port(pid: u32) -> Option<u16> {
+    let mut inodes = std::collections::HashSet::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        if let Ok(target) = std::fs::read_link(e.path()) {
+            let t = target.to_string_lossy().into_owned();
+            if let Some(n) = t.strip_prefix("socket:[").and_then(|x| x.strip_suffix(']')) {
+                inodes.insert(n.to_owned());
+            }
+        }
+    }
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // local_address is HEXIP:HEXPORT, st 0A is LISTEN, inode is the 10th field.
+        (f.len() > 9 && f[3] == "0A" && inodes.contains(f[9]))
+            .then(|| u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok())
+            .flatten()
+    })
+}
+
+/// SIGHUP the moment the server listens must not kill it (a service manager may reload at
+/// once). Deterministic, not a race that usually passes: ferry's standard error is a pipe the
+/// test has filled, so ferry blocks writing its "listening" line and stays frozen at exactly the
+/// point where it announces itself. The signal is sent there. Handlers installed before the
+/// listener (the fix) catch it; a handler installed after the announcement (the old code) does
+/// not exist yet, and SIGHUP's default action kills the process — every time.
+#[test]
+fn sighup_at_the_moment_of_listening_does_not_stop_the_server() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data").display().to_string();
+    let (mut reader, mut writer) = std::io::pipe().unwrap();
+    // Fill the pipe: non-blocking writes until it is full, then blocking again (the flag belongs
+    // to the open file, which the child shares, and the child must block, not fail).
+    let fd = writer.as_raw_fd();
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    assert!(flags >= 0);
+    assert_eq!(
+        unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) },
+        0
+    );
+    let junk = [b'#'; 4096];
+    let mut filled = 0usize;
+    loop {
+        match writer.write(&junk) {
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the pipe: {e}"),
+        }
+    }
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }, 0);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data", &data])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .expect("spawn ferry");
+    let pid = child.id();
+    let start = std::time::Instant::now();
+    let port = loop {
+        if let Some(p) = listening_port(pid) {
+            break p;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("ferry exited before listening: {st}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ferry never listened"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Listening, and blocked on the full pipe before (or while) announcing it.
+    let st = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Let it go on: drain the pipe (our junk first, then ferry's lines) on a thread.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        let mut skipped = 0usize;
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let from = filled.saturating_sub(skipped).min(n);
+            skipped += n;
+            log2.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[from..n]));
+        }
+    });
+    let start = std::time::Instant::now();
+    while !log.lock().unwrap().contains("nothing to reload") {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "ferry was killed by a SIGHUP at start-up ({st}); log: {}",
+                log.lock().unwrap()
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no SIGHUP log line: {}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(log.lock().unwrap().contains("ferry registry listening"));
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(child.try_wait().unwrap().is_none(), "ferry exited");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[tokio::test]
 async fn sighup_without_tls_does_not_stop_the_server() {
     let tmp = tempfile::tempdir().unwrap();

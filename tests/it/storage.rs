@@ -541,3 +541,193 @@ async fn serve_and_sync_publishing_into_one_directory_lose_no_tag() {
     served.stop().await;
     src.stop().await;
 }
+
+/// Tags of `repo` as the registry lists them.
+async fn listed_tags(url: &str, repo: &str) -> Vec<String> {
+    let r = http()
+        .get(format!("{url}/v2/{repo}/tags/list"))
+        .send()
+        .await
+        .unwrap();
+    if r.status() == StatusCode::NOT_FOUND {
+        return vec![];
+    }
+    let v: serde_json::Value = r.json().await.unwrap();
+    let mut t: Vec<String> = v["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    t.sort();
+    t
+}
+
+/// Push `tags` of `repo` in order, each published after the one before.
+async fn push_tags(url: &str, repo: &str, tags: &[&str], seed: u64) {
+    for (i, tag) in tags.iter().enumerate() {
+        push_image(url, repo, tag, seed + i as u64).await;
+        tokio::time::sleep(Duration::from_millis(5)).await; // distinct publish times
+    }
+}
+
+const RETENTION_FILE: &str = r#"
+# Caches: the newest two. Apps: the newest one, and every release.
+[repo."cache/.*"]
+keep-last = 2
+
+[repo."app"]
+keep-last = 1
+keep-tags = "^release-"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_file_per_repository_pattern_with_gc() {
+    let s = TestServer::start().await;
+    push_tags(&s.url, "cache/a", &["b1", "b2", "b3", "b4"], 400).await;
+    push_tags(&s.url, "app", &["release-1", "v1", "v2"], 500).await;
+    push_tags(&s.url, "mycache/a", &["x1", "x2", "x3"], 600).await;
+    let file = s.dir.parent().unwrap().join("retention.toml");
+    std::fs::write(&file, RETENTION_FILE).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["gc", "--data", s.dir.to_str().unwrap(), "--grace", "0s"])
+        .args(["--json", "--retention", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["gc"]["swept"].as_u64().unwrap() >= 6, "{v}");
+    assert_eq!(listed_tags(&s.url, "cache/a").await, ["b3", "b4"]);
+    assert_eq!(listed_tags(&s.url, "app").await, ["release-1", "v2"]);
+    // Patterns match whole names: `cache/.*` does not govern `mycache/a`.
+    assert_eq!(listed_tags(&s.url, "mycache/a").await, ["x1", "x2", "x3"]);
+    let store = Store::open(&s.dir, true).unwrap();
+    assert!(ferry::verify::verify(&store, 2, false).unwrap().ok());
+
+    // The file and the one-off flags are one or the other.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["gc", "--data", s.dir.to_str().unwrap()])
+        .args(["--retention", file.to_str().unwrap(), "--keep-last", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // A misspelt key is an error naming it, not a rule that keeps nothing.
+    std::fs::write(&file, "[repo.\"app\"]\nkeep_last = 1\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["gc", "--data", s.dir.to_str().unwrap()])
+        .args(["--retention", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("keep_last") && err.contains("retention.toml"),
+        "{err}"
+    );
+    assert_eq!(listed_tags(&s.url, "app").await, ["release-1", "v2"]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_schedule_applies_retention_then_gc() {
+    // In process, one round of the schedule: deterministic, no waiting on a clock.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let store = Store::open(&dir, false).unwrap();
+    let app = std::sync::Arc::new(ferry::server::App::new(store, None));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ferry::server::run(listener, app.clone(), None, async {
+        let _ = rx.await;
+    }));
+    push_tags(&url, "cache/a", &["b1", "b2", "b3"], 700).await;
+    push_tags(&url, "app", &["release-1", "v1", "v2"], 800).await;
+    let schedule = ferry::server::maintenance::Schedule {
+        upload_expiry: Duration::from_secs(86400),
+        gc_interval: Some(Duration::from_secs(3600)),
+        gc_grace: Duration::ZERO,
+        retention: Some(ferry::retention::Policy::from_toml(RETENTION_FILE).unwrap()),
+    };
+    ferry::server::maintenance::collect(&app, &schedule).await;
+    assert_eq!(listed_tags(&url, "cache/a").await, ["b2", "b3"]);
+    assert_eq!(listed_tags(&url, "app").await, ["release-1", "v2"]);
+    let m = http()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("ferry_retention_tags_removed_total 2"), "{m}");
+    assert!(m.contains("ferry_gc_runs_total 1"), "{m}");
+    assert!(ferry::verify::verify(&app.store, 2, false).unwrap().ok());
+    let _ = tx.send(());
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_retention_flag_runs_on_the_gc_schedule() {
+    // The flags wired up in the real binary: a schedule of one second, and the log says what
+    // each round did. Waits for the round that follows the pushes (bounded), not for a time.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let file = tmp.path().join("retention.toml");
+    std::fs::write(&file, RETENTION_FILE).unwrap();
+    let mut p = crate::process::FerryProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+            "--gc-interval",
+            "1s",
+            // Not 0s: a round may run between a push's blobs and its manifest, and only the
+            // grace period keeps such fresh blobs (the promise covers HEAD and mounts).
+            "--gc-grace",
+            "1h",
+            "--retention",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    push_tags(&p.url, "cache/a", &["b1", "b2", "b3"], 900).await;
+    let rounds = |p: &crate::process::FerryProcess| {
+        p.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(" gc ") || l.contains("gc r="))
+            .count()
+    };
+    let seen = rounds(&p);
+    let start = std::time::Instant::now();
+    while rounds(&p) < seen + 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no GC round: {:?}",
+            p.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed_tags(&p.url, "cache/a").await, ["b2", "b3"]);
+    assert!(p
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("retention") && l.contains("tags_removed=1")));
+    // Without --gc-interval the file would never apply: refused.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--retention", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    p.signal("TERM");
+    p.wait(Duration::from_secs(30));
+}

@@ -1,0 +1,139 @@
+//! `ferry serve`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::{data_dir, duration, usage};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:5000")]
+    listen: SocketAddr,
+    /// Data directory (an OCI image layout; created if missing unless --read-only).
+    #[arg(long, env = "FERRY_DATA", default_value = "./registry-data")]
+    data: String,
+    /// Refuse every write (for USB media and replicas).
+    #[arg(long)]
+    read_only: bool,
+    /// Run garbage collection this often inside the server (e.g. 6h); off by default.
+    #[arg(long, value_name = "DURATION")]
+    gc_interval: Option<String>,
+    /// Unreferenced blobs younger than this are kept by GC.
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    gc_grace: String,
+    /// Retention rules (TOML, see `ferry gc --help`) applied before each scheduled GC; needs
+    /// --gc-interval.
+    #[arg(long, value_name = "FILE", requires = "gc_interval")]
+    retention: Option<std::path::PathBuf>,
+    /// Upload sessions idle for this long are removed (at start and hourly).
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    upload_expiry: String,
+    /// Require credentials from this htpasswd file (bcrypt entries); re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    htpasswd: Option<std::path::PathBuf>,
+    /// With --htpasswd: let pulls through without credentials (pushes, deletes and mounts
+    /// still need them).
+    #[arg(long, requires = "htpasswd")]
+    anonymous_read: bool,
+    /// Serve HTTPS with this certificate (PEM, chain allowed); re-read on SIGHUP.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FERRY_TLS_CERT",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) for --tls-cert; re-read on SIGHUP.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FERRY_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
+    /// Blob uploads receiving data at once, all clients together (more get 429).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    max_uploads: usize,
+    /// Blob uploads receiving data at once from one client address (more get 429).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    max_uploads_per_client: usize,
+    /// Close connections with no byte moving either way for this long.
+    #[arg(long, value_name = "DURATION", default_value = "2m")]
+    idle_timeout: String,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<i32> {
+    let data = data_dir(&a.data, "serve")?;
+    let schedule = ferry::server::maintenance::Schedule {
+        upload_expiry: duration(&a.upload_expiry, "--upload-expiry")?,
+        gc_interval: a
+            .gc_interval
+            .as_deref()
+            .map(|s| duration(s, "--gc-interval"))
+            .transpose()?,
+        gc_grace: duration(&a.gc_grace, "--gc-grace")?,
+        retention: a
+            .retention
+            .as_deref()
+            .map(ferry::retention::Policy::load)
+            .transpose()?,
+    };
+    let idle_timeout = duration(&a.idle_timeout, "--idle-timeout")?;
+    if a.max_uploads == 0 || a.max_uploads_per_client == 0 {
+        return Err(usage(
+            "--max-uploads and --max-uploads-per-client must be at least 1".into(),
+        ));
+    }
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(Arc::new(ferry::tls::ServerTls::load(c, k)?)),
+        _ => None,
+    };
+    let store = ferry::layout::Store::open(&data, a.read_only)
+        .with_context(|| format!("opening data directory {}", data.display()))?;
+    let auth = a
+        .htpasswd
+        .map(|p| {
+            ferry::server::auth::Htpasswd::new(p.clone(), a.anonymous_read)
+                .with_context(|| format!("reading --htpasswd {}", p.display()))
+        })
+        .transpose()?;
+    let limits = ferry::server::limits::Limits {
+        max_uploads: a.max_uploads,
+        max_uploads_per_client: a.max_uploads_per_client,
+        idle_timeout,
+        ..Default::default()
+    };
+    let app = Arc::new(ferry::server::App::new(store, auth).with_limits(limits));
+    if !a.read_only {
+        ferry::server::maintenance::expire_uploads(&app, schedule.upload_expiry)?;
+    }
+    // Every handler before the listener exists: whoever sees "listening" may signal at once.
+    let (reload, shutdown) = ferry::server::signals::Signals::install()
+        .context("installing signal handlers")?
+        .split(tls.clone());
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        data = %data.display(),
+        read_only = a.read_only,
+        tls = tls.is_some(),
+        "ferry registry listening"
+    );
+    if tls.is_none() && !a.listen.ip().is_loopback() {
+        tracing::warn!(
+            "serving plain HTTP beyond loopback: docker and BuildKit need an \
+             insecure-registries entry, and credentials cross the network in clear text; \
+             see `ferry tls init`"
+        );
+    }
+    tokio::spawn(reload);
+    tokio::spawn(ferry::server::maintenance::run(app.clone(), schedule));
+    ferry::server::run(listener, app, tls, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(0)
+}

@@ -1,0 +1,98 @@
+//! `ferry sync`.
+
+use std::path::PathBuf;
+
+use super::{usage, SrcRemoteArgs, EXIT_FAILED};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where to copy from.
+    src: String,
+    /// Where to copy to.
+    dst: String,
+    /// Only these refs (REPO, REPO:TAG, TAG or REPO@DIGEST); repeatable.
+    #[arg(long = "ref", value_name = "REF")]
+    refs: Vec<String>,
+    /// Refs to carry, one per line (`#` comments).
+    #[arg(long, value_name = "FILE")]
+    refs_file: Option<PathBuf>,
+    /// Only tags matching this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    tags: Option<String>,
+    /// Narrow image indexes to one platform (the tag then names that platform's manifest);
+    /// caches are always copied whole.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
+    /// Blobs copied in parallel.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Say what would be copied, with sizes; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the summary as JSON on standard output.
+    #[arg(long)]
+    json: bool,
+    /// Digests the far side already has (from `ferry inventory`): write a delta directory without them.
+    #[arg(long, value_name = "FILE")]
+    have: Option<PathBuf>,
+    /// Credentials for the destination registry, USER:PASS.
+    #[arg(long, value_name = "USER:PASS")]
+    dest_creds: Option<String>,
+    #[command(flatten)]
+    remote: SrcRemoteArgs,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<i32> {
+    use ferry::location::Location;
+    let src = Location::parse(&a.src)?;
+    let dst = Location::parse(&a.dst)?;
+    let mut refs = a.refs.clone();
+    if let Some(f) = &a.refs_file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| usage(format!("--refs-file {}: {e}", f.display())))?;
+        refs.extend(ferry::sync::parse_refs_file(&text));
+    }
+    let tags = super::regex(a.tags.clone(), "--tags")?;
+    let have = match &a.have {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| usage(format!("--have {}: {e}", f.display())))?;
+            Some(ferry::sync::parse_digest_list(&text)?)
+        }
+        None => None,
+    };
+    if a.jobs == 0 {
+        return Err(usage("--jobs must be at least 1".into()));
+    }
+    let platform = match &a.platform {
+        Some(p) => Some(p.parse::<ferry::sync::Platform>()?),
+        None => None,
+    };
+    let opts = ferry::sync::SyncOptions {
+        platform,
+        refs,
+        tags,
+        jobs: a.jobs,
+        dry_run: a.dry_run,
+        have,
+        src: a.remote.options(a.remote.src_creds.clone()),
+        dest: a.remote.options(a.dest_creds.clone()),
+    };
+    let progress: Box<dyn ferry::sync::Progress> = if a.json {
+        Box::new(ferry::sync::Quiet)
+    } else {
+        Box::new(super::progress::Bars::new())
+    };
+    let summary = ferry::sync::sync(&src, &dst, &opts, progress.as_ref()).await?;
+    drop(progress);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!("{summary}");
+    }
+    Ok(if summary.failed.is_empty() {
+        0
+    } else {
+        EXIT_FAILED
+    })
+}
