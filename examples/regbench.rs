@@ -5,7 +5,8 @@
 //! regbench --target NAME=URL,PID [--target NAME=URL,PID ...] [--scale 1.0]
 //! ```
 //! Peak RSS is per scenario: the server's `VmHWM` is reset before each one (`/proc/PID/clear_refs`
-//! = 5, Linux ≥ 4.0) and read after. Blob contents are generated (never read from disk) and hashed
+//! = 5, Linux ≥ 4.0) and read after; the largest of them is the whole run's peak. Server CPU is
+//! the server process's user + system time (`/proc/PID/stat`) over the scenario, per GB moved. Blob contents are generated (never read from disk) and hashed
 //! before the timed part, so the client's own CPU goes to moving bytes.
 
 use std::time::Instant;
@@ -22,7 +23,28 @@ struct Target {
 
 struct Row {
     scenario: String,
-    figures: Vec<(String, f64, f64, u64)>, // target, MB/s, req/s, peak RSS KiB
+    figures: Vec<Figure>,
+}
+
+struct Figure {
+    target: String,
+    mbps: f64,
+    rps: f64,
+    peak_kib: u64,
+    /// Server CPU seconds per GB (10^9 bytes) moved.
+    cpu_per_gb: f64,
+}
+
+/// The server's CPU time so far (user + system), in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name and state.
+    let hz = 100.0; // USER_HZ on Linux
+    (ticks(11) + ticks(12)) / hz
 }
 
 const CHUNK: usize = 1 << 20;
@@ -191,13 +213,26 @@ async fn main() {
         .collect();
 
     let mut rows: Vec<Row> = Vec::new();
-    let mut record = |scenario: &str, t: &Target, mbps: f64, rps: f64, peak: u64| {
+    // CPU is counted from the last `reset_peak` (each scenario starts with one).
+    let cpu_mark = std::cell::Cell::new(0.0f64);
+    let reset_peak = |pid: u32| {
+        reset_peak(pid);
+        cpu_mark.set(cpu_secs(pid));
+    };
+    let mut record = |scenario: &str, t: &Target, mbps: f64, rps: f64, peak: u64, bytes: u64| {
+        let f = Figure {
+            target: t.name.clone(),
+            mbps,
+            rps,
+            peak_kib: peak,
+            cpu_per_gb: (cpu_secs(t.pid) - cpu_mark.get()) / (bytes as f64 / 1e9),
+        };
         if let Some(r) = rows.iter_mut().find(|r| r.scenario == scenario) {
-            r.figures.push((t.name.clone(), mbps, rps, peak));
+            r.figures.push(f);
         } else {
             rows.push(Row {
                 scenario: scenario.into(),
-                figures: vec![(t.name.clone(), mbps, rps, peak)],
+                figures: vec![f],
             });
         }
     };
@@ -215,6 +250,7 @@ async fn main() {
             mb(big, secs),
             3.0 / secs,
             peak_kib(t.pid),
+            big,
         );
 
         reset_peak(t.pid);
@@ -228,6 +264,7 @@ async fn main() {
             mb(big, secs),
             1.0 / secs,
             peak_kib(t.pid),
+            big,
         );
 
         // The same pull with curl as the client: on 2 cores the Rust client above saturates first,
@@ -256,6 +293,7 @@ async fn main() {
                 best,
                 best * 1e6 / big as f64,
                 peak_kib(t.pid),
+                3 * big,
             );
         }
 
@@ -300,6 +338,7 @@ async fn main() {
             mb(small * small_n, secs),
             2.0 * small_n as f64 / secs,
             peak_kib(t.pid),
+            small * small_n,
         );
 
         reset_peak(t.pid);
@@ -320,6 +359,7 @@ async fn main() {
             mb(small * small_n, secs),
             small_n as f64 / secs,
             peak_kib(t.pid),
+            small * small_n,
         );
 
         // 32 clients pulling one 256 MiB blob at once.
@@ -346,6 +386,7 @@ async fn main() {
             mb(total, secs),
             32.0 / secs,
             peak_kib(t.pid),
+            total,
         );
 
         // The same with 32 curl processes as the clients.
@@ -376,6 +417,7 @@ async fn main() {
                 mb(32 * shared, secs),
                 32.0 / secs,
                 peak_kib(t.pid),
+                32 * shared,
             );
         }
     }
@@ -383,28 +425,54 @@ async fn main() {
     let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
     print!("| scenario |");
     for n in &names {
-        print!(" {n} MB/s | {n} req/s | {n} peak RSS |");
+        print!(" {n} MB/s | {n} req/s | {n} CPU s/GB | {n} peak RSS |");
     }
     if names.len() == 2 {
-        print!(" {} / {} |", names[0], names[1]);
+        print!(" {0} / {1} MB/s | {0} / {1} CPU |", names[0], names[1]);
     }
     println!();
     print!("|---|");
     for _ in &names {
-        print!("---:|---:|---:|");
+        print!("---:|---:|---:|---:|");
     }
     if names.len() == 2 {
-        print!("---:|");
+        print!("---:|---:|");
     }
     println!();
     for r in &rows {
         print!("| {} |", r.scenario);
-        for (_, mbps, rps, peak) in &r.figures {
-            print!(" {mbps:.0} | {rps:.1} | {:.1} MiB |", *peak as f64 / 1024.0);
+        for f in &r.figures {
+            print!(
+                " {:.0} | {:.1} | {:.2} | {:.1} MiB |",
+                f.mbps,
+                f.rps,
+                f.cpu_per_gb,
+                f.peak_kib as f64 / 1024.0
+            );
         }
-        if r.figures.len() == 2 {
-            print!(" {:.2}x |", r.figures[0].1 / r.figures[1].1);
+        if let [a, b] = &r.figures[..] {
+            print!(
+                " {:.2}x | {:.2}x |",
+                a.mbps / b.mbps,
+                a.cpu_per_gb / b.cpu_per_gb.max(1e-9)
+            );
         }
         println!();
+    }
+    // The whole run's peak: scenarios are the only time the servers work, and each one's peak
+    // was read after it.
+    for t in &targets {
+        let peak = rows
+            .iter()
+            .flat_map(|r| r.figures.iter())
+            .filter(|f| f.target == t.name)
+            .map(|f| f.peak_kib)
+            .max()
+            .unwrap_or(0);
+        println!(
+            "\n{}: peak RSS over the whole run {:.1} MiB",
+            t.name,
+            peak as f64 / 1024.0
+        );
     }
 }

@@ -9,14 +9,28 @@
 //! Module map:
 //!
 //! - [`digest`]: the `Digest` type (`sha256:…`, `sha512:…`), parsing, and streaming hashers.
-//! - [`reference`]: repository names and tags per the distribution-spec grammar.
+//! - [`reference`](mod@reference): repository names and tags per the distribution-spec grammar.
 //! - [`media`]: media types, "is this a manifest?", and the edges of the graph (children of a
 //!   manifest), including BuildKit's legacy cache indexes whose children are blobs.
+//! - [`location`]: the places a command names (`docker://…`, a directory), parsed once; unknown
+//!   schemes are refused by name.
 //! - [`layout`]: the OCI image layout store: blobs written atomically after verification,
-//!   `index.json` as the tag table (replaced atomically under a lock), upload sessions.
-//! - [`server`]: the HTTP registry (OCI distribution-spec v1.1) over a [`layout::Store`].
+//!   `index.json` as the tag table (replaced atomically under a lock), upload sessions, and the
+//!   one safe way to open a file of a layout that may be hostile media (`layout::read`).
+//! - [`server`]: the HTTP registry (OCI distribution-spec v1.1) over a [`layout::Store`]: routing,
+//!   handlers, the error mapping, auth, limits, metrics, zero-copy downloads, signals, and the
+//!   schedule a running server keeps (upload expiry, retention, GC).
+//! - [`remote`]: a remote registry as a client (via oci-client), with credentials and TLS.
+//! - [`sync`]: copying content graphs between places: only what is missing, verified, resumable,
+//!   deltas (`--have`) and `inventory`.
+//! - [`check`]: is everything a ref needs present and intact (and what a BuildKit cache holds).
+//! - [`verify`], [`gc`], [`retention`]: re-hash and check a store; mark and sweep; which tags to
+//!   let go.
+//! - [`progress`]: counters long jobs advance, for the binary to show.
 //! - [`tls`]: the server's certificate (reloadable) and `ferry tls init`'s private CA.
 //! - [`error`]: the library's typed errors and their OCI error codes.
+//!
+//! The binary (`src/main.rs`, `src/cli/`) only parses flags, calls these, and prints reports.
 
 pub mod check;
 pub mod digest;

@@ -125,12 +125,21 @@ fn draw_bar(
     bytes: bool,
     stopped: &std::sync::mpsc::Receiver<()>,
 ) {
+    // One short line (it must fit an 80-column terminal, or it wraps on every redraw).
     let template = if bytes {
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}"
+        "{msg} [{bar:20}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}"
     } else {
-        "{msg} [{bar:30}] {pos}/{len} ETA {eta}"
+        "{msg} [{bar:20}] ETA {eta}"
     };
-    let bar = ProgressBar::new(0);
+    // Nothing to show until the job has started a phase (and knows its totals).
+    while tally.read().phase.is_empty() {
+        match stopped.recv_timeout(Duration::from_millis(50)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+    }
+    // Built hidden, shown once it has its first figures (else its first frame reads 0/0).
+    let bar = ProgressBar::hidden();
     bar.set_style(
         ProgressStyle::with_template(template)
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -149,12 +158,15 @@ fn draw_bar(
         } else {
             (r.items_done, r.items_total)
         };
-        bar.set_length(len);
-        bar.set_position(pos);
         bar.set_message(format!(
-            "{job}: {} {}/{} blobs",
+            "{job}: {} {}/{}",
             r.phase, r.items_done, r.items_total
         ));
+        bar.set_length(len);
+        bar.set_position(pos);
+        if bar.is_hidden() {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
         match stopped.recv_timeout(Duration::from_millis(200)) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             _ => break,

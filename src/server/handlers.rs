@@ -211,7 +211,13 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
         }
         (Endpoint::Blob { name, digest: d }, Method::GET | Method::HEAD) => {
             repo(&name)?;
-            get_blob(&app, &blob_name(&d)?, req.headers(), head).await
+            // HTTP/1 on plain TCP: the body can go out with sendfile.
+            let zero_copy = req
+                .extensions()
+                .get::<Arc<super::zerocopy::Regions>>()
+                .filter(|_| req.version() <= axum::http::Version::HTTP_11)
+                .cloned();
+            get_blob(&app, &blob_name(&d)?, req.headers(), head, zero_copy).await
         }
         (Endpoint::Blob { name, digest: d }, Method::DELETE) => {
             repo(&name)?;
@@ -363,7 +369,13 @@ async fn start_upload(app: &App, r: &RepoName, req: Request) -> HResult {
     Ok(upload_accepted(r, &id, 0, StatusCode::ACCEPTED))
 }
 
-async fn get_blob(app: &App, d: &Digest, headers: &HeaderMap, head: bool) -> HResult {
+async fn get_blob(
+    app: &App,
+    d: &Digest,
+    headers: &HeaderMap,
+    head: bool,
+    zero_copy: Option<Arc<super::zerocopy::Regions>>,
+) -> HResult {
     if head {
         // A HEAD answer is a promise that the blob exists (clients skip uploading it).
         app.store
@@ -394,10 +406,12 @@ async fn get_blob(app: &App, d: &Digest, headers: &HeaderMap, head: bool) -> HRe
         Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
         None => (StatusCode::OK, 0, len),
     };
-    let body = if head {
-        Body::empty()
-    } else {
-        Body::from_stream(crate::layout::read::stream_file(file, start, count))
+    let body = match (head, zero_copy) {
+        (true, _) => Body::empty(),
+        (false, Some(regions)) => {
+            Body::from_stream(super::zerocopy::body(regions, file, start, count))
+        }
+        (false, None) => Body::from_stream(crate::layout::read::stream_file(file, start, count)),
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;

@@ -16,6 +16,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod range;
 pub mod signals;
+pub mod zerocopy;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -169,7 +170,7 @@ pub async fn run(
                     match tokio::time::timeout(conn.limits.header_timeout, acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(s)) => conn.serve(s).await,
+                        Ok(Ok(s)) => conn.serve(s, None).await,
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                     }
@@ -178,7 +179,12 @@ pub async fn run(
                     tracing::debug!(%peer, "plain HTTP on the TLS port; answering 400");
                     reject(stream, "Client sent an HTTP request to an HTTPS server.").await;
                 }
-                (Some(_), None) => conn.serve(stream).await,
+                (Some(_), None) => {
+                    // Plain TCP: blob downloads can go out with sendfile (see `zerocopy`).
+                    let regions = Arc::new(zerocopy::Regions::default());
+                    let io = zerocopy::ZeroCopyTcp::new(stream, regions.clone());
+                    conn.serve(io, Some(regions)).await
+                }
             }
         });
     }
@@ -202,7 +208,9 @@ struct Conn {
 }
 
 impl Conn {
-    async fn serve<I>(self, io: I)
+    /// `regions`: the connection can send file regions with `sendfile` (plain TCP); requests
+    /// carry it so that blob downloads use it.
+    async fn serve<I>(self, io: I, regions: Option<Arc<zerocopy::Regions>>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -219,9 +227,13 @@ impl Conn {
         // a stalled download (handler done, body streaming) the watchdog's.
         let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let busy_svc = busy.clone();
+        let regions_svc = regions.clone();
         let service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(client);
+                if let Some(r) = &regions_svc {
+                    req.extensions_mut().insert(r.clone());
+                }
                 let running = limits::Running::new(busy_svc.clone());
                 let call = router.clone().call(req.map(axum::body::Body::new));
                 async move {
@@ -236,6 +248,11 @@ impl Conn {
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(limits::MAX_HEADER_BYTES);
+        if regions.is_some() {
+            // Queue body buffers as they are, never copy them into hyper's own buffer: the
+            // zero-copy body's placeholder slices must reach the I/O object by address.
+            builder.http1().writev(true);
+        }
         builder
             .http2()
             .timer(hyper_util::rt::TokioTimer::new())

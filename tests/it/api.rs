@@ -1070,3 +1070,119 @@ async fn health_readiness_and_metrics() {
     std::fs::create_dir_all(s.dir.join(".ferry/tmp")).unwrap();
     s.stop().await;
 }
+
+/// Read one HTTP/1.1 response with a Content-Length body from a buffered stream.
+async fn read_response(r: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut status = 0;
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).await.unwrap() > 0,
+            "connection closed"
+        );
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if l.starts_with("HTTP/1.1 ") {
+            status = l[9..12].parse().unwrap();
+        } else if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.unwrap();
+    (status, body)
+}
+
+/// Blob downloads on plain HTTP/1.1 go out with sendfile (server::zerocopy), their bytes standing
+/// for file regions queued per connection. Pipelined requests on one keep-alive connection —
+/// whole blobs, ranges, a manifest and an error between them — must each get exactly their own
+/// bytes, in order, whatever the server had queued when the next request arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_downloads_on_one_connection_get_their_own_bytes() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start().await;
+    let big = bytes(9 << 20, 71); // more than two 4 MiB frames
+    let small = bytes(1000, 72);
+    let d_big = push_blob(&s.url, "p", &big).await;
+    let d_small = push_blob(&s.url, "p", &small).await;
+    let m = push_image(&s.url, "p", "t", 73).await;
+    let missing = sha256(b"not here");
+    let reqs = [
+        (format!("GET /v2/p/blobs/{d_big}"), None, 200, big.clone()),
+        (
+            format!("GET /v2/p/blobs/{d_small}"),
+            None,
+            200,
+            small.clone(),
+        ),
+        ("GET /v2/p/manifests/t".to_string(), None, 200, m.clone()),
+        (format!("GET /v2/p/blobs/{missing}"), None, 404, vec![]),
+        (
+            format!("GET /v2/p/blobs/{d_big}"),
+            Some("bytes=4194000-8389000"),
+            206,
+            big[4194000..=8389000].to_vec(),
+        ),
+        (format!("HEAD /v2/p/blobs/{d_big}"), None, 200, vec![]),
+        (
+            format!("GET /v2/p/blobs/{d_small}"),
+            Some("bytes=-10"),
+            206,
+            small[990..].to_vec(),
+        ),
+        (format!("GET /v2/p/blobs/{d_big}"), None, 200, big.clone()),
+    ];
+    let mut wire = String::new();
+    for (line, range, _, _) in &reqs {
+        wire.push_str(&format!("{line} HTTP/1.1\r\nHost: x\r\n"));
+        if let Some(r) = range {
+            wire.push_str(&format!("Range: {r}\r\n"));
+        }
+        wire.push_str("\r\n");
+    }
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(wire.as_bytes()).await.unwrap(); // all at once: pipelined
+    let mut r = tokio::io::BufReader::new(c);
+    for (line, range, status, want) in &reqs {
+        if line.starts_with("HEAD") {
+            // A HEAD response has a Content-Length but no body.
+            let (st, _) = read_head_only(&mut r).await;
+            assert_eq!(st, *status, "{line}");
+            continue;
+        }
+        let (st, body) = read_response(&mut r).await;
+        assert_eq!(st, *status, "{line} {range:?}");
+        if *status != 404 {
+            assert!(
+                body == *want,
+                "{line} {range:?}: wrong bytes ({} bytes)",
+                body.len()
+            );
+        }
+    }
+    drop(r);
+    s.stop().await;
+}
+
+async fn read_head_only(r: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> (u16, ()) {
+    use tokio::io::AsyncBufReadExt;
+    let mut status = 0;
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).await.unwrap() > 0,
+            "connection closed"
+        );
+        let l = line.trim_end();
+        if l.is_empty() {
+            return (status, ());
+        }
+        if l.starts_with("HTTP/1.1 ") {
+            status = l[9..12].parse().unwrap();
+        }
+    }
+}
