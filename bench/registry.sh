@@ -2,6 +2,8 @@
 # ferry vs CNCF Distribution (Debian's docker-registry 2.8) on this machine, same client, same run.
 #
 #   bash bench/registry.sh [SCALE]       SCALE 1.0 = the issue's sizes (1 GiB, 1,000 x 64 KiB, 256 MiB)
+#   FERRY_BASELINE=/path/to/old/ferry bash bench/registry.sh   also runs an older ferry binary in the
+#                                        same run (before/after a change; the ratio column is then left out)
 #
 # Prints a markdown table (paste it into BENCHMARKS.md). Both servers store on the same filesystem
 # (a directory under $BENCH_DIR, default /tmp). Needs: cargo, docker-registry (apt-get install
@@ -27,9 +29,17 @@ distribution_yml "$work/distribution.yml" "$work/distribution" "$dport"
 "$registry" serve "$work/distribution.yml" 2>"$work/distribution.log" &
 dpid=$!; pids+=("$dpid")
 wait_up "$fport"; wait_up "$dport"
+baseline=()
+if [ -n "${FERRY_BASELINE:-}" ]; then
+  bport=$(free_port)
+  RUST_LOG=warn "$FERRY_BASELINE" serve --listen "127.0.0.1:$bport" --data "$work/baseline" &
+  bpid=$!; pids+=("$bpid")
+  wait_up "$bport"
+  baseline=(--target "ferry-before=http://127.0.0.1:$bport,$bpid")
+fi
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), scale $scale"
 echo "# ferry $(./target/release/ferry --version | cut -d' ' -f2), $("$registry" --version 2>&1 | head -1)"
 ./target/release/examples/regbench --scale "$scale" \
   --target "ferry=http://127.0.0.1:$fport,$fpid" \
-  --target "distribution=http://127.0.0.1:$dport,$dpid"
+  --target "distribution=http://127.0.0.1:$dport,$dpid" "${baseline[@]}"

@@ -20,7 +20,7 @@ pub mod read;
 pub mod upload;
 pub mod write;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -273,11 +273,7 @@ impl Store {
         let canon = self.canon.clone();
         let tmp = self.tmp_dir();
         blocking(move || {
-            let lock = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(root.join(".ferry/lock"))?;
+            let lock = read::open_private(&root.join(".ferry/lock"), true, false)?;
             lock.lock()?; // released when `lock` is dropped
             let path = root.join("index.json");
             let mut file = match read::read_regular(&canon, &path, MAX_INDEX_BYTES)? {
@@ -374,11 +370,7 @@ impl Store {
         blocking(move || {
             // A file descriptor of our own: flock is per open file, so concurrent promises in this
             // process hold independent shared locks.
-            let l = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock)?;
+            let l = read::open_private(&lock, true, false)?;
             l.lock_shared()?;
             let r = match read::open_regular(&canon, &path) {
                 Ok(read::Found::File(f, len)) => {
@@ -423,11 +415,7 @@ impl Store {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let f = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)?;
+            let f = read::open_private(&path, true, false)?;
             f.set_modified(std::time::SystemTime::now())
         })
         .await;
@@ -539,12 +527,7 @@ impl Store {
             if let Some(dir) = p.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&p)?;
+            let mut f = read::open_private(&p, true, true)?;
             let (h, len) = crate::digest::hash_reader(&mut f, alg)?;
             Ok((f, len, h))
         })
@@ -953,7 +936,7 @@ impl Store {
 async fn open_for_append(path: &Path, len: u64) -> Result<File> {
     let path = path.to_owned();
     blocking(move || {
-        let f = match OpenOptions::new().write(true).open(&path) {
+        let f = match read::open_private(&path, false, false) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::BlobUploadUnknown),
             Err(e) => return Err(e.into()),

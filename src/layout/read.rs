@@ -230,3 +230,56 @@ pub fn read_regular(root: &Path, path: &Path, limit: u64) -> io::Result<Result<V
         other => Ok(Err(other)),
     }
 }
+
+/// Open one of ferry's own files under `.ferry/` (a lock, a partial download, an upload session,
+/// a read marker) for writing, and for reading when `read`; create it when `create`. In a data
+/// directory that came from elsewhere these names may hold anything too: a FIFO would block the
+/// open (for writing) or the first read forever. So the open is non-blocking and does not follow
+/// a symlink, and anything but a regular file is an error naming the path.
+pub fn open_private(path: &Path, create: bool, read: bool) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .create(create)
+        .truncate(false)
+        .write(true)
+        .read(read)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(io::Error::other(format!(
+                "{} is a symlink; ferry keeps its own state in plain files (remove it)",
+                path.display()
+            )))
+        }
+        // A FIFO with no reader (opened for writing), a socket, a directory.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO) | Some(libc::EISDIR)) => {
+            let kind = std::fs::symlink_metadata(path)
+                .map(|m| kind_of(m.file_type()))
+                .unwrap_or("not a regular file");
+            return Err(io::Error::other(format!(
+                "{} is {kind}, not a regular file (remove it)",
+                path.display()
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is {}, not a regular file (remove it)",
+            path.display(),
+            kind_of(meta.file_type())
+        )));
+    }
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function owns; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags >= 0 {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+    }
+    Ok(file)
+}

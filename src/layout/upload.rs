@@ -69,7 +69,8 @@ impl Uploads {
         }
         let path = self.dir.join(id);
         let recovered = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Upload>> {
-            let f = match std::fs::File::open(&path) {
+            // Never opened for reading unless it is a plain file (a FIFO here would block).
+            let f = match super::read::open_private(&path, false, true) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),

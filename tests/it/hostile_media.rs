@@ -363,3 +363,78 @@ fn unknown_location_schemes_are_refused_not_created() {
     let left: Vec<_> = std::fs::read_dir(&cwd).unwrap().flatten().collect();
     assert!(left.is_empty(), "created: {left:?}");
 }
+
+/// ferry's own state under `.ferry/` in a directory from elsewhere: a FIFO as the index lock, as
+/// an upload session or as a partial download is an error naming it, answered at once, never a
+/// request or a sync that waits forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifos_among_ferrys_own_files_are_named_not_waited_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let s = TestServer::start_on(&dir, false).await;
+    let m = push_image(&s.url, "app", "v1", 21).await;
+    s.stop().await;
+    let session = "0b7e5f3e-3c1a-4d51-9d7e-2f1c3a4b5c6d";
+    mkfifo(&dir.join(".ferry/uploads").join(session));
+    std::fs::remove_file(dir.join(".ferry/lock")).ok();
+    mkfifo(&dir.join(".ferry/lock"));
+    let s = TestServer::start_on(&dir, false).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // The index lock.
+    let r = client
+        .put(format!("{}/v2/app/manifests/v2", s.url))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(m.clone())
+        .send()
+        .await
+        .expect("answered in time");
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains(".ferry/lock") && body.contains("FIFO"),
+        "{body}"
+    );
+    // An upload session.
+    let r = client
+        .patch(format!("{}/v2/app/blobs/uploads/{session}", s.url))
+        .body(vec![1u8; 10])
+        .send()
+        .await
+        .expect("answered in time");
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = r.text().await.unwrap();
+    assert!(body.contains(session) && body.contains("FIFO"), "{body}");
+    // Reads still work.
+    let r = client
+        .get(format!("{}/v2/app/manifests/v1", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    drop(client);
+    s.stop().await;
+
+    // A partial download in a sync's destination.
+    let src = tmp.path().join("src");
+    let s = TestServer::start_on(&src, false).await;
+    let m = push_image(&s.url, "app", "v1", 22).await;
+    s.stop().await;
+    let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+    let layer: ferry::digest::Digest = v["layers"][0]["digest"].as_str().unwrap().parse().unwrap();
+    let dst = tmp.path().join("dst");
+    ferry::layout::Store::open(&dst, false).unwrap();
+    mkfifo(
+        &dst.join(".ferry/partial")
+            .join(format!("sha256-{}", layer.hex())),
+    );
+    let out = ferry_bounded(
+        &["sync", src.to_str().unwrap(), dst.to_str().unwrap()],
+        tmp.path(),
+    );
+    let se = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{se}");
+    assert!(se.contains(".ferry/partial") && se.contains("FIFO"), "{se}");
+}
