@@ -484,44 +484,39 @@ async fn names_and_digests_are_validated() {
         assert_eq!(status, 400, "{path}: {text}");
         assert!(text.contains("NAME_INVALID"), "{text}");
     }
-    for bad in [
-        "sha256:abc",
-        "md5:00",
-        "sha256:..%2f..%2fetc%2fpasswd",
-        &format!("sha256:{}", "g".repeat(64)),
-        &d.to_string().to_uppercase(),
-    ] {
-        // A string that is not a digest names no blob: 404 on every read, as Distribution and
-        // the conformance suite expect (DIGEST_INVALID is for uploads whose bytes disagree).
-        for method in [Method::GET, Method::HEAD, Method::DELETE] {
-            let r = http()
-                .request(method.clone(), format!("{}/v2/a/blobs/{bad}", s.url))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {bad}");
-            if method != Method::HEAD {
-                assert_eq!(error_code(r).await, "BLOB_UNKNOWN", "{method} {bad}");
-            }
-        }
-    }
-    // The same for manifests: `.INVALID_MANIFEST_NAME` (the conformance suite's "nonexistent
-    // manifest") is neither a tag nor a digest, so it names nothing: 404, not 400.
-    for bad in [
+    // A string that is not a digest names no blob, and one that is neither a tag nor a digest
+    // (the conformance suite's `.INVALID_MANIFEST_NAME`) names no manifest: 404 on every read,
+    // as Distribution and the conformance suite expect, not 400 (DIGEST_INVALID is for uploads
+    // whose bytes disagree).
+    let blob_bads = [
+        "sha256:abc".to_string(),
+        "md5:00".to_string(),
+        "sha256:..%2f..%2fetc%2fpasswd".to_string(),
+        format!("sha256:{}", "g".repeat(64)),
+        d.to_string().to_uppercase(),
+    ];
+    let manifest_bads = [
         ".INVALID_MANIFEST_NAME",
         "sha256:totallywrong",
         "-x",
         "a%2Fb",
+    ]
+    .map(String::from);
+    for (kind, bads, code) in [
+        ("blobs", &blob_bads[..], "BLOB_UNKNOWN"),
+        ("manifests", &manifest_bads[..], "MANIFEST_UNKNOWN"),
     ] {
-        for method in [Method::GET, Method::HEAD, Method::DELETE] {
-            let r = http()
-                .request(method.clone(), format!("{}/v2/a/manifests/{bad}", s.url))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {bad}");
-            if method != Method::HEAD {
-                assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN", "{method} {bad}");
+        for bad in bads {
+            for method in [Method::GET, Method::HEAD, Method::DELETE] {
+                let r = http()
+                    .request(method.clone(), format!("{}/v2/a/{kind}/{bad}", s.url))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {kind} {bad}");
+                if method != Method::HEAD {
+                    assert_eq!(error_code(r).await, code, "{method} {kind} {bad}");
+                }
             }
         }
     }

@@ -542,6 +542,14 @@ async fn serve_and_sync_publishing_into_one_directory_lose_no_tag() {
     src.stop().await;
 }
 
+/// `ferry ARGS`, run to the end.
+fn ferry_cmd(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// Tags of `repo` as the registry lists them.
 async fn listed_tags(url: &str, repo: &str) -> Vec<String> {
     let r = http()
@@ -589,11 +597,17 @@ async fn retention_file_per_repository_pattern_with_gc() {
     push_tags(&s.url, "mycache/a", &["x1", "x2", "x3"], 600).await;
     let file = s.dir.parent().unwrap().join("retention.toml");
     std::fs::write(&file, RETENTION_FILE).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["gc", "--data", s.dir.to_str().unwrap(), "--grace", "0s"])
-        .args(["--json", "--retention", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let (data, file_s) = (s.dir.to_str().unwrap(), file.to_str().unwrap());
+    let out = ferry_cmd(&[
+        "gc",
+        "--data",
+        data,
+        "--grace",
+        "0s",
+        "--json",
+        "--retention",
+        file_s,
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -609,19 +623,19 @@ async fn retention_file_per_repository_pattern_with_gc() {
     assert!(ferry::verify::verify(&store, 2, false).unwrap().ok());
 
     // The file and the one-off flags are one or the other.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["gc", "--data", s.dir.to_str().unwrap()])
-        .args(["--retention", file.to_str().unwrap(), "--keep-last", "3"])
-        .output()
-        .unwrap();
+    let out = ferry_cmd(&[
+        "gc",
+        "--data",
+        data,
+        "--retention",
+        file_s,
+        "--keep-last",
+        "3",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     // A misspelt key is an error naming it, not a rule that keeps nothing.
     std::fs::write(&file, "[repo.\"app\"]\nkeep_last = 1\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["gc", "--data", s.dir.to_str().unwrap()])
-        .args(["--retention", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = ferry_cmd(&["gc", "--data", data, "--retention", file_s]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -723,10 +737,7 @@ async fn serve_retention_flag_runs_on_the_gc_schedule() {
         .iter()
         .any(|l| l.contains("retention") && l.contains("tags_removed=1")));
     // Without --gc-interval the file would never apply: refused.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", "--retention", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = ferry_cmd(&["serve", "--retention", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     p.signal("TERM");
     p.wait(Duration::from_secs(30));
