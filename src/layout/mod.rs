@@ -106,16 +106,15 @@ impl Store {
             Ok(canon) => {
                 read::read_regular(&canon, &canon.join("oci-layout"), MAX_LAYOUT_FILE_BYTES)?
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(read::Found::Missing),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(read::Unread::Missing),
             Err(e) => return Err(e.into()),
         };
         let read_layout = match existing {
             Ok(bytes) => Ok(bytes),
-            Err(read::Found::Missing) => Err(io::Error::from(io::ErrorKind::NotFound)),
-            Err(read::Found::Refused(why)) => {
+            Err(read::Unread::Missing) => Err(io::Error::from(io::ErrorKind::NotFound)),
+            Err(read::Unread::Refused(why)) => {
                 return Err(Error::Layout(format!("{} is {why}", layout_file.display())))
             }
-            Err(read::Found::File(..)) => unreachable!("read_regular returns bytes for a file"),
         };
         match read_layout {
             Ok(bytes) => {
@@ -194,11 +193,10 @@ impl Store {
     fn read_layout_file(&self, path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
         match read::read_regular(&self.canon, path, limit)? {
             Ok(b) => Ok(Some(b)),
-            Err(read::Found::Missing) => Ok(None),
-            Err(read::Found::Refused(why)) => {
+            Err(read::Unread::Missing) => Ok(None),
+            Err(read::Unread::Refused(why)) => {
                 Err(Error::Layout(format!("{} is {why}", path.display())))
             }
-            Err(read::Found::File(..)) => Ok(None),
         }
     }
 
@@ -278,11 +276,10 @@ impl Store {
             let path = root.join("index.json");
             let mut file = match read::read_regular(&canon, &path, MAX_INDEX_BYTES)? {
                 Ok(b) => IndexFile::parse(&b)?,
-                Err(read::Found::Missing) => IndexFile::default(),
-                Err(read::Found::Refused(why)) => {
+                Err(read::Unread::Missing) => IndexFile::default(),
+                Err(read::Unread::Refused(why)) => {
                     return Err(Error::Layout(format!("{} is {why}", path.display())))
                 }
-                Err(read::Found::File(..)) => IndexFile::default(),
             };
             let (out, changed) = f(&mut file)?;
             if changed {
@@ -989,10 +986,8 @@ impl StoreFiles {
     fn read_small_sync(&self, d: &Digest, limit: u64) -> Result<Vec<u8>> {
         match read::read_regular(&self.canon, &self.blob_path(d), limit)? {
             Ok(b) => Ok(b),
-            Err(read::Found::Missing) | Err(read::Found::File(..)) => {
-                Err(Error::BlobUnknown(d.clone()))
-            }
-            Err(read::Found::Refused(why)) => Err(Error::BlobUnreadable {
+            Err(read::Unread::Missing) => Err(Error::BlobUnknown(d.clone())),
+            Err(read::Unread::Refused(why)) => Err(Error::BlobUnreadable {
                 digest: d.clone(),
                 why,
             }),

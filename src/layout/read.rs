@@ -209,26 +209,36 @@ pub fn refusal(root: &Path, path: &Path) -> io::Result<Option<String>> {
     }
 }
 
+/// Why [`read_regular`] read nothing.
+#[derive(Debug)]
+pub enum Unread {
+    Missing,
+    /// As [`Found::Refused`], or longer than the limit.
+    Refused(String),
+}
+
 /// Read a whole small file of a layout (`index.json`, `oci-layout`, a manifest) as
 /// [`open_regular`] allows, refusing one longer than `limit` before reading it.
-pub fn read_regular(root: &Path, path: &Path, limit: u64) -> io::Result<Result<Vec<u8>, Found>> {
-    match open_regular(root, path)? {
-        Found::File(_, len) if len > limit => Ok(Err(Found::Refused(format!(
+pub fn read_regular(root: &Path, path: &Path, limit: u64) -> io::Result<Result<Vec<u8>, Unread>> {
+    let (f, len) = match open_regular(root, path)? {
+        Found::File(f, len) => (f, len),
+        Found::Missing => return Ok(Err(Unread::Missing)),
+        Found::Refused(why) => return Ok(Err(Unread::Refused(why))),
+    };
+    if len > limit {
+        return Ok(Err(Unread::Refused(format!(
             "{len} bytes, more than the {limit} allowed"
-        )))),
-        Found::File(f, len) => {
-            let mut buf = Vec::with_capacity(len as usize);
-            // `take`: a file that grows while being read still cannot exceed the limit.
-            f.take(limit + 1).read_to_end(&mut buf)?;
-            if buf.len() as u64 > limit {
-                return Ok(Err(Found::Refused(format!(
-                    "more than the {limit} bytes allowed"
-                ))));
-            }
-            Ok(Ok(buf))
-        }
-        other => Ok(Err(other)),
+        ))));
     }
+    let mut buf = Vec::with_capacity(len as usize);
+    // `take`: a file that grows while being read still cannot exceed the limit.
+    f.take(limit + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Ok(Err(Unread::Refused(format!(
+            "more than the {limit} bytes allowed"
+        ))));
+    }
+    Ok(Ok(buf))
 }
 
 /// Open one of ferry's own files under `.ferry/` (a lock, a partial download, an upload session,
