@@ -183,24 +183,56 @@ fn print_lines(
 ) {
     let start = std::time::Instant::now();
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(PLAIN_EVERY) {
-        let r = tally.read();
-        let mut line = format!(
-            "{job}: {} {}/{} blobs",
-            r.phase, r.items_done, r.items_total
+        eprintln!("{}", plain_line(job, &tally.read(), bytes, start.elapsed()));
+    }
+}
+
+/// One plain progress line: `verify: re-hashing 120/400 blobs, 1000/4000 bytes, about 30 s left`.
+fn plain_line(job: &str, r: &ferry::progress::Reading, bytes: bool, elapsed: Duration) -> String {
+    let mut line = format!(
+        "{job}: {} {}/{} blobs",
+        r.phase, r.items_done, r.items_total
+    );
+    let by_bytes = bytes && r.bytes_total > 0;
+    if by_bytes {
+        line.push_str(&format!(", {}/{} bytes", r.bytes_done, r.bytes_total));
+    }
+    let (done, total) = if by_bytes {
+        (r.bytes_done, r.bytes_total)
+    } else {
+        (r.items_done, r.items_total)
+    };
+    if done > 0 && total >= done {
+        let left = elapsed.as_secs_f64() / done as f64 * (total - done) as f64;
+        line.push_str(&format!(", about {left:.0} s left"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_lines_say_what_is_done_and_what_is_left() {
+        let t = ferry::progress::Tally::default();
+        t.phase("re-hashing", 400, 4000);
+        t.done(100, 1000);
+        let r = t.read();
+        assert_eq!(
+            plain_line("verify", &r, true, Duration::from_secs(10)),
+            "verify: re-hashing 100/400 blobs, 1000/4000 bytes, about 30 s left"
         );
-        if bytes && r.bytes_total > 0 {
-            line.push_str(&format!(", {}/{} bytes", r.bytes_done, r.bytes_total));
-        }
-        let (done, total) = if bytes && r.bytes_total > 0 {
-            (r.bytes_done, r.bytes_total)
-        } else {
-            (r.items_done, r.items_total)
-        };
-        if done > 0 && total >= done {
-            let elapsed = start.elapsed().as_secs_f64();
-            let left = elapsed / done as f64 * (total - done) as f64;
-            line.push_str(&format!(", about {left:.0} s left"));
-        }
-        eprintln!("{line}");
+        // GC counts blobs only; before anything is done there is no estimate.
+        t.phase("sweeping", 50, 0);
+        assert_eq!(
+            plain_line("gc", &t.read(), false, Duration::from_secs(1)),
+            "gc: sweeping 0/50 blobs"
+        );
+        t.done(25, 0);
+        assert_eq!(
+            plain_line("gc", &t.read(), false, Duration::from_secs(2)),
+            "gc: sweeping 25/50 blobs, about 2 s left"
+        );
     }
 }
