@@ -28,6 +28,10 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Unreferenced but younger than the grace period.
     pub kept_young: usize,
+    /// Unreferenced names under `blobs/` that are no content at all (a FIFO, a socket, a
+    /// symlink, a directory), and what they are. Swept like any garbage, but never opened;
+    /// a directory is left in place.
+    pub not_content: Vec<String>,
     pub dry_run: bool,
     pub seconds: f64,
 }
@@ -43,7 +47,11 @@ impl std::fmt::Display for GcReport {
             f,
             "{} blobs, {} reachable; {verb} {} unreferenced ({} bytes); kept {} younger than the grace period; {:.2} s",
             self.blobs, self.reachable, self.swept, self.bytes_freed, self.kept_young, self.seconds
-        )
+        )?;
+        for n in &self.not_content {
+            write!(f, "\nnot content: {n}")?;
+        }
+        Ok(())
     }
 }
 
@@ -93,12 +101,20 @@ pub fn gc_with(store: &Store, grace: Duration, dry_run: bool, tally: &Tally) -> 
             .ok()
             .and_then(|m| now.duration_since(m).ok())
             .unwrap_or_default();
+        if !meta.is_file() {
+            let kind = crate::layout::read::kind_of(meta.file_type());
+            if meta.is_dir() {
+                r.not_content.push(format!("{d}: {kind}, left in place"));
+                continue;
+            }
+            r.not_content.push(format!("{d}: {kind}"));
+        }
         if age < grace {
             r.kept_young += 1;
             continue;
         }
         r.swept += 1;
-        r.bytes_freed += meta.len();
+        r.bytes_freed += if meta.is_file() { meta.len() } else { 0 };
         if !dry_run {
             let _ = std::fs::remove_file(&path);
         }

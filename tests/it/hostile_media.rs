@@ -296,9 +296,22 @@ fn every_command_names_hostile_media_and_finishes() {
     assert!(out.status.success(), "{so}");
     assert!(so.contains("app:v3") && !so.contains("app:v1"), "{so}");
 
-    // gc --dry-run walks it all and finishes.
-    let out = ferry_bounded(&["gc", "--data", dir, "--dry-run"], cwd);
+    // gc --dry-run walks it all, names what is no content among the unreferenced names (the
+    // directory and the socket: the FIFO and the symlink are referenced), and finishes.
+    let out = ferry_bounded(&["gc", "--data", dir, "--dry-run", "--grace", "0s"], cwd);
+    let so = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        so.contains(&format!(
+            "not content: {}: a directory, left in place",
+            h.directory
+        )),
+        "{so}"
+    );
+    assert!(
+        so.contains(&format!("not content: {}: a socket", h.socket)),
+        "{so}"
+    );
 
     assert_eq!(before, snapshot(&h.dir), "a reader changed the layout");
 
