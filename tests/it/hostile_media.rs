@@ -104,7 +104,14 @@ async fn hostile_layout(tmp: &Path) -> Hostile {
     let directory = sha256(b"a directory");
     std::fs::create_dir(blob_file(&dir, &directory)).unwrap();
     let socket = sha256(b"a socket");
-    let listener = std::os::unix::net::UnixListener::bind(blob_file(&dir, &socket)).unwrap();
+    // Bound under a short path (a socket path is limited to 108 bytes, and a long TMPDIR would
+    // exceed it), then renamed into place: the name is what matters.
+    let short = tempfile::Builder::new()
+        .prefix("fs")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(short.path().join("s")).unwrap();
+    std::fs::rename(short.path().join("s"), blob_file(&dir, &socket)).unwrap();
 
     let index_path = dir.join("index.json");
     let mut index: serde_json::Value =
