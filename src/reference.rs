@@ -48,7 +48,8 @@ impl fmt::Display for RepoName {
     }
 }
 
-fn truncate(s: &str) -> String {
+/// At most 300 characters of a client's or a file's string, for an error message.
+pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(300).collect()
 }
 

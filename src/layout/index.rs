@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::media;
-use crate::reference::{is_valid_name, is_valid_tag};
+use crate::reference::{is_valid_name, is_valid_tag, truncate};
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const FERRY_REPOSITORY: &str = "io.ferry.repository";
@@ -334,10 +334,6 @@ impl Index {
             .filter(|d| seen.insert(d.digest.clone()))
             .collect()
     }
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(200).collect()
 }
 
 #[cfg(test)]

@@ -78,9 +78,8 @@ pub struct PutManifest {
 }
 
 pub struct Store {
-    root: PathBuf,
-    /// `root` with every symlink resolved: a symlink under it may lead only inside this.
-    canon: PathBuf,
+    /// The paths, and the readers that need nothing more (cloned into blocking tasks).
+    files: StoreFiles,
     read_only: bool,
     /// When each manifest's read marker was last refreshed by this process (rate limit).
     reads: Mutex<std::collections::HashMap<Digest, std::time::Instant>>,
@@ -138,8 +137,10 @@ impl Store {
         }
         let mut store = Store {
             uploads: Uploads::new(root.join(".ferry/uploads")),
-            canon: root.clone(),
-            root,
+            files: StoreFiles {
+                canon: root.clone(),
+                root,
+            },
             read_only,
             reads: Mutex::new(Default::default()),
             cache: Mutex::new(None),
@@ -148,7 +149,7 @@ impl Store {
         if !read_only {
             store.init()?;
         }
-        store.canon = std::fs::canonicalize(&store.root)?;
+        store.files.canon = std::fs::canonicalize(&store.files.root)?;
         Ok(store)
     }
 
@@ -160,38 +161,38 @@ impl Store {
             ".ferry/tmp",
             ".ferry/partial",
         ] {
-            std::fs::create_dir_all(self.root.join(d))?;
+            std::fs::create_dir_all(self.files.root.join(d))?;
         }
         // Leftovers of a crash: temp files are never referenced, so they can always go.
         for entry in std::fs::read_dir(self.tmp_dir())? {
             let _ = std::fs::remove_file(entry?.path());
         }
-        if !self.root.join("oci-layout").exists() {
+        if !self.files.root.join("oci-layout").exists() {
             write::write_atomic(
                 &self.tmp_dir(),
-                &self.root.join("oci-layout"),
+                &self.files.root.join("oci-layout"),
                 OCI_LAYOUT_CONTENT,
             )?;
         }
-        if !self.root.join("index.json").exists() {
+        if !self.files.root.join("index.json").exists() {
             let bytes = IndexFile::default().to_bytes();
-            write::write_atomic(&self.tmp_dir(), &self.root.join("index.json"), &bytes)?;
+            write::write_atomic(&self.tmp_dir(), &self.files.root.join("index.json"), &bytes)?;
         }
         Ok(())
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.files.root
     }
 
     /// The root with symlinks resolved (what [`read::open_regular`] checks symlinks against).
     pub fn canonical_root(&self) -> &Path {
-        &self.canon
+        &self.files.canon
     }
 
     /// Read a small file of the layout (index.json) through [`read::read_regular`].
     fn read_layout_file(&self, path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
-        match read::read_regular(&self.canon, path, limit)? {
+        match read::read_regular(&self.files.canon, path, limit)? {
             Ok(b) => Ok(Some(b)),
             Err(read::Unread::Missing) => Ok(None),
             Err(read::Unread::Refused(why)) => {
@@ -205,7 +206,7 @@ impl Store {
     }
 
     fn tmp_dir(&self) -> PathBuf {
-        self.root.join(".ferry/tmp")
+        self.files.root.join(".ferry/tmp")
     }
 
     fn ensure_writable(&self) -> Result<()> {
@@ -219,17 +220,14 @@ impl Store {
     }
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.root
-            .join("blobs")
-            .join(d.algorithm().as_str())
-            .join(d.hex())
+        self.files.blob_path(d)
     }
 
     // ---------------------------------------------------------------- index.json
 
     /// The current `index.json`, re-read only when the file changed.
     pub fn index(&self) -> Result<Arc<Index>> {
-        let path = self.root.join("index.json");
+        let path = self.files.root.join("index.json");
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -253,7 +251,7 @@ impl Store {
         };
         let idx = Arc::new(Index::new(IndexFile::parse(&bytes)?));
         for why in idx.skipped() {
-            tracing::warn!(data = %self.root.display(), "index.json: {why}");
+            tracing::warn!(data = %self.files.root.display(), "index.json: {why}");
         }
         *cache = Some((stamp, idx.clone()));
         Ok(idx)
@@ -267,8 +265,8 @@ impl Store {
     {
         self.ensure_writable()?;
         let _guard = self.index_write.lock().await;
-        let root = self.root.clone();
-        let canon = self.canon.clone();
+        let root = self.files.root.clone();
+        let canon = self.files.canon.clone();
         let tmp = self.tmp_dir();
         blocking(move || {
             let lock = read::open_private(&root.join(".ferry/lock"), true, false)?;
@@ -296,21 +294,21 @@ impl Store {
     /// Only a regular file counts (see [`read::open_regular`]): a FIFO or a symlink leaving the
     /// layout under a blob's name is no blob.
     pub async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
-        let (canon, path) = (self.canon.clone(), self.blob_path(d));
+        let (canon, path) = (self.files.canon.clone(), self.blob_path(d));
         blocking(move || Ok(read::regular_size(&canon, &path)?)).await
     }
 
     /// Why the file under a blob's name is not content (a FIFO, a symlink leaving the layout…),
     /// or `None` when it is a readable blob or absent. Looks, never opens.
     pub fn blob_refusal(&self, d: &Digest) -> Option<String> {
-        read::refusal(&self.canon, &self.blob_path(d))
+        read::refusal(&self.files.canon, &self.blob_path(d))
             .ok()
             .flatten()
     }
 
     /// [`Store::blob_size`] for blocking callers (verify, GC, retention).
     pub fn blob_size_sync(&self, d: &Digest) -> Option<u64> {
-        read::regular_size(&self.canon, &self.blob_path(d))
+        read::regular_size(&self.files.canon, &self.blob_path(d))
             .ok()
             .flatten()
     }
@@ -318,13 +316,13 @@ impl Store {
     /// Open a blob for reading as [`read::open_regular`] allows; a refused file is
     /// [`Error::BlobUnreadable`], named.
     pub fn open_blob_sync(&self, d: &Digest) -> Result<(File, u64)> {
-        self.clone_handle().open_blob_sync(d)
+        self.files.open_blob_sync(d)
     }
 
     /// A whole manifest (or another small blob) read through [`read::read_regular`], refused
     /// past `limit` bytes.
     pub fn read_small_sync(&self, d: &Digest, limit: u64) -> Result<Vec<u8>> {
-        self.clone_handle().read_small_sync(d, limit)
+        self.files.read_small_sync(d, limit)
     }
 
     /// A stored manifest's bytes (at most [`media::MAX_MANIFEST_BYTES`]).
@@ -340,17 +338,14 @@ impl Store {
 
     /// What blocking helpers need of the store (paths only), to move into a blocking task.
     fn clone_handle(&self) -> StoreFiles {
-        StoreFiles {
-            root: self.root.clone(),
-            canon: self.canon.clone(),
-        }
+        self.files.clone()
     }
 
     /// Open a blob for reading; the length is taken from the open file, so a concurrent delete
     /// cannot make the two disagree.
     /// The lock that orders "promise a blob exists" against "sweep it" across processes.
     pub fn gc_lock_path(&self) -> PathBuf {
-        self.root.join(".ferry/gc.lock")
+        self.files.root.join(".ferry/gc.lock")
     }
 
     /// Promise a blob to a client (HEAD, mount): check that it exists and refresh its mtime, under
@@ -362,7 +357,7 @@ impl Store {
             return self.blob_size(d).await;
         }
         let path = self.blob_path(d);
-        let canon = self.canon.clone();
+        let canon = self.files.canon.clone();
         let lock = self.gc_lock_path();
         blocking(move || {
             // A file descriptor of our own: flock is per open file, so concurrent promises in this
@@ -385,7 +380,8 @@ impl Store {
     }
 
     fn read_marker(&self, d: &Digest) -> PathBuf {
-        self.root
+        self.files
+            .root
             .join(".ferry/reads")
             .join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
     }
@@ -425,7 +421,7 @@ impl Store {
 
     /// Remove upload sessions idle for longer than `max_age` (also those left by a crash).
     pub fn expire_uploads(&self, max_age: std::time::Duration) -> Result<usize> {
-        let dir = self.root.join(".ferry/uploads");
+        let dir = self.files.root.join(".ferry/uploads");
         let now = std::time::SystemTime::now();
         let mut n = 0;
         let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -493,9 +489,11 @@ impl Store {
     /// Where a blob being imported by `ferry sync` is kept until it is complete: a later run
     /// continues it from its length instead of starting again.
     pub fn partial_path(&self, d: &Digest) -> PathBuf {
-        self.root
-            .join(".ferry/partial")
-            .join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
+        self.files.root.join(".ferry/partial").join(format!(
+            "{}-{}",
+            d.algorithm().as_str(),
+            d.hex()
+        ))
     }
 
     /// Import a blob of known digest and size from a source that can start at an offset,
@@ -956,8 +954,10 @@ pub fn hash_file(path: &Path, alg: Algorithm) -> Result<Digest> {
 
 /// The paths of a store, for blocking tasks that read blobs ([`Store`] itself is not `Clone`),
 /// and the readers that need nothing more.
+#[derive(Clone)]
 struct StoreFiles {
     root: PathBuf,
+    /// `root` with every symlink resolved: a symlink under it may lead only inside this.
     canon: PathBuf,
 }
 

@@ -159,54 +159,42 @@ pub fn open_regular(root: &Path, path: &Path) -> io::Result<Found> {
             kind_of(meta.file_type())
         )));
     }
-    // Reads of a regular file ignore O_NONBLOCK on local filesystems, but not on every FUSE or
-    // network one: clear it now that the type is known.
-    {
-        use std::os::fd::AsRawFd;
-        let fd = file.as_raw_fd();
-        // SAFETY: fcntl on a descriptor this function owns; no memory is passed.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if flags >= 0 {
-            // SAFETY: as above.
-            unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
-        }
-    }
+    clear_nonblock(&file);
     Ok(Found::File(file, meta.len()))
+}
+
+/// What a name of a layout is, by looking only (never opening): a readable regular file and its
+/// size, nothing, or something [`open_regular`] would refuse, and why.
+fn probe(root: &Path, path: &Path) -> io::Result<Result<u64, Found>> {
+    let target = match resolve(root, path)? {
+        Ok(t) => t,
+        Err(found) => return Ok(Err(found)),
+    };
+    match std::fs::symlink_metadata(&target) {
+        Ok(m) if m.is_file() => Ok(Ok(m.len())),
+        Ok(m) => Ok(Err(Found::Refused(format!(
+            "{}, not a regular file",
+            kind_of(m.file_type())
+        )))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Err(Found::Missing)),
+        Err(e) => Err(e),
+    }
 }
 
 /// The size of a regular file of a layout (as [`open_regular`] would accept it), without opening
 /// it: `Ok(None)` when it is missing or refused.
 pub fn regular_size(root: &Path, path: &Path) -> io::Result<Option<u64>> {
-    let target = match resolve(root, path)? {
-        Ok(t) => t,
-        Err(_) => return Ok(None),
-    };
-    match std::fs::symlink_metadata(&target) {
-        Ok(m) if m.is_file() => Ok(Some(m.len())),
-        Ok(_) => Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    Ok(probe(root, path)?.ok())
 }
 
 /// Why a name of a layout is not content ferry reads (`a FIFO, not a regular file`, `a symlink
 /// leaving the layout (to …)`), or `None` when it is a readable regular file or simply absent.
 /// Looks, never opens.
 pub fn refusal(root: &Path, path: &Path) -> io::Result<Option<String>> {
-    let target = match resolve(root, path)? {
-        Ok(t) => t,
-        Err(Found::Refused(why)) => return Ok(Some(why)),
-        Err(_) => return Ok(None),
-    };
-    match std::fs::symlink_metadata(&target) {
-        Ok(m) if m.is_file() => Ok(None),
-        Ok(m) => Ok(Some(format!(
-            "{}, not a regular file",
-            kind_of(m.file_type())
-        ))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    Ok(match probe(root, path)? {
+        Err(Found::Refused(why)) => Some(why),
+        _ => None,
+    })
 }
 
 /// Why [`read_regular`] read nothing.
@@ -247,7 +235,6 @@ pub fn read_regular(root: &Path, path: &Path, limit: u64) -> io::Result<Result<V
 /// open (for writing) or the first read forever. So the open is non-blocking and does not follow
 /// a symlink, and anything but a regular file is an error naming the path.
 pub fn open_private(path: &Path, create: bool, read: bool) -> io::Result<File> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let file = match std::fs::OpenOptions::new()
         .create(create)
@@ -284,12 +271,20 @@ pub fn open_private(path: &Path, create: bool, read: bool) -> io::Result<File> {
             kind_of(meta.file_type())
         )));
     }
+    clear_nonblock(&file);
+    Ok(file)
+}
+
+/// The files above are opened non-blocking only so that the open cannot hang. Reads of a regular
+/// file ignore O_NONBLOCK on local filesystems, but not on every FUSE or network one: clear it
+/// once the type is known.
+fn clear_nonblock(file: &File) {
+    use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor this function owns; no memory is passed.
+    // SAFETY: fcntl on a descriptor the caller owns; no memory is passed.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags >= 0 {
         // SAFETY: as above.
         unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
     }
-    Ok(file)
 }

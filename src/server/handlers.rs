@@ -17,7 +17,7 @@ use super::App;
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::media;
-use crate::reference::{Reference, RepoName};
+use crate::reference::{truncate, Reference, RepoName};
 
 type HResult = Result<Response, ApiError>;
 
@@ -113,7 +113,7 @@ fn blob_name(s: &str) -> Result<Digest, ApiError> {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "BLOB_UNKNOWN",
-            format!("no blob is named {:?} ({e})", truncated(s)),
+            format!("no blob is named {:?} ({e})", truncate(s)),
         )
     })
 }
@@ -122,11 +122,7 @@ fn blob_name(s: &str) -> Result<Digest, ApiError> {
 /// nor a valid digest names no manifest, so the answer is 404 `MANIFEST_UNKNOWN` (the conformance
 /// suite's `.INVALID_MANIFEST_NAME`). A PUT to such a reference stays 400 (`put_manifest`).
 fn manifest_name(s: &str) -> Result<Reference, ApiError> {
-    Reference::parse(s).map_err(|_| Error::ManifestUnknown(truncated(s)).into())
-}
-
-fn truncated(s: &str) -> String {
-    s.chars().take(200).collect()
+    Reference::parse(s).map_err(|_| Error::ManifestUnknown(truncate(s)).into())
 }
 
 /// A slot for an upload request (a body on its way to disk), or 429 TOOMANYREQUESTS.
