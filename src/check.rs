@@ -97,7 +97,7 @@ pub async fn check(
     refs: &[String],
     opts: &RemoteOptions,
 ) -> Result<Vec<RefReport>> {
-    let place = Place::open(loc, opts, false)?;
+    let place = Place::open(loc, opts, false).await?;
     let mut roots = place.roots(loc).await?;
     if !refs.is_empty() {
         roots.retain(|r| refs.iter().any(|p| ref_matches(r, p)));

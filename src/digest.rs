@@ -145,6 +145,29 @@ impl Hasher {
         }
     }
 
+    /// The running state as bytes, so that another process can continue the same hash (an
+    /// upload session that moves between replicas). Only [`Hasher::restore`] reads it.
+    pub fn save(&self) -> Vec<u8> {
+        use sha2::digest::common::hazmat::SerializableState;
+        match self {
+            Hasher::Sha256(h) => h.serialize().to_vec(),
+            Hasher::Sha512(h) => h.serialize().to_vec(),
+        }
+    }
+
+    /// A hasher from [`Hasher::save`]'s bytes; `None` when they are not a state of `alg`.
+    pub fn restore(alg: Algorithm, bytes: &[u8]) -> Option<Hasher> {
+        use sha2::digest::common::hazmat::SerializableState;
+        Some(match alg {
+            Algorithm::Sha256 => {
+                Hasher::Sha256(sha2::Sha256::deserialize(bytes.try_into().ok()?).ok()?)
+            }
+            Algorithm::Sha512 => {
+                Hasher::Sha512(sha2::Sha512::deserialize(bytes.try_into().ok()?).ok()?)
+            }
+        })
+    }
+
     pub fn finish(self) -> Digest {
         let (algorithm, hex) = match self {
             Hasher::Sha256(h) => (Algorithm::Sha256, hex::encode(h.finalize())),
@@ -173,6 +196,19 @@ pub fn hash_reader(mut r: impl std::io::Read, alg: Algorithm) -> std::io::Result
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_saved_hash_continues_where_it_stopped() {
+        for alg in [super::Algorithm::Sha256, super::Algorithm::Sha512] {
+            let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+            let mut h = alg.hasher();
+            h.update(&data[..333]);
+            let saved = h.save();
+            let mut g = super::Hasher::restore(alg, &saved).unwrap();
+            g.update(&data[333..]);
+            assert_eq!(g.finish(), super::Digest::of(alg, &data));
+            assert!(super::Hasher::restore(alg, &saved[1..]).is_none());
+        }
+    }
     use super::*;
     use proptest::prelude::*;
 

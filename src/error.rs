@@ -54,6 +54,10 @@ pub enum Error {
     Layout(String),
     #[error("I/O error: {0}")]
     Io(#[source] std::io::Error),
+    /// The object store failed or refused (unreachable, bad credentials, no such bucket, a 5xx):
+    /// `what` names the store and the operation.
+    #[error("{what}: {message}")]
+    Storage { what: String, message: String },
     /// A command line or a file given by the user is wrong.
     #[error("{0}")]
     Usage(String),
@@ -100,7 +104,7 @@ impl Error {
             Error::NoSpace => "NO_SPACE",
             Error::TooManyRequests(_) => "TOOMANYREQUESTS",
             Error::Tls(_) => "UNKNOWN",
-            Error::Layout(_) | Error::Io(_) => "UNKNOWN",
+            Error::Layout(_) | Error::Io(_) | Error::Storage { .. } => "UNKNOWN",
             Error::Usage(_) | Error::Remote { .. } | Error::MissingBlobs(_) => "UNKNOWN",
             Error::Corrupt { .. } => "DIGEST_INVALID",
         }

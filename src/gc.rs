@@ -10,7 +10,7 @@
 //! `index.json` is re-read right before the sweep, so a manifest recorded during the mark is seen.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -18,7 +18,7 @@ use crate::digest::Digest;
 use crate::error::Result;
 use crate::layout::Store;
 use crate::progress::Tally;
-use crate::verify::{list_blobs, reachable};
+use crate::verify::reachable;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct GcReport {
@@ -56,7 +56,7 @@ impl std::fmt::Display for GcReport {
 }
 
 fn mark(store: &Store, tally: &Tally) -> Result<BTreeSet<Digest>> {
-    let idx = store.index()?;
+    let idx = store.index_sync()?;
     tally.phase("marking", idx.file.manifests.len() as u64, 0);
     let mut live = BTreeSet::new();
     for d in &idx.file.manifests {
@@ -76,48 +76,49 @@ pub fn gc(store: &Store, grace: Duration, dry_run: bool) -> Result<GcReport> {
 pub fn gc_with(store: &Store, grace: Duration, dry_run: bool, tally: &Tally) -> Result<GcReport> {
     let start = std::time::Instant::now();
     let mut live = mark(store, tally)?;
-    let files = list_blobs(store.root());
+    let files = store.list_blobs_sync()?;
     // Manifests recorded while we were marking are live too.
     live.extend(mark(store, tally)?);
     tally.phase("sweeping", files.len() as u64, 0);
-    let now = SystemTime::now();
     let mut r = GcReport {
         blobs: files.len(),
         reachable: live.len(),
         dry_run,
         ..Default::default()
     };
-    for (d, path) in files {
+    for e in files {
         tally.done(1, 0);
-        if live.contains(&d) {
+        let d = &e.digest;
+        if live.contains(d) {
             continue;
         }
-        // The name itself, never what a symlink points at: sweeping removes the link only.
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|m| now.duration_since(m).ok())
-            .unwrap_or_default();
-        if !meta.is_file() {
-            let kind = crate::layout::read::kind_of(meta.file_type());
-            if meta.is_dir() {
+        if let Some(kind) = e.not_content {
+            if kind == "a directory" {
                 r.not_content.push(format!("{d}: {kind}, left in place"));
                 continue;
             }
             r.not_content.push(format!("{d}: {kind}"));
         }
-        if age < grace {
+        if e.age < grace {
             r.kept_young += 1;
             continue;
         }
-        r.swept += 1;
-        r.bytes_freed += if meta.is_file() { meta.len() } else { 0 };
-        if !dry_run {
-            let _ = std::fs::remove_file(&path);
+        if dry_run {
+            r.swept += 1;
+            r.bytes_freed += e.size;
+            continue;
         }
+        // Checked again at the moment of removal, ordered against promises.
+        match store.sweep_blob_sync(d, grace)? {
+            Some(freed) => {
+                r.swept += 1;
+                r.bytes_freed += freed;
+            }
+            None => r.kept_young += 1,
+        }
+    }
+    if !dry_run {
+        store.after_sweep_sync(grace)?;
     }
     r.seconds = start.elapsed().as_secs_f64();
     Ok(r)

@@ -6,9 +6,10 @@
 //! docker://HOST[:PORT]/REPO:TAG             one tag
 //! docker://HOST[:PORT]/REPO@sha256:…        one manifest by digest
 //! oci:PATH  or  PATH                        a directory in ferry's format, all its tags
+//! s3://BUCKET[/PREFIX]                      the same layout in an S3-compatible bucket
 //! ```
 //!
-//! Anything else that starts like a scheme (`s3://bucket`, `oci-archive:x.tar`, `dcoker://…`) is
+//! Anything else that starts like a scheme (`oci-archive:x.tar`, `dcoker://…`) is
 //! refused with the list above, never taken as a relative directory to create: a typo must not
 //! become `./s3:/bucket`. A directory whose name has a colon is written `./NAME` or `oci:NAME`.
 
@@ -29,6 +30,12 @@ pub enum Location {
     Dir {
         path: PathBuf,
     },
+    /// An OCI image layout in an object store: `oci-layout` and `blobs/<alg>/<hex>` under
+    /// `prefix` (empty, or ending in `/`), ferry's records under `prefix.ferry/`.
+    Bucket {
+        bucket: String,
+        prefix: String,
+    },
 }
 
 fn bad(s: &str, why: &str) -> Error {
@@ -37,7 +44,35 @@ fn bad(s: &str, why: &str) -> Error {
 
 /// The location forms ferry knows, for error messages.
 pub const KNOWN_FORMS: &str = "docker://HOST[:PORT][/REPO[:TAG|@DIGEST]] (a registry), \
-     oci:PATH or PATH (a directory; write ./NAME for a directory whose name has a colon)";
+     oci:PATH or PATH (a directory; write ./NAME for a directory whose name has a colon), \
+     s3://BUCKET[/PREFIX] (an S3-compatible bucket)";
+
+/// S3's bucket naming rules (3–63 lower-case letters, digits, dots and hyphens, starting and
+/// ending with a letter or digit): anything else is a typo, refused before any request.
+fn is_valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// A key prefix: path segments without `.`/`..`/empty ones, printable, no backslash; returned
+/// with a trailing `/` (or empty).
+fn parse_prefix(p: &str) -> Option<String> {
+    let p = p.trim_matches('/');
+    if p.is_empty() {
+        return Some(String::new());
+    }
+    p.split('/')
+        .all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg.chars().all(|c| !c.is_control() && c != '\\')
+        })
+        .then(|| format!("{p}/"))
+}
 
 /// `scheme:` at the start, in RFC 3986's grammar (a letter, then letters, digits, `+`, `-`, `.`).
 fn scheme_of(s: &str) -> Option<&str> {
@@ -92,6 +127,17 @@ impl Location {
                 reference,
             });
         }
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if !is_valid_bucket(bucket) {
+                return Err(bad(s, "invalid bucket name (S3 naming rules: 3-63 of a-z 0-9 . -)"));
+            }
+            let prefix = parse_prefix(prefix).ok_or_else(|| bad(s, "invalid key prefix"))?;
+            return Ok(Location::Bucket {
+                bucket: bucket.to_owned(),
+                prefix,
+            });
+        }
         let path = match s.strip_prefix("oci:") {
             Some(p) => p,
             None => {
@@ -116,7 +162,7 @@ impl Location {
     pub fn is_loopback_registry(&self) -> bool {
         match self {
             Location::Registry { host, .. } => is_loopback_host(host),
-            Location::Dir { .. } => false,
+            Location::Dir { .. } | Location::Bucket { .. } => false,
         }
     }
 }
@@ -150,6 +196,9 @@ impl fmt::Display for Location {
                 }
             }
             Location::Dir { path } => write!(f, "oci:{}", path.display()),
+            Location::Bucket { bucket, prefix } => {
+                write!(f, "s3://{bucket}/{}", prefix.trim_end_matches('/'))
+            }
         }
     }
 }
@@ -194,9 +243,26 @@ mod tests {
             Location::parse("./x").unwrap(),
             Location::Dir { path: "./x".into() }
         );
+        assert_eq!(
+            Location::parse("s3://my-bucket/a/b/").unwrap(),
+            Location::Bucket {
+                bucket: "my-bucket".into(),
+                prefix: "a/b/".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("s3://my-bucket").unwrap(),
+            Location::Bucket {
+                bucket: "my-bucket".into(),
+                prefix: String::new()
+            }
+        );
         for bad in [
-            "s3://bucket",
-            "s3://bucket/prefix",
+            "s3://",
+            "s3://B",
+            "s3://bucket/../x",
+            "s3://bucket/a//b",
+            "s3:/bucket",
             "oci-archive:x.tar",
             "docker-archive:x.tar",
             "dcoker://host/a",
@@ -211,8 +277,8 @@ mod tests {
         ] {
             assert!(Location::parse(bad).is_err(), "{bad}");
         }
-        let e = Location::parse("s3://bucket").unwrap_err().to_string();
-        assert!(e.contains("\"s3\"") && e.contains("docker://HOST"), "{e}");
+        let e = Location::parse("s4://bucket").unwrap_err().to_string();
+        assert!(e.contains("\"s4\"") && e.contains("s3://BUCKET"), "{e}");
         // A directory whose name has a colon, written so it cannot look like a scheme.
         for ok in [
             "./usb:backup",

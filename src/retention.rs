@@ -222,7 +222,7 @@ fn millis(t: SystemTime) -> u64 {
 
 /// Work out what the policy removes. Reads the store; changes nothing.
 pub fn plan(store: &Store, policy: &Policy) -> Result<Plan> {
-    let idx = store.index()?;
+    let idx = store.index_sync()?;
     let now = SystemTime::now();
     let mut tags: Vec<TagInfo> = Vec::new();
     for d in &idx.file.manifests {
@@ -230,11 +230,9 @@ pub fn plan(store: &Store, policy: &Policy) -> Result<Plan> {
             continue;
         };
         let (reach, _) = reachable(store, &d.digest, &d.media_type);
-        let tagged = d.tagged_at().unwrap_or_else(|| {
-            std::fs::symlink_metadata(store.blob_path(&d.digest))
-                .and_then(|m| m.modified())
-                .map_or(0, millis)
-        });
+        let tagged = d
+            .tagged_at()
+            .unwrap_or_else(|| store.stored_at(&d.digest).map_or(0, millis));
         tags.push(TagInfo {
             repo: repo.to_owned(),
             tag: tag.to_owned(),

@@ -33,7 +33,8 @@ use crate::remote::{Registry, RemoteOptions};
 
 /// One side of a sync.
 pub enum Place {
-    Dir(Store),
+    /// A directory or a bucket.
+    Store(Store),
     Remote(Registry),
 }
 
@@ -232,8 +233,10 @@ pub(crate) struct Graph {
 }
 
 impl Place {
-    pub fn open(loc: &Location, opts: &RemoteOptions, create: bool) -> Result<Place> {
+    pub async fn open(loc: &Location, opts: &RemoteOptions, create: bool) -> Result<Place> {
         match loc {
+            // A source is only read: never create anything in it.
+            Location::Bucket { .. } => Ok(Place::Store(Store::open_at(loc, !create).await?)),
             Location::Dir { path } => {
                 if !create && !path.join("oci-layout").exists() {
                     return Err(Error::Usage(format!(
@@ -242,7 +245,7 @@ impl Place {
                     )));
                 }
                 // A source is only read: never create anything in it (it may be read-only media).
-                Ok(Place::Dir(Store::open(path, !create)?))
+                Ok(Place::Store(Store::open_at(loc, !create).await?))
             }
             Location::Registry { host, .. } => Ok(Place::Remote(Registry::new(host, opts)?)),
         }
@@ -251,7 +254,7 @@ impl Place {
     async fn manifest(&self, repo: &str, reference: &Reference) -> Result<(Bytes, String, Digest)> {
         match self {
             Place::Remote(r) => r.manifest(repo, reference).await,
-            Place::Dir(s) => {
+            Place::Store(s) => {
                 let name = RepoName::parse(repo)?;
                 let m = s.manifest(&name, reference).await?;
                 let bytes = s.read_manifest(&m.digest).await?;
@@ -259,7 +262,7 @@ impl Place {
                 if actual != m.digest {
                     return Err(Error::Corrupt {
                         digest: m.digest,
-                        detail: format!("{} hashes to {actual}", m.path.display()),
+                        detail: format!("the stored manifest hashes to {actual}"),
                     });
                 }
                 Ok((bytes, m.media_type, actual))
@@ -278,8 +281,8 @@ impl Place {
             Place::Remote(r) => {
                 Ok(r.manifest_digest(repo, reference).await.as_ref() == Some(digest))
             }
-            Place::Dir(s) => {
-                let idx = s.index()?;
+            Place::Store(s) => {
+                let idx = s.index().await?;
                 let recorded = match reference {
                     Reference::Tag(t) => idx.tag(repo, t).is_some_and(|d| &d.digest == digest),
                     Reference::Digest(d) => d == digest && idx.file.has_repo_digest(repo, d),
@@ -292,7 +295,7 @@ impl Place {
     async fn has_blob(&self, repo: &str, b: &BlobRef) -> Result<bool> {
         match self {
             Place::Remote(r) => r.has_blob(repo, &b.digest).await,
-            Place::Dir(s) => Ok(s.blob_size(&b.digest).await? == Some(b.size)),
+            Place::Store(s) => Ok(s.blob_size(&b.digest).await? == Some(b.size)),
         }
     }
 
@@ -308,13 +311,11 @@ impl Place {
                 let b = r.blob(repo, d, offset).await?;
                 Ok((b.stream, b.partial))
             }
-            Place::Dir(s) => {
-                let (file, len) = s.open_blob(d).await?;
-                let offset = offset.min(len);
-                Ok((
-                    crate::layout::read::stream_file(file, offset, len - offset).boxed(),
-                    true,
-                ))
+            Place::Store(s) => {
+                let blob = s.open_blob(d).await?;
+                let offset = offset.min(blob.len);
+                let len = blob.len;
+                Ok((blob.stream(offset, len - offset), true))
             }
         }
     }
@@ -329,7 +330,7 @@ impl Place {
     ) -> Result<()> {
         match self {
             Place::Remote(r) => r.put_manifest(repo, reference, bytes, mt).await,
-            Place::Dir(s) => {
+            Place::Store(s) => {
                 let name = RepoName::parse(repo)?;
                 s.put_manifest_checked(&name, reference, bytes, Some(mt), !delta)
                     .await
@@ -371,8 +372,8 @@ impl Place {
                     }
                 }
             },
-            (Place::Dir(s), _) => {
-                let idx = s.index()?;
+            (Place::Store(s), _) => {
+                let idx = s.index().await?;
                 for repo in idx.repos() {
                     for t in idx.tags_of(repo) {
                         out.push(Root {
@@ -382,7 +383,7 @@ impl Place {
                     }
                 }
             }
-            (Place::Remote(_), Location::Dir { .. }) => {
+            (Place::Remote(_), Location::Dir { .. } | Location::Bucket { .. }) => {
                 return Err(Error::Usage(
                     "a registry place needs a registry location".into(),
                 ))
@@ -397,15 +398,10 @@ impl Place {
     pub async fn inventory(&self, loc: &Location) -> Result<Vec<Digest>> {
         let mut set = std::collections::BTreeSet::new();
         match self {
-            Place::Dir(s) => {
+            Place::Store(s) => {
                 // Only what can be read as a blob: a FIFO or a symlink out of the layout under
                 // a blob's name is not content the far side can count on.
-                set.extend(
-                    crate::verify::list_blobs(s.root())
-                        .into_iter()
-                        .map(|(d, _)| d)
-                        .filter(|d| s.blob_size_sync(d).is_some()),
-                );
+                set.extend(s.list_content().await?);
             }
             Place::Remote(_) => {
                 for root in self.roots(loc).await? {
@@ -575,14 +571,14 @@ pub async fn sync(
     progress: &dyn Progress,
 ) -> Result<Summary> {
     let start = Instant::now();
-    let src = Place::open(src_loc, &opts.src, false)?;
+    let src = Place::open(src_loc, &opts.src, false).await?;
     let dst = if opts.dry_run {
         match dst_loc {
             Location::Dir { path } if !path.join("oci-layout").exists() => None,
-            _ => Some(Place::open(dst_loc, &opts.dest, true)?),
+            _ => Some(Place::open(dst_loc, &opts.dest, true).await?),
         }
     } else {
-        Some(Place::open(dst_loc, &opts.dest, true)?)
+        Some(Place::open(dst_loc, &opts.dest, true).await?)
     };
     let delta_out = opts.have.is_some();
     if delta_out && !matches!(dst_loc, Location::Dir { .. }) {
@@ -623,7 +619,7 @@ pub async fn sync(
                     // layout under a blob's name is neither content nor a delta's gap. That
                     // root fails, named; the others go on.
                     let refused = match &src {
-                        Place::Dir(s) => g
+                        Place::Store(s) => g
                             .blobs
                             .iter()
                             .find_map(|b| s.blob_refusal(&b.digest).map(|w| (b.digest.clone(), w))),
@@ -639,7 +635,7 @@ pub async fn sync(
             Err(e) => summary.failed.push(format!("{root}: {e}")),
         }
     }
-    if let (Place::Dir(s), Some(dst)) = (&src, &dst) {
+    if let (Place::Store(s), Some(dst)) = (&src, &dst) {
         let mut missing = Vec::new();
         for (root, g) in &graphs {
             let to = dest_root(root, dst_loc);
@@ -711,7 +707,7 @@ async fn copy_root(
             continue;
         }
         // Source is a delta directory and the destination already has it: nothing to do.
-        if let Place::Dir(s) = src {
+        if let Place::Store(s) = src {
             if s.blob_size(&b.digest).await?.is_none() {
                 summary.blobs_skipped += 1;
                 continue;
@@ -820,7 +816,7 @@ async fn copy_blob(
     counter: Arc<AtomicU64>,
 ) -> Result<(u64, u64)> {
     match dst {
-        Place::Dir(store) => {
+        Place::Store(store) => {
             let counter2 = counter.clone();
             let imported = store
                 .import_blob(&b.digest, b.size, |offset| async move {

@@ -4,15 +4,14 @@
 //! good copies back (the name is then free again).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::digest::{hash_reader, Digest};
+use crate::digest::Digest;
 use crate::error::Result;
-use crate::layout::Store;
+use crate::layout::{BlobEntry, Checked, Store};
 use crate::media::{self, EdgeKind};
 use crate::progress::Tally;
 
@@ -69,37 +68,20 @@ impl std::fmt::Display for VerifyReport {
     }
 }
 
-/// Every blob file of the layout.
-pub fn list_blobs(root: &Path) -> Vec<(Digest, PathBuf)> {
-    let mut out = Vec::new();
-    for alg in ["sha256", "sha512"] {
-        let Ok(rd) = std::fs::read_dir(root.join("blobs").join(alg)) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if let Ok(d) = format!("{alg}:{}", e.file_name().to_string_lossy()).parse::<Digest>() {
-                out.push((d, e.path()));
-            }
-        }
-    }
-    out
-}
-
 /// What re-hashing found.
 #[derive(Debug, Default)]
 pub struct Rehashed {
-    /// Digests whose file does not hash to them (or cannot be read), sorted.
+    /// Digests whose blob does not hash to them (or cannot be read), sorted.
     pub bad: Vec<Digest>,
     /// Of those, the ones that are no content at all, and what they are.
     pub unreadable: BTreeMap<Digest, String>,
     pub bytes: u64,
 }
 
-/// Re-hash `files` (of the layout whose canonical root is `root`) on `jobs` threads, counting
-/// each file done in `tally`. Files are opened as [`crate::layout::read::open_regular`] allows:
-/// a FIFO under a blob's name is reported, never opened for reading (it would block forever).
-pub fn rehash(root: &Path, files: &[(Digest, PathBuf)], jobs: usize, tally: &Tally) -> Rehashed {
-    use crate::layout::read::{open_regular, Found};
+/// Re-hash `blobs` of `store` on `jobs` threads, counting each blob done in `tally`. A
+/// directory's files are opened as [`crate::layout::read::open_regular`] allows: a FIFO under a
+/// blob's name is reported, never opened for reading (it would block forever).
+pub fn rehash(store: &Store, blobs: &[BlobEntry], jobs: usize, tally: &Tally) -> Rehashed {
     let next = AtomicUsize::new(0);
     let bad = Mutex::new(Vec::new());
     let unreadable = Mutex::new(BTreeMap::new());
@@ -108,16 +90,20 @@ pub fn rehash(root: &Path, files: &[(Digest, PathBuf)], jobs: usize, tally: &Tal
         for _ in 0..jobs.max(1) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((d, p)) = files.get(i) else { break };
-                let ok = match open_regular(root, p) {
-                    Ok(Found::File(f, _)) => hash_reader(f, d.algorithm())
-                        .map(|(h, n)| {
-                            bytes.fetch_add(n, Ordering::Relaxed);
-                            tally.done(1, n);
-                            &h.finish() == d
-                        })
-                        .unwrap_or(false),
-                    Ok(Found::Refused(why)) => {
+                let Some(e) = blobs.get(i) else { break };
+                let d = &e.digest;
+                let ok = match store.rehash_sync(d) {
+                    Checked::Intact(n) => {
+                        bytes.fetch_add(n, Ordering::Relaxed);
+                        tally.done(1, n);
+                        true
+                    }
+                    Checked::Corrupt(n) => {
+                        bytes.fetch_add(n, Ordering::Relaxed);
+                        tally.done(1, n);
+                        false
+                    }
+                    Checked::Refused(why) => {
                         unreadable
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -126,17 +112,9 @@ pub fn rehash(root: &Path, files: &[(Digest, PathBuf)], jobs: usize, tally: &Tal
                         false
                     }
                     // Gone since the listing (a GC): nothing to check.
-                    Ok(Found::Missing) => {
+                    Checked::Missing => {
                         tally.done(1, 0);
                         true
-                    }
-                    Err(e) => {
-                        unreadable
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(d.clone(), format!("unreadable ({e})"));
-                        tally.done(1, 0);
-                        false
                     }
                 };
                 if !ok {
@@ -206,17 +184,14 @@ pub fn verify_with(
     tally: &Tally,
 ) -> Result<VerifyReport> {
     let start = std::time::Instant::now();
-    let files = list_blobs(store.root());
-    let total: u64 = files
-        .iter()
-        .map(|(_, p)| std::fs::symlink_metadata(p).map_or(0, |m| m.len()))
-        .sum();
+    let files = store.list_blobs_sync()?;
+    let total: u64 = files.iter().map(|e| e.size).sum();
     tally.phase("re-hashing", files.len() as u64, total);
     let Rehashed {
         bad: corrupt,
         unreadable,
         bytes,
-    } = rehash(store.canonical_root(), &files, jobs, tally);
+    } = rehash(store, &files, jobs, tally);
     let mut report = VerifyReport {
         blobs: files.len(),
         bytes,
@@ -228,7 +203,7 @@ pub fn verify_with(
         ..Default::default()
     };
     let corrupt_set: HashSet<Digest> = corrupt.iter().cloned().collect();
-    let idx = store.index()?;
+    let idx = store.index_sync()?;
     let mut missing_all = BTreeSet::new();
     for d in &idx.file.manifests {
         let (reach, missing) = reachable(store, &d.digest, &d.media_type);
@@ -252,12 +227,9 @@ pub fn verify_with(
         }
     }
     report.missing = missing_all.iter().map(ToString::to_string).collect();
-    if repair && !corrupt.is_empty() {
-        let q = store.root().join(".ferry/quarantine");
-        std::fs::create_dir_all(&q)?;
+    if repair {
         for d in &corrupt {
-            let to = q.join(format!("{}-{}", d.algorithm().as_str(), d.hex()));
-            std::fs::rename(store.blob_path(d), &to)?;
+            store.quarantine_sync(d)?;
             report.quarantined.push(d.to_string());
         }
     }

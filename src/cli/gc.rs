@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 
-use super::{data_dir, duration, regex, usage};
+use super::{data_location, duration, open_store, regex, usage};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,7 +43,7 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
-    let data = data_dir(&a.data, "gc")?;
+    let data = data_location(&a.data, "gc")?;
     let grace = duration(&a.grace, "--grace")?;
     let policy = match &a.retention {
         Some(file) => ferry::retention::Policy::load(file)?,
@@ -63,10 +62,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 .transpose()?,
         ),
     };
-    let store = Arc::new(
-        ferry::layout::Store::open(&data, a.dry_run)
-            .with_context(|| format!("opening data directory {}", data.display()))?,
-    );
+    let store = Arc::new(open_store(&data, a.dry_run).await?);
     let mut out = serde_json::Map::new();
     if !policy.is_empty() {
         let s = store.clone();

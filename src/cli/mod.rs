@@ -31,15 +31,27 @@ pub fn regex(s: Option<String>, flag: &str) -> anyhow::Result<Option<regex::Rege
         .transpose()
 }
 
-/// `--data`: a directory location. Other location forms are refused by name rather than taken
-/// as a relative directory to create (`--data s3://bucket` must not make `./s3:/bucket`).
-pub fn data_dir(s: &str, command: &str) -> anyhow::Result<PathBuf> {
-    match ferry::location::Location::parse(s)? {
-        ferry::location::Location::Dir { path } => Ok(path),
+/// `--data`: a store, a directory or a bucket. Other location forms are refused by name rather
+/// than taken as a relative directory to create (`--data dcoker://x` must not make `./dcoker:/x`).
+pub fn data_location(s: &str, command: &str) -> anyhow::Result<ferry::location::Location> {
+    use ferry::location::Location;
+    match Location::parse(s)? {
+        l @ (Location::Dir { .. } | Location::Bucket { .. }) => Ok(l),
         other => Err(usage(format!(
-            "{command} --data takes a directory (PATH or oci:PATH), not {other}"
+            "{command} --data takes a directory (PATH or oci:PATH) or s3://BUCKET[/PREFIX], not {other}"
         ))),
     }
+}
+
+/// Open the store `--data` names, saying which on failure.
+pub async fn open_store(
+    loc: &ferry::location::Location,
+    read_only: bool,
+) -> anyhow::Result<ferry::layout::Store> {
+    use anyhow::Context;
+    ferry::layout::Store::open_at(loc, read_only)
+        .await
+        .with_context(|| format!("opening {loc}"))
 }
 
 #[derive(clap::Args)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::{data_dir, duration, usage};
+use super::{data_location, duration, open_store, usage};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -66,7 +66,7 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
-    let data = data_dir(&a.data, "serve")?;
+    let data = data_location(&a.data, "serve")?;
     let schedule = ferry::server::maintenance::Schedule {
         upload_expiry: duration(&a.upload_expiry, "--upload-expiry")?,
         gc_interval: a
@@ -91,8 +91,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         (Some(c), Some(k)) => Some(Arc::new(ferry::tls::ServerTls::load(c, k)?)),
         _ => None,
     };
-    let store = ferry::layout::Store::open(&data, a.read_only)
-        .with_context(|| format!("opening data directory {}", data.display()))?;
+    let store = open_store(&data, a.read_only).await?;
     let auth = a
         .htpasswd
         .map(|p| {
@@ -108,7 +107,11 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     };
     let app = Arc::new(ferry::server::App::new(store, auth).with_limits(limits));
     if !a.read_only {
-        ferry::server::maintenance::expire_uploads(&app, schedule.upload_expiry)?;
+        let (a2, expiry) = (app.clone(), schedule.upload_expiry);
+        tokio::task::spawn_blocking(move || {
+            ferry::server::maintenance::expire_uploads(&a2, expiry)
+        })
+        .await??;
     }
     // Every handler before the listener exists: whoever sees "listening" may signal at once.
     let (reload, shutdown) = ferry::server::signals::Signals::install()
@@ -119,7 +122,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         .with_context(|| format!("binding {}", a.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
-        data = %data.display(),
+        data = %data,
         read_only = a.read_only,
         tls = tls.is_some(),
         "ferry registry listening"

@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 
-use super::{data_dir, report_checks, EXIT_FAILED};
+use super::{data_location, open_store, report_checks, EXIT_FAILED};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,11 +33,10 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             let reports = ferry::check::check(&loc, &[], &Default::default()).await?;
             return report_checks(&reports, a.json);
         }
-        Some(ferry::location::Location::Dir { path }) => path,
-        None => data_dir(&a.data, "verify")?,
+        Some(loc) => loc,
+        None => data_location(&a.data, "verify")?,
     };
-    let store = ferry::layout::Store::open(&data, !a.repair)
-        .with_context(|| format!("opening data directory {}", data.display()))?;
+    let store = open_store(&data, !a.repair).await?;
     let jobs = a
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));

@@ -1,5 +1,9 @@
 //! The OCI image layout store: ferry's data directory and its portable directory are both one of
-//! these.
+//! these — on a disk, or in an S3-compatible bucket ([`bucket`]).
+//!
+//! [`Store`] is the registry's rules, written once: verify before visible, references before
+//! manifests, tags last, GC promises, upload sessions, retention. Under it is one of two
+//! backends — a directory (below) or a bucket — and nothing above the Store knows which.
 //!
 //! ```text
 //! DIR/oci-layout               {"imageLayoutVersion":"1.0.0"}
@@ -15,6 +19,7 @@
 //! stored only when everything it references exists; `index.json` is replaced atomically under
 //! the lock, and readers pick up a new one (from this or another process) on their next request.
 
+pub mod bucket;
 pub mod index;
 pub mod read;
 pub mod upload;
@@ -58,7 +63,71 @@ pub struct ManifestMeta {
     pub media_type: String,
     pub digest: Digest,
     pub size: u64,
-    pub path: PathBuf,
+}
+
+/// A blob opened for reading: its length, and the way to its bytes.
+pub struct BlobReader {
+    pub len: u64,
+    source: Source,
+}
+
+enum Source {
+    File(File),
+    Object(Arc<bucket::Bucket>, String),
+}
+
+impl BlobReader {
+    /// The open file, when the blob is one (the server sends it with `sendfile`).
+    pub fn into_file(self) -> std::result::Result<File, BlobReader> {
+        match self.source {
+            Source::File(f) => Ok(f),
+            source => Err(BlobReader {
+                len: self.len,
+                source,
+            }),
+        }
+    }
+
+    /// `count` bytes from `start`.
+    pub fn stream(
+        self,
+        start: u64,
+        count: u64,
+    ) -> futures_util::stream::BoxStream<'static, io::Result<Bytes>> {
+        use futures_util::StreamExt;
+        match self.source {
+            Source::File(f) => read::stream_file(f, start, count).boxed(),
+            Source::Object(b, key) => b.stream(&key, start, count),
+        }
+    }
+}
+
+/// One name under `blobs/`, as GC and verify see it.
+#[derive(Clone, Debug)]
+pub struct BlobEntry {
+    pub digest: Digest,
+    pub size: u64,
+    /// Since it was written (or last promised, in a directory).
+    pub age: std::time::Duration,
+    /// What it is when it is no content (a FIFO, a socket, a symlink, a directory).
+    pub not_content: Option<&'static str>,
+}
+
+/// What re-hashing one blob found.
+#[derive(Clone, Debug)]
+pub enum Checked {
+    Intact(u64),
+    Corrupt(u64),
+    /// Not content, or unreadable: why.
+    Refused(String),
+    /// Gone since the listing (a GC).
+    Missing,
+}
+
+/// Where a store keeps its bytes.
+enum Backend {
+    Dir(StoreFiles),
+    Bucket(Arc<bucket::Bucket>),
 }
 
 /// What [`Store::import_blob`] moved.
@@ -78,8 +147,7 @@ pub struct PutManifest {
 }
 
 pub struct Store {
-    /// The paths, and the readers that need nothing more (cloned into blocking tasks).
-    files: StoreFiles,
+    backend: Backend,
     read_only: bool,
     /// When each manifest's read marker was last refreshed by this process (rate limit).
     reads: Mutex<std::collections::HashMap<Digest, std::time::Instant>>,
@@ -135,25 +203,71 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        let mut store = Store {
+        let mut files = StoreFiles {
+            canon: root.clone(),
+            root: root.clone(),
+        };
+        let store = Store {
             uploads: Uploads::new(root.join(".ferry/uploads")),
-            files: StoreFiles {
-                canon: root.clone(),
-                root,
-            },
+            backend: Backend::Dir(files.clone()),
             read_only,
             reads: Mutex::new(Default::default()),
             cache: Mutex::new(None),
             index_write: tokio::sync::Mutex::new(()),
         };
         if !read_only {
-            store.init()?;
+            store.init(&files)?;
         }
-        store.files.canon = std::fs::canonicalize(&store.files.root)?;
-        Ok(store)
+        files.canon = std::fs::canonicalize(&files.root)?;
+        Ok(Store {
+            backend: Backend::Dir(files),
+            ..store
+        })
     }
 
-    fn init(&self) -> Result<()> {
+    /// Open the store a location names: a directory ([`Store::open`]) or a bucket, checked at
+    /// once (a missing bucket, refused credentials, an unreachable endpoint: one line).
+    pub async fn open_at(loc: &crate::location::Location, read_only: bool) -> Result<Store> {
+        use crate::location::Location;
+        match loc {
+            Location::Dir { path } => {
+                let path = path.clone();
+                blocking(move || Store::open(path, read_only)).await
+            }
+            Location::Bucket { bucket, prefix } => {
+                let b = bucket::Bucket::open(bucket, prefix, read_only).await?;
+                Ok(Store {
+                    backend: Backend::Bucket(Arc::new(b)),
+                    read_only,
+                    reads: Mutex::new(Default::default()),
+                    cache: Mutex::new(None),
+                    index_write: tokio::sync::Mutex::new(()),
+                    uploads: Uploads::new(PathBuf::new()),
+                })
+            }
+            Location::Registry { .. } => Err(Error::Usage(format!(
+                "{loc} is a registry, not a store (a directory or s3://BUCKET)"
+            ))),
+        }
+    }
+
+    /// The directory backend, when this is one.
+    fn dir(&self) -> Option<&StoreFiles> {
+        match &self.backend {
+            Backend::Dir(f) => Some(f),
+            Backend::Bucket(_) => None,
+        }
+    }
+
+    /// Where this store is, for messages: a directory or `s3://bucket/prefix`.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Dir(f) => f.root.display().to_string(),
+            Backend::Bucket(b) => b.describe(),
+        }
+    }
+
+    fn init(&self, files: &StoreFiles) -> Result<()> {
         for d in [
             "blobs/sha256",
             "blobs/sha512",
@@ -161,38 +275,35 @@ impl Store {
             ".ferry/tmp",
             ".ferry/partial",
         ] {
-            std::fs::create_dir_all(self.files.root.join(d))?;
+            std::fs::create_dir_all(files.root.join(d))?;
         }
+        let _ = &self.read_only;
         // Leftovers of a crash: temp files are never referenced, so they can always go.
-        for entry in std::fs::read_dir(self.tmp_dir())? {
+        for entry in std::fs::read_dir(files.tmp_dir())? {
             let _ = std::fs::remove_file(entry?.path());
         }
-        if !self.files.root.join("oci-layout").exists() {
+        if !files.root.join("oci-layout").exists() {
             write::write_atomic(
-                &self.tmp_dir(),
-                &self.files.root.join("oci-layout"),
+                &files.tmp_dir(),
+                &files.root.join("oci-layout"),
                 OCI_LAYOUT_CONTENT,
             )?;
         }
-        if !self.files.root.join("index.json").exists() {
+        if !files.root.join("index.json").exists() {
             let bytes = IndexFile::default().to_bytes();
-            write::write_atomic(&self.tmp_dir(), &self.files.root.join("index.json"), &bytes)?;
+            write::write_atomic(&files.tmp_dir(), &files.root.join("index.json"), &bytes)?;
         }
         Ok(())
     }
 
-    pub fn root(&self) -> &Path {
-        &self.files.root
-    }
-
-    /// The root with symlinks resolved (what [`read::open_regular`] checks symlinks against).
-    pub fn canonical_root(&self) -> &Path {
-        &self.files.canon
+    /// The directory of a directory store (`None` for a bucket).
+    pub fn root(&self) -> Option<&Path> {
+        self.dir().map(|f| f.root.as_path())
     }
 
     /// Read a small file of the layout (index.json) through [`read::read_regular`].
-    fn read_layout_file(&self, path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
-        match read::read_regular(&self.files.canon, path, limit)? {
+    fn read_layout_file(files: &StoreFiles, path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
+        match read::read_regular(&files.canon, path, limit)? {
             Ok(b) => Ok(Some(b)),
             Err(read::Unread::Missing) => Ok(None),
             Err(read::Unread::Refused(why)) => {
@@ -205,10 +316,6 @@ impl Store {
         self.read_only
     }
 
-    fn tmp_dir(&self) -> PathBuf {
-        self.files.root.join(".ferry/tmp")
-    }
-
     fn ensure_writable(&self) -> Result<()> {
         if self.read_only {
             Err(Error::Unsupported(
@@ -219,15 +326,27 @@ impl Store {
         }
     }
 
-    pub fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.files.blob_path(d)
-    }
-
     // ---------------------------------------------------------------- index.json
 
-    /// The current `index.json`, re-read only when the file changed.
-    pub fn index(&self) -> Result<Arc<Index>> {
-        let path = self.files.root.join("index.json");
+    /// The current records (a directory's `index.json`, re-read only when the file changed; a
+    /// bucket's records, re-read only where they changed).
+    pub async fn index(&self) -> Result<Arc<Index>> {
+        match &self.backend {
+            Backend::Dir(files) => self.dir_index(files),
+            Backend::Bucket(b) => Ok(Arc::new(Index::new(b.load_index().await?))),
+        }
+    }
+
+    /// [`Store::index`] for blocking callers (verify, GC, retention).
+    pub fn index_sync(&self) -> Result<Arc<Index>> {
+        match &self.backend {
+            Backend::Dir(files) => self.dir_index(files),
+            Backend::Bucket(b) => Ok(Arc::new(Index::new(b.block_on(b.load_index())?))),
+        }
+    }
+
+    fn dir_index(&self, files: &StoreFiles) -> Result<Arc<Index>> {
+        let path = files.root.join("index.json");
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -246,18 +365,20 @@ impl Store {
                 return Ok(idx.clone());
             }
         }
-        let Some(bytes) = self.read_layout_file(&path, MAX_INDEX_BYTES)? else {
+        let Some(bytes) = Store::read_layout_file(files, &path, MAX_INDEX_BYTES)? else {
             return Ok(Arc::new(Index::default()));
         };
         let idx = Arc::new(Index::new(IndexFile::parse(&bytes)?));
         for why in idx.skipped() {
-            tracing::warn!(data = %self.files.root.display(), "index.json: {why}");
+            tracing::warn!(data = %files.root.display(), "index.json: {why}");
         }
         *cache = Some((stamp, idx.clone()));
         Ok(idx)
     }
 
-    /// Read-modify-write `index.json` under the in-process mutex and the cross-process lock file.
+    /// Read-modify-write the records: a directory's `index.json` under the in-process mutex and
+    /// the cross-process lock file; a bucket's records by writing only what `f` changed (one
+    /// object per record, so concurrent writers of other tags are never undone).
     pub async fn update_index<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -265,9 +386,19 @@ impl Store {
     {
         self.ensure_writable()?;
         let _guard = self.index_write.lock().await;
-        let root = self.files.root.clone();
-        let canon = self.files.canon.clone();
-        let tmp = self.tmp_dir();
+        let files = match &self.backend {
+            Backend::Dir(files) => files.clone(),
+            Backend::Bucket(b) => {
+                let before = b.load_index().await?;
+                let mut after = before.clone();
+                let (out, changed) = f(&mut after)?;
+                if changed {
+                    b.write_index_diff(&before, &after).await?;
+                }
+                return Ok(out);
+            }
+        };
+        let (root, canon, tmp) = (files.root.clone(), files.canon.clone(), files.tmp_dir());
         blocking(move || {
             let lock = read::open_private(&root.join(".ferry/lock"), true, false)?;
             lock.lock()?; // released when `lock` is dropped
@@ -294,58 +425,179 @@ impl Store {
     /// Only a regular file counts (see [`read::open_regular`]): a FIFO or a symlink leaving the
     /// layout under a blob's name is no blob.
     pub async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
-        let (canon, path) = (self.files.canon.clone(), self.blob_path(d));
-        blocking(move || Ok(read::regular_size(&canon, &path)?)).await
+        match &self.backend {
+            Backend::Dir(files) => {
+                let (canon, path) = (files.canon.clone(), files.blob_path(d));
+                blocking(move || Ok(read::regular_size(&canon, &path)?)).await
+            }
+            Backend::Bucket(b) => b.blob_size(d).await,
+        }
     }
 
     /// Why the file under a blob's name is not content (a FIFO, a symlink leaving the layout…),
     /// or `None` when it is a readable blob or absent. Looks, never opens.
     pub fn blob_refusal(&self, d: &Digest) -> Option<String> {
-        read::refusal(&self.files.canon, &self.blob_path(d))
+        let files = self.dir()?;
+        read::refusal(&files.canon, &files.blob_path(d))
             .ok()
             .flatten()
     }
 
     /// [`Store::blob_size`] for blocking callers (verify, GC, retention).
     pub fn blob_size_sync(&self, d: &Digest) -> Option<u64> {
-        read::regular_size(&self.files.canon, &self.blob_path(d))
-            .ok()
-            .flatten()
+        match &self.backend {
+            Backend::Dir(files) => read::regular_size(&files.canon, &files.blob_path(d))
+                .ok()
+                .flatten(),
+            Backend::Bucket(b) => b.block_on(b.blob_size(d)).ok().flatten(),
+        }
     }
 
-    /// Open a blob for reading as [`read::open_regular`] allows; a refused file is
-    /// [`Error::BlobUnreadable`], named.
-    pub fn open_blob_sync(&self, d: &Digest) -> Result<(File, u64)> {
-        self.files.open_blob_sync(d)
-    }
-
-    /// A whole manifest (or another small blob) read through [`read::read_regular`], refused
-    /// past `limit` bytes.
+    /// A whole manifest (or another small blob), refused past `limit` bytes (a directory reads
+    /// it through [`read::read_regular`]).
     pub fn read_small_sync(&self, d: &Digest, limit: u64) -> Result<Vec<u8>> {
-        self.files.read_small_sync(d, limit)
+        match &self.backend {
+            Backend::Dir(files) => files.read_small_sync(d, limit),
+            Backend::Bucket(b) => b
+                .block_on(b.get_small(&bucket::blob_key(d), limit))?
+                .map(|b| b.to_vec())
+                .ok_or_else(|| Error::BlobUnknown(d.clone())),
+        }
     }
 
     /// A stored manifest's bytes (at most [`media::MAX_MANIFEST_BYTES`]).
     pub async fn read_manifest(&self, d: &Digest) -> Result<Bytes> {
-        let me = self.clone_handle();
-        let d = d.clone();
-        blocking(move || {
-            me.read_small_sync(&d, media::MAX_MANIFEST_BYTES)
-                .map(Bytes::from)
-        })
-        .await
+        match &self.backend {
+            Backend::Dir(files) => {
+                let (files, d) = (files.clone(), d.clone());
+                blocking(move || {
+                    files
+                        .read_small_sync(&d, media::MAX_MANIFEST_BYTES)
+                        .map(Bytes::from)
+                })
+                .await
+            }
+            Backend::Bucket(b) => b
+                .get_small(&bucket::blob_key(d), media::MAX_MANIFEST_BYTES)
+                .await?
+                .ok_or_else(|| Error::BlobUnknown(d.clone())),
+        }
     }
 
-    /// What blocking helpers need of the store (paths only), to move into a blocking task.
-    fn clone_handle(&self) -> StoreFiles {
-        self.files.clone()
+    /// Every name under `blobs/` that is a digest, with its size and age (blocking).
+    pub fn list_blobs_sync(&self) -> Result<Vec<BlobEntry>> {
+        match &self.backend {
+            Backend::Dir(files) => Ok(files.list_blobs()),
+            Backend::Bucket(b) => Ok(b
+                .block_on(b.list_blobs())?
+                .into_iter()
+                .map(|(digest, size, age)| BlobEntry {
+                    digest,
+                    size,
+                    age,
+                    not_content: None,
+                })
+                .collect()),
+        }
     }
 
-    /// Open a blob for reading; the length is taken from the open file, so a concurrent delete
-    /// cannot make the two disagree.
-    /// The lock that orders "promise a blob exists" against "sweep it" across processes.
-    pub fn gc_lock_path(&self) -> PathBuf {
-        self.files.root.join(".ferry/gc.lock")
+    /// Every blob that can be read as content (a directory's FIFO or symlink out of the layout
+    /// under a blob's name is not).
+    pub async fn list_content(&self) -> Result<Vec<Digest>> {
+        match &self.backend {
+            Backend::Dir(files) => {
+                let files = files.clone();
+                blocking(move || {
+                    Ok(files
+                        .list_blobs()
+                        .into_iter()
+                        .map(|e| e.digest)
+                        .filter(|d| {
+                            read::regular_size(&files.canon, &files.blob_path(d))
+                                .ok()
+                                .flatten()
+                                .is_some()
+                        })
+                        .collect())
+                })
+                .await
+            }
+            Backend::Bucket(b) => Ok(b.list_blobs().await?.into_iter().map(|e| e.0).collect()),
+        }
+    }
+
+    /// Re-hash one blob (blocking).
+    pub fn rehash_sync(&self, d: &Digest) -> Checked {
+        match &self.backend {
+            Backend::Dir(files) => files.rehash(d),
+            Backend::Bucket(b) => match b.block_on(b.hash_blob(d, d.algorithm())) {
+                Ok((h, n)) if &h == d => Checked::Intact(n),
+                Ok((_, n)) => Checked::Corrupt(n),
+                Err(Error::BlobUnknown(_)) => Checked::Missing,
+                Err(e) => Checked::Refused(format!("unreadable ({e})")),
+            },
+        }
+    }
+
+    /// Move a corrupt blob aside to `.ferry/quarantine/` (blocking).
+    pub fn quarantine_sync(&self, d: &Digest) -> Result<()> {
+        match &self.backend {
+            Backend::Dir(files) => {
+                let q = files.root.join(".ferry/quarantine");
+                std::fs::create_dir_all(&q)?;
+                let to = q.join(format!("{}-{}", d.algorithm().as_str(), d.hex()));
+                Ok(std::fs::rename(files.blob_path(d), &to)?)
+            }
+            Backend::Bucket(b) => b.block_on(b.quarantine(d)),
+        }
+    }
+
+    /// GC's sweep of one unreferenced blob: removed unless it is younger than `grace` or was
+    /// promised to a client within it — checked again at the moment of removal, ordered against
+    /// promises (a directory: `.ferry/gc.lock`, exclusive here and shared by promises; a
+    /// bucket: the marker protocol of [`bucket`]). Returns the bytes freed, or `None` if kept.
+    pub fn sweep_blob_sync(&self, d: &Digest, grace: std::time::Duration) -> Result<Option<u64>> {
+        match &self.backend {
+            Backend::Dir(files) => files.sweep(d, grace),
+            Backend::Bucket(b) => b.block_on(b.sweep(d, grace)),
+        }
+    }
+
+    /// What GC does after a sweep: promise records past the grace period protect nothing.
+    pub fn after_sweep_sync(&self, grace: std::time::Duration) -> Result<()> {
+        if let Backend::Bucket(b) = &self.backend {
+            b.block_on(b.expire_promises(grace))?;
+        }
+        Ok(())
+    }
+
+    /// Blobs and their bytes, for `/metrics` (a listing: callers cache it).
+    pub fn stored_sync(&self) -> (u64, u64) {
+        self.list_blobs_sync()
+            .map(|v| (v.len() as u64, v.iter().map(|e| e.size).sum()))
+            .unwrap_or((0, 0))
+    }
+
+    /// Can the store be written (or, read-only, read) right now? (`/readyz`)
+    pub async fn ready(&self) -> bool {
+        match &self.backend {
+            Backend::Dir(files) => {
+                let (root, read_only) = (files.root.clone(), self.read_only);
+                tokio::task::spawn_blocking(move || {
+                    if read_only {
+                        std::fs::metadata(root.join("oci-layout")).is_ok()
+                    } else {
+                        tempfile::Builder::new()
+                            .prefix(".ready-")
+                            .tempfile_in(root.join(".ferry/tmp"))
+                            .is_ok()
+                    }
+                })
+                .await
+                .unwrap_or(false)
+            }
+            Backend::Bucket(b) => b.head("oci-layout").await.is_ok_and(|m| m.is_some()),
+        }
     }
 
     /// Promise a blob to a client (HEAD, mount): check that it exists and refresh its mtime, under
@@ -356,9 +608,13 @@ impl Store {
         if self.read_only {
             return self.blob_size(d).await;
         }
-        let path = self.blob_path(d);
-        let canon = self.files.canon.clone();
-        let lock = self.gc_lock_path();
+        let files = match &self.backend {
+            Backend::Dir(files) => files,
+            Backend::Bucket(b) => return b.promise(d).await,
+        };
+        let path = files.blob_path(d);
+        let canon = files.canon.clone();
+        let lock = files.gc_lock_path();
         blocking(move || {
             // A file descriptor of our own: flock is per open file, so concurrent promises in this
             // process hold independent shared locks.
@@ -379,12 +635,6 @@ impl Store {
         .await
     }
 
-    fn read_marker(&self, d: &Digest) -> PathBuf {
-        self.files
-            .root
-            .join(".ferry/reads")
-            .join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
-    }
 
     /// Record that a manifest was read (retention's "read in the last D days"). Cheap: the
     /// marker file's mtime, refreshed at most once an hour per manifest, never index.json.
@@ -403,7 +653,14 @@ impl Store {
             }
             reads.insert(d.clone(), now);
         }
-        let path = self.read_marker(d);
+        let files = match &self.backend {
+            Backend::Dir(files) => files,
+            Backend::Bucket(b) => {
+                let _ = b.note_read(d).await;
+                return;
+            }
+        };
+        let path = files.read_marker(d);
         let _ = tokio::task::spawn_blocking(move || -> io::Result<()> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
@@ -416,12 +673,33 @@ impl Store {
 
     /// When a manifest was last read, if ever (through this data directory's servers).
     pub fn last_read(&self, d: &Digest) -> Option<std::time::SystemTime> {
-        std::fs::metadata(self.read_marker(d)).ok()?.modified().ok()
+        match &self.backend {
+            Backend::Dir(files) => std::fs::metadata(files.read_marker(d)).ok()?.modified().ok(),
+            Backend::Bucket(b) => b.block_on(b.last_read(d)),
+        }
+    }
+
+    /// When a manifest was stored (retention's age of a tag without a recorded time).
+    pub fn stored_at(&self, d: &Digest) -> Option<std::time::SystemTime> {
+        match &self.backend {
+            Backend::Dir(files) => std::fs::symlink_metadata(files.blob_path(d))
+                .and_then(|m| m.modified())
+                .ok(),
+            Backend::Bucket(b) => {
+                let m = b.block_on(b.head(&bucket::blob_key(d))).ok()??;
+                Some(std::time::SystemTime::from(m.last_modified))
+            }
+        }
     }
 
     /// Remove upload sessions idle for longer than `max_age` (also those left by a crash).
+    /// Blocking.
     pub fn expire_uploads(&self, max_age: std::time::Duration) -> Result<usize> {
-        let dir = self.files.root.join(".ferry/uploads");
+        let files = match &self.backend {
+            Backend::Dir(files) => files,
+            Backend::Bucket(b) => return b.block_on(b.expire_uploads(max_age)),
+        };
+        let dir = files.root.join(".ferry/uploads");
         let now = std::time::SystemTime::now();
         let mut n = 0;
         let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -442,15 +720,44 @@ impl Store {
         Ok(n)
     }
 
-    pub async fn open_blob(&self, d: &Digest) -> Result<(File, u64)> {
-        let me = self.clone_handle();
-        let d = d.clone();
-        blocking(move || me.open_blob_sync(&d)).await
+    /// Open a blob for reading. A directory's length is taken from the open file, so a
+    /// concurrent delete cannot make the two disagree; a file that is not content is
+    /// [`Error::BlobUnreadable`], named.
+    pub async fn open_blob(&self, d: &Digest) -> Result<BlobReader> {
+        match &self.backend {
+            Backend::Dir(files) => {
+                let (files, d) = (files.clone(), d.clone());
+                let (f, len) = blocking(move || files.open_blob_sync(&d)).await?;
+                Ok(BlobReader {
+                    len,
+                    source: Source::File(f),
+                })
+            }
+            Backend::Bucket(b) => {
+                let len = b
+                    .blob_size(d)
+                    .await?
+                    .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
+                Ok(BlobReader {
+                    len,
+                    source: Source::Object(b.clone(), bucket::blob_key(d)),
+                })
+            }
+        }
     }
 
     pub async fn delete_blob(&self, d: &Digest) -> Result<()> {
         self.ensure_writable()?;
-        match tokio::fs::remove_file(self.blob_path(d)).await {
+        let files = match &self.backend {
+            Backend::Dir(files) => files,
+            Backend::Bucket(b) => {
+                if b.blob_size(d).await?.is_none() {
+                    return Err(Error::BlobUnknown(d.clone()));
+                }
+                return b.delete(&bucket::blob_key(d)).await;
+            }
+        };
+        match tokio::fs::remove_file(files.blob_path(d)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::BlobUnknown(d.clone())),
             Err(e) => Err(e.into()),
@@ -458,7 +765,12 @@ impl Store {
     }
 
     /// Verify a finished upload file against `expected` and rename it into place.
-    async fn commit_file(&self, path: PathBuf, computed: Digest, expected: &Digest) -> Result<()> {
+    async fn commit_file(
+        files: &StoreFiles,
+        path: PathBuf,
+        computed: Digest,
+        expected: &Digest,
+    ) -> Result<()> {
         let computed = if expected.algorithm() == computed.algorithm() {
             computed
         } else {
@@ -473,7 +785,7 @@ impl Store {
                 "expected {expected}, content hashes to {computed}"
             )));
         }
-        let target = self.blob_path(expected);
+        let target = files.blob_path(expected);
         blocking(move || {
             File::open(&path)?.sync_all()?;
             // Renaming over an existing blob is harmless: same name, same bytes.
@@ -486,15 +798,6 @@ impl Store {
         .await
     }
 
-    /// Where a blob being imported by `ferry sync` is kept until it is complete: a later run
-    /// continues it from its length instead of starting again.
-    pub fn partial_path(&self, d: &Digest) -> PathBuf {
-        self.files.root.join(".ferry/partial").join(format!(
-            "{}-{}",
-            d.algorithm().as_str(),
-            d.hex()
-        ))
-    }
 
     /// Import a blob of known digest and size from a source that can start at an offset,
     /// verifying it and resuming a partial file left by an earlier, interrupted run.
@@ -514,7 +817,33 @@ impl Store {
         E: std::fmt::Display,
     {
         self.ensure_writable()?;
-        let path = self.partial_path(d);
+        let files = match &self.backend {
+            Backend::Dir(files) => files.clone(),
+            Backend::Bucket(b) => {
+                // A bucket keeps no partial file: an interrupted import starts again (its
+                // whole parts are not yet reused across runs).
+                let id = uuid::Uuid::new_v4().hyphenated().to_string();
+                b.upload_start(&id).await?;
+                let (body, _) = open(0).await?;
+                let body = write::at_most(body, size);
+                let res = b.upload_finish(&id, None, body, d).await;
+                if res.is_err() {
+                    let _ = b.upload_cancel(&id).await;
+                }
+                return match res {
+                    Ok(()) => Ok(Imported {
+                        transferred: size,
+                        resumed_from: 0,
+                    }),
+                    Err(Error::DigestInvalid(detail)) => Err(Error::Corrupt {
+                        digest: d.clone(),
+                        detail,
+                    }),
+                    Err(e) => Err(e),
+                };
+            }
+        };
+        let path = files.partial_path(d);
         let alg = d.algorithm();
         let p = path.clone();
         // Recover what an earlier run left (hashing it once), or start empty.
@@ -537,7 +866,7 @@ impl Store {
         if have == size {
             // A complete partial file from an earlier run: verify it, nothing to fetch.
             drop(file);
-            let res = self.commit_file(path, hasher.finish(), d).await;
+            let res = Store::commit_file(&files, path, hasher.finish(), d).await;
             return match res {
                 Ok(()) => Ok(Imported {
                     transferred: 0,
@@ -589,7 +918,7 @@ impl Store {
         }
         let computed = out.hasher.finish();
         drop(out.file);
-        self.commit_file(path, computed, d)
+        Store::commit_file(&files, path, computed, d)
             .await
             .map_err(|e| match e {
                 Error::DigestInvalid(detail) => Error::Corrupt {
@@ -608,11 +937,21 @@ impl Store {
 
     pub async fn upload_start(&self) -> Result<String> {
         self.ensure_writable()?;
-        self.uploads.start().await
+        match &self.backend {
+            Backend::Dir(_) => self.uploads.start().await,
+            Backend::Bucket(b) => {
+                let id = uuid::Uuid::new_v4().hyphenated().to_string();
+                b.upload_start(&id).await?;
+                Ok(id)
+            }
+        }
     }
 
     /// Bytes received so far by a session.
     pub async fn upload_status(&self, id: &str) -> Result<u64> {
+        if let Backend::Bucket(b) = &self.backend {
+            return b.upload_len(upload::checked_id(id)?).await;
+        }
         let h = self.uploads.get(id).await?;
         let up = h.lock().await;
         Ok(up.len)
@@ -631,6 +970,11 @@ impl Store {
         E: std::fmt::Display,
     {
         self.ensure_writable()?;
+        if let Backend::Bucket(b) = &self.backend {
+            return b
+                .upload_append(upload::checked_id(id)?, range_start, body)
+                .await;
+        }
         let h = self.uploads.get(id).await?;
         let mut up = h.lock().await;
         if let Some(start) = range_start {
@@ -668,12 +1012,20 @@ impl Store {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
+        let files = match &self.backend {
+            Backend::Dir(files) => files,
+            Backend::Bucket(b) => {
+                self.ensure_writable()?;
+                return b
+                    .upload_finish(upload::checked_id(id)?, range_start, body, digest)
+                    .await;
+            }
+        };
         self.upload_append(id, range_start, body).await?;
         let h = self.uploads.get(id).await?;
         let up = h.lock().await;
-        let res = self
-            .commit_file(up.path.clone(), up.hasher.clone().finish(), digest)
-            .await;
+        let res =
+            Store::commit_file(files, up.path.clone(), up.hasher.clone().finish(), digest).await;
         // Success renamed the file; a digest mismatch removed it. Either way the session is over.
         if !matches!(res, Err(Error::Io(_)) | Err(Error::NoSpace)) {
             self.uploads.forget(&up.id);
@@ -683,6 +1035,9 @@ impl Store {
 
     pub async fn upload_cancel(&self, id: &str) -> Result<()> {
         self.ensure_writable()?;
+        if let Backend::Bucket(b) = &self.backend {
+            return b.upload_cancel(upload::checked_id(id)?).await;
+        }
         let h = self.uploads.get(id).await?;
         let up = h.lock().await;
         let _ = tokio::fs::remove_file(&up.path).await;
@@ -704,8 +1059,12 @@ impl Store {
         res
     }
 
+    /// Upload sessions this process holds open.
     pub fn open_uploads(&self) -> usize {
-        self.uploads.open_count()
+        match &self.backend {
+            Backend::Dir(_) => self.uploads.open_count(),
+            Backend::Bucket(b) => b.sessions_here(),
+        }
     }
 
     // ---------------------------------------------------------------- manifests
@@ -772,11 +1131,15 @@ impl Store {
                 Some(_) => {}
             }
         }
-        let target = self.blob_path(&digest);
         if self.blob_size(&digest).await? != Some(bytes.len() as u64) {
-            let tmp = self.tmp_dir();
-            let b = bytes.clone();
-            blocking(move || Ok(write::write_atomic(&tmp, &target, &b)?)).await?;
+            match &self.backend {
+                Backend::Dir(files) => {
+                    let (tmp, target) = (files.tmp_dir(), files.blob_path(&digest));
+                    let b = bytes.clone();
+                    blocking(move || Ok(write::write_atomic(&tmp, &target, &b)?)).await?;
+                }
+                Backend::Bucket(b) => b.put_blob_bytes(&digest, bytes.clone()).await?,
+            }
         }
         let entry = NewEntry {
             repo: repo.as_str().to_owned(),
@@ -810,20 +1173,28 @@ impl Store {
 
     /// Find a manifest by tag or digest.
     pub async fn manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestMeta> {
-        let idx = self.index()?;
         let unknown = || Error::ManifestUnknown(format!("{repo}:{reference}"));
-        let (digest, media_type) = match reference {
-            Reference::Tag(t) => {
+        let (digest, media_type) = match (reference, &self.backend) {
+            // A bucket's tag is one object, read fresh: a tag another replica just published is
+            // served on the next request, without listing every record.
+            (Reference::Tag(t), Backend::Bucket(b)) => {
+                let d = b.tag_record(repo.as_str(), t).await?.ok_or_else(unknown)?;
+                (d.digest, Some(d.media_type))
+            }
+            (Reference::Tag(t), Backend::Dir(_)) => {
+                let idx = self.index().await?;
                 let d = idx.tag(repo.as_str(), t).ok_or_else(unknown)?;
                 (d.digest.clone(), Some(d.media_type.clone()))
             }
-            Reference::Digest(d) => (
-                d.clone(),
-                idx.by_digest(repo.as_str(), d)
-                    .map(|x| x.media_type.clone()),
-            ),
+            (Reference::Digest(d), _) => {
+                let idx = self.index().await?;
+                (
+                    d.clone(),
+                    idx.by_digest(repo.as_str(), d)
+                        .map(|x| x.media_type.clone()),
+                )
+            }
         };
-        let path = self.blob_path(&digest);
         let size = self.blob_size(&digest).await?.ok_or_else(unknown)?;
         let media_type = match media_type {
             Some(mt) => mt,
@@ -841,7 +1212,6 @@ impl Store {
             media_type,
             digest,
             size,
-            path,
         })
     }
 
@@ -878,10 +1248,14 @@ impl Store {
                 if !still_named {
                     // No repository records it any more: drop the bytes too, so a GET by digest
                     // answers 404 as clients expect after a delete.
-                    match tokio::fs::remove_file(self.blob_path(d)).await {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e.into()),
+                    match &self.backend {
+                        Backend::Dir(files) => match tokio::fs::remove_file(files.blob_path(d)).await
+                        {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(e.into()),
+                        },
+                        Backend::Bucket(b) => b.delete(&bucket::blob_key(d)).await?,
                     }
                 }
                 Ok(())
@@ -896,7 +1270,7 @@ impl Store {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Value> {
-        let idx = self.index()?;
+        let idx = self.index().await?;
         let mut out = Vec::new();
         for d in idx.referrers(repo.as_str(), subject) {
             if artifact_type.is_some_and(|a| d.artifact_type.as_deref() != Some(a)) {
@@ -962,6 +1336,102 @@ struct StoreFiles {
 }
 
 impl StoreFiles {
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join(".ferry/tmp")
+    }
+
+    /// The lock that orders "promise a blob exists" against "sweep it" across processes.
+    fn gc_lock_path(&self) -> PathBuf {
+        self.root.join(".ferry/gc.lock")
+    }
+
+    fn read_marker(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join(".ferry/reads")
+            .join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
+    }
+
+    /// Where a blob being imported by `ferry sync` is kept until it is complete: a later run
+    /// continues it from its length instead of starting again.
+    fn partial_path(&self, d: &Digest) -> PathBuf {
+        self.root.join(".ferry/partial").join(format!(
+            "{}-{}",
+            d.algorithm().as_str(),
+            d.hex()
+        ))
+    }
+
+    fn list_blobs(&self) -> Vec<BlobEntry> {
+        let now = std::time::SystemTime::now();
+        let mut out = Vec::new();
+        for alg in ["sha256", "sha512"] {
+            let Ok(rd) = std::fs::read_dir(self.root.join("blobs").join(alg)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let Ok(digest) =
+                    format!("{alg}:{}", e.file_name().to_string_lossy()).parse::<Digest>()
+                else {
+                    continue;
+                };
+                // The name itself, never what a symlink points at.
+                let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+                    continue;
+                };
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .unwrap_or_default();
+                out.push(BlobEntry {
+                    digest,
+                    size: if meta.is_file() { meta.len() } else { 0 },
+                    age,
+                    not_content: (!meta.is_file()).then(|| read::kind_of(meta.file_type())),
+                });
+            }
+        }
+        out
+    }
+
+    fn rehash(&self, d: &Digest) -> Checked {
+        match read::open_regular(&self.canon, &self.blob_path(d)) {
+            Ok(read::Found::File(f, _)) => match crate::digest::hash_reader(f, d.algorithm()) {
+                Ok((h, n)) if h.clone().finish() == *d => Checked::Intact(n),
+                Ok((_, n)) => Checked::Corrupt(n),
+                Err(e) => Checked::Refused(format!("unreadable ({e})")),
+            },
+            Ok(read::Found::Refused(why)) => Checked::Refused(why),
+            Ok(read::Found::Missing) => Checked::Missing,
+            Err(e) => Checked::Refused(format!("unreadable ({e})")),
+        }
+    }
+
+    /// Remove an unreferenced blob under the exclusive GC lock, re-checking its age there: a
+    /// promise (shared lock) either came first and made it young, or comes after and finds it
+    /// gone. A name that is no content is removed without being opened; a directory is kept.
+    fn sweep(&self, d: &Digest, grace: std::time::Duration) -> Result<Option<u64>> {
+        let l = read::open_private(&self.gc_lock_path(), true, false)?;
+        l.lock()?;
+        let path = self.blob_path(d);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return Ok(Some(0));
+        };
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+            .unwrap_or_default();
+        if age < grace || meta.is_dir() {
+            return Ok(None);
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(Some(if meta.is_file() { meta.len() } else { 0 })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(0)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn blob_path(&self, d: &Digest) -> PathBuf {
         self.root
             .join("blobs")

@@ -31,6 +31,15 @@ fn valid_id(id: &str) -> bool {
     uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id)
 }
 
+/// `id` if it can name a session, else [`Error::BlobUploadUnknown`].
+pub fn checked_id(id: &str) -> Result<&str> {
+    if valid_id(id) {
+        Ok(id)
+    } else {
+        Err(Error::BlobUploadUnknown)
+    }
+}
+
 impl Uploads {
     pub fn new(dir: PathBuf) -> Uploads {
         Uploads {

@@ -167,3 +167,29 @@ where
     }
     Ok(outcome)
 }
+
+/// A body cut off with an error once it passes `limit` bytes: a source that sends more than its
+/// descriptor says cannot fill the store.
+pub fn at_most<S, E>(
+    body: S,
+    limit: u64,
+) -> impl Stream<Item = std::result::Result<Bytes, String>> + Unpin + Send
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+    E: std::fmt::Display,
+{
+    let mut seen = 0u64;
+    body.map(move |r| match r {
+        Ok(b) => {
+            seen += b.len() as u64;
+            if seen > limit {
+                Err(format!(
+                    "the source sent more than the {limit} bytes its descriptor says"
+                ))
+            } else {
+                Ok(b)
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    })
+}

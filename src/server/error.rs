@@ -26,6 +26,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::RangeInvalid(_) => StatusCode::RANGE_NOT_SATISFIABLE,
         Error::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
         Error::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+        // The store behind the registry failed: the request may succeed on retry.
+        Error::Storage { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::Corrupt { .. } => StatusCode::BAD_REQUEST,
         Error::Layout(_)

@@ -26,21 +26,7 @@ pub const MAX_PAGE: usize = 10_000;
 
 /// `/readyz`: the data directory can be written (or, read-only, read) right now.
 pub async fn readyz(app: Arc<App>) -> Response {
-    let root = app.store.root().to_owned();
-    let read_only = app.store.read_only();
-    let ok = tokio::task::spawn_blocking(move || {
-        if read_only {
-            std::fs::metadata(root.join("oci-layout")).is_ok()
-        } else {
-            tempfile::Builder::new()
-                .prefix(".ready-")
-                .tempfile_in(root.join(".ferry/tmp"))
-                .is_ok()
-        }
-    })
-    .await
-    .unwrap_or(false);
-    if ok {
+    if app.store.ready().await {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
@@ -191,8 +177,10 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
     let head = method == Method::HEAD;
     match (ep, method) {
         (Endpoint::Base, Method::GET | Method::HEAD) => Ok(json_response(json!({}), None)),
-        (Endpoint::Catalog, Method::GET) => catalog(&app, &req),
-        (Endpoint::Tags { name }, Method::GET) => tags(&app, &req, &repo(&name)?),
+        (Endpoint::Catalog, Method::GET) => catalog(&app, query_params(&req)).await,
+        (Endpoint::Tags { name }, Method::GET) => {
+            tags(&app, query_params(&req), &repo(&name)?).await
+        }
         (Endpoint::Manifest { name, reference }, Method::GET | Method::HEAD) => {
             get_manifest(&app, &repo(&name)?, &reference, head).await
         }
@@ -379,7 +367,8 @@ async fn get_blob(
             .await?
             .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
     }
-    let (file, len) = app.store.open_blob(d).await?;
+    let blob = app.store.open_blob(d).await?;
+    let len = blob.len;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
         Some(s) => match parse_range(s, len) {
@@ -404,10 +393,11 @@ async fn get_blob(
     };
     let body = match (head, zero_copy) {
         (true, _) => Body::empty(),
-        (false, Some(regions)) => {
-            Body::from_stream(super::zerocopy::body(regions, file, start, count))
-        }
-        (false, None) => Body::from_stream(crate::layout::read::stream_file(file, start, count)),
+        (false, Some(regions)) => match blob.into_file() {
+            Ok(file) => Body::from_stream(super::zerocopy::body(regions, file, start, count)),
+            Err(blob) => Body::from_stream(blob.stream(start, count)),
+        },
+        (false, None) => Body::from_stream(blob.stream(start, count)),
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;
@@ -490,12 +480,11 @@ async fn put_manifest(app: &App, r: &RepoName, reference: &str, req: Request) ->
 
 /// `n` / `last` pagination over a sorted list, with the `Link` header for the next page.
 fn paginate(
-    req: &Request,
+    params: &[(String, String)],
     items: Vec<&str>,
     path: &str,
 ) -> Result<(Vec<String>, Option<String>), ApiError> {
-    let params = query_params(req);
-    let n = match param(&params, "n") {
+    let n = match param(params, "n") {
         None => None,
         Some(s) => Some(
             s.parse::<usize>()
@@ -503,7 +492,7 @@ fn paginate(
                 .min(MAX_PAGE),
         ),
     };
-    let last = param(&params, "last");
+    let last = param(params, "last");
     let after: Vec<&str> = items
         .into_iter()
         .filter(|t| last.is_none_or(|l| *t > l))
@@ -532,20 +521,20 @@ fn json_response(body: serde_json::Value, link: Option<String>) -> Response {
     res
 }
 
-fn tags(app: &App, req: &Request, r: &RepoName) -> HResult {
-    let idx = app.store.index()?;
+async fn tags(app: &App, params: Vec<(String, String)>, r: &RepoName) -> HResult {
+    let idx = app.store.index().await?;
     if !idx.has_repo(r.as_str()) {
         return Err(Error::NameUnknown(r.to_string()).into());
     }
-    let (page, link) = paginate(req, idx.tags_of(r.as_str()), &format!("/v2/{r}/tags/list"))?;
+    let (page, link) = paginate(&params, idx.tags_of(r.as_str()), &format!("/v2/{r}/tags/list"))?;
     Ok(json_response(
         json!({ "name": r.as_str(), "tags": page }),
         link,
     ))
 }
 
-fn catalog(app: &App, req: &Request) -> HResult {
-    let idx = app.store.index()?;
-    let (page, link) = paginate(req, idx.repos().collect(), "/v2/_catalog")?;
+async fn catalog(app: &App, params: Vec<(String, String)>) -> HResult {
+    let idx = app.store.index().await?;
+    let (page, link) = paginate(&params, idx.repos().collect(), "/v2/_catalog")?;
     Ok(json_response(json!({ "repositories": page }), link))
 }

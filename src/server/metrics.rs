@@ -51,23 +51,19 @@ impl Metrics {
         self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
     }
 
-    fn stored(&self, root: &std::path::Path) -> (u64, u64) {
+    fn stored(&self, store: &crate::layout::Store) -> (u64, u64) {
         let mut cache = self.stored.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, n, b)) = *cache {
             if at.elapsed() < Duration::from_secs(60) {
                 return (n, b);
             }
         }
-        let blobs = crate::verify::list_blobs(root);
-        let n = blobs.len() as u64;
-        let b = blobs
-            .iter()
-            .map(|(_, p)| std::fs::symlink_metadata(p).map_or(0, |m| m.len()))
-            .sum();
+        let (n, b) = store.stored_sync();
         *cache = Some((Instant::now(), n, b));
         (n, b)
     }
 
+    /// Blocking: counting what is stored lists the store (cached for a minute).
     pub fn render(&self, store: &crate::layout::Store, uploads_in_flight: usize) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -86,7 +82,7 @@ impl Metrics {
                 "ferry_http_requests_total{{endpoint=\"{ep}\",method=\"{m}\",status=\"{st}\"}} {n}"
             );
         }
-        let (blobs, bytes) = self.stored(store.root());
+        let (blobs, bytes) = self.stored(store);
         let gauges: [(&str, &str, &str, u64); 10] = [
             (
                 "ferry_bytes_received_total",

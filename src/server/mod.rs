@@ -76,12 +76,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/metrics",
             axum::routing::get(move || async move {
+                // Counting stored blobs lists the store: on the blocking pool.
+                let a = a2.clone();
+                let text = tokio::task::spawn_blocking(move || {
+                    a.metrics.render(&a.store, a.uploads.in_flight())
+                })
+                .await
+                .unwrap_or_default();
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "text/plain; version=0.0.4",
                     )],
-                    a2.metrics.render(&a2.store, a2.uploads.in_flight()),
+                    text,
                 )
             }),
         )

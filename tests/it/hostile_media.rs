@@ -355,15 +355,15 @@ fn unknown_location_schemes_are_refused_not_created() {
     ferry::layout::Store::open(&src, false).unwrap();
     let src = src.to_str().unwrap();
     for args in [
-        vec!["sync", "s3://bucket/prefix", "./out"],
-        vec!["sync", src, "s3://bucket"],
+        vec!["sync", "s4://bucket/prefix", "./out"],
+        vec!["sync", src, "s4://bucket"],
         vec!["sync", src, "oci-archive:trip.tar"],
         vec!["sync", "dcoker://localhost:5000/a", "./out"],
-        vec!["inventory", "s3://bucket"],
+        vec!["inventory", "gs://bucket"],
         vec!["check", "oci-archive:trip.tar"],
-        vec!["verify", "s3://bucket"],
-        vec!["gc", "--data", "s3://bucket"],
-        vec!["serve", "--listen", "127.0.0.1:0", "--data", "s3://bucket"],
+        vec!["verify", "s4://bucket"],
+        vec!["gc", "--data", "s4://bucket"],
+        vec!["serve", "--listen", "127.0.0.1:0", "--data", "s4://bucket"],
         vec![
             "serve",
             "--listen",
