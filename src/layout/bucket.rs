@@ -125,9 +125,22 @@ pub fn tag_key(repo: &str, tag: &str) -> String {
 }
 
 impl Bucket {
-    /// Connect to `s3://name/prefix` as the AWS variables say, and check it at once: a missing
-    /// bucket, refused credentials or an unreachable endpoint is one line naming which.
-    pub async fn open(name: &str, prefix: &str, read_only: bool) -> Result<Bucket> {
+    /// Connect to `s3://name/prefix` as the AWS variables say (`settings` take precedence over
+    /// the environment: the same names, e.g. `AWS_ENDPOINT_URL`), and check it at once: a
+    /// missing bucket, refused credentials or an unreachable endpoint is one line naming which.
+    pub async fn open(
+        name: &str,
+        prefix: &str,
+        read_only: bool,
+        settings: &[(String, String)],
+    ) -> Result<Bucket> {
+        let var = |k: &str| {
+            settings
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var(k).ok())
+        };
         let here = format!("s3://{name}/{}", prefix.trim_end_matches('/'));
         let usage = |m: String| Error::Usage(format!("{here}: {m}"));
         let mut opts = ClientOptions::new()
@@ -136,10 +149,10 @@ impl Bucket {
             .with_timeout_disabled()
             .with_read_timeout(Duration::from_secs(60))
             .with_connect_timeout(Duration::from_secs(5));
-        if std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        if var("AWS_ALLOW_HTTP").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             opts = opts.with_allow_http(true);
         }
-        if let Some(ca) = std::env::var_os("AWS_CA_BUNDLE").filter(|v| !v.is_empty()) {
+        if let Some(ca) = var("AWS_CA_BUNDLE").filter(|v| !v.is_empty()) {
             let pem = std::fs::read(&ca).map_err(|e| {
                 usage(format!("AWS_CA_BUNDLE {}: {e}", std::path::Path::new(&ca).display()))
             })?;
@@ -149,7 +162,16 @@ impl Bucket {
                 opts = opts.with_root_certificate(c);
             }
         }
-        let s3 = AmazonS3Builder::from_env()
+        let mut builder = AmazonS3Builder::from_env();
+        for (k, v) in settings {
+            if let Ok(key) = k.to_ascii_lowercase().parse() {
+                builder = builder.with_config(key, v);
+            }
+        }
+        let endpoint = var("AWS_ENDPOINT_URL")
+            .or_else(|| var("AWS_ENDPOINT"))
+            .unwrap_or_else(|| "AWS_ENDPOINT_URL is not set".into());
+        let s3 = builder
             .with_bucket_name(name)
             .with_client_options(opts)
             .with_retry(RetryConfig {
@@ -188,12 +210,7 @@ impl Bucket {
                 .iter()
                 .any(|k| m.contains(k))
             {
-                format!(
-                    "endpoint unreachable ({})",
-                    std::env::var("AWS_ENDPOINT_URL")
-                        .or_else(|_| std::env::var("AWS_ENDPOINT"))
-                        .unwrap_or_else(|_| "AWS_ENDPOINT_URL is not set".into())
-                )
+                format!("endpoint unreachable ({endpoint})")
             } else {
                 "the store refused".to_owned()
             };

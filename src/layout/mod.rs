@@ -228,6 +228,16 @@ impl Store {
     /// Open the store a location names: a directory ([`Store::open`]) or a bucket, checked at
     /// once (a missing bucket, refused credentials, an unreachable endpoint: one line).
     pub async fn open_at(loc: &crate::location::Location, read_only: bool) -> Result<Store> {
+        Store::open_at_with(loc, read_only, &[]).await
+    }
+
+    /// [`Store::open_at`] with S3 settings that take precedence over the environment's
+    /// (`("AWS_ENDPOINT_URL", …)`, …): several stores on different endpoints in one process.
+    pub async fn open_at_with(
+        loc: &crate::location::Location,
+        read_only: bool,
+        settings: &[(String, String)],
+    ) -> Result<Store> {
         use crate::location::Location;
         match loc {
             Location::Dir { path } => {
@@ -235,7 +245,7 @@ impl Store {
                 blocking(move || Store::open(path, read_only)).await
             }
             Location::Bucket { bucket, prefix } => {
-                let b = bucket::Bucket::open(bucket, prefix, read_only).await?;
+                let b = bucket::Bucket::open(bucket, prefix, read_only, settings).await?;
                 Ok(Store {
                     backend: Backend::Bucket(Arc::new(b)),
                     read_only,

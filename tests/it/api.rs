@@ -15,9 +15,10 @@ fn hdr<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-#[tokio::test]
-async fn base_endpoint() {
-    let s = TestServer::start().await;
+async fn base_endpoint(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let r = http().get(format!("{}/v2/", s.url)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(hdr(&r, "docker-distribution-api-version"), "registry/2.0");
@@ -28,9 +29,10 @@ async fn base_endpoint() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn monolithic_and_session_uploads() {
-    let s = TestServer::start().await;
+async fn monolithic_and_session_uploads(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let data = bytes(100_000, 1);
     let d = push_blob(&s.url, "a/b/c", &data).await;
 
@@ -71,23 +73,26 @@ async fn monolithic_and_session_uploads() {
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(hdr(&r, "location"), format!("/v2/x/blobs/{d2}"));
     assert_eq!(hdr(&r, "docker-content-digest"), d2.to_string());
-    assert!(leftovers(&s.dir).is_empty(), "{:?}", leftovers(&s.dir));
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(s.dir.join("blobs/sha256").join(d2.hex()))
-            .unwrap()
-            .permissions(),
-    );
-    assert_eq!(
-        mode & 0o044,
-        0o044,
-        "blobs are readable by others: {mode:o}"
-    );
+    assert!(s.leftovers().await.is_empty(), "{:?}", s.leftovers().await);
+    if b == Backend::Dir {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(s.dir.join("blobs/sha256").join(d2.hex()))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(
+            mode & 0o044,
+            0o044,
+            "blobs are readable by others: {mode:o}"
+        );
+    }
     s.stop().await;
 }
 
-#[tokio::test]
-async fn chunked_upload_in_order_out_of_order_status_and_resume() {
-    let s = TestServer::start().await;
+async fn chunked_upload_in_order_out_of_order_status_and_resume(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let data = bytes(10_000, 3);
     let d = sha256(&data);
     let r = http()
@@ -166,13 +171,14 @@ async fn chunked_upload_in_order_out_of_order_status_and_resume() {
     let r = http().get(format!("{}{loc}", s.url)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
-    assert!(leftovers(&s.dir).is_empty());
+    assert!(s.leftovers().await.is_empty());
     s.stop().await;
 }
 
-#[tokio::test]
-async fn digest_mismatch_stores_nothing() {
-    let s = TestServer::start().await;
+async fn digest_mismatch_stores_nothing(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let data = bytes(1000, 4);
     let wrong = sha256(b"something else");
     let r = http()
@@ -222,19 +228,15 @@ async fn digest_mismatch_stores_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert!(leftovers(&s.dir).is_empty(), "{:?}", leftovers(&s.dir));
-    assert_eq!(
-        std::fs::read_dir(s.dir.join("blobs/sha256"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert!(s.leftovers().await.is_empty(), "{:?}", s.leftovers().await);
+    assert_eq!(s.blob_hexes("sha256").await, Vec::<String>::new());
     s.stop().await;
 }
 
-#[tokio::test]
-async fn sha512_blobs() {
-    let s = TestServer::start().await;
+async fn sha512_blobs(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let data = bytes(70_000, 5);
     let d = ferry::digest::Digest::of(ferry::digest::Algorithm::Sha512, &data);
     let r = http()
@@ -251,13 +253,14 @@ async fn sha512_blobs() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
-    assert!(s.dir.join("blobs/sha512").join(d.hex()).is_file());
+    assert_eq!(s.blob_hexes("sha512").await, vec![d.hex().to_owned()]);
     s.stop().await;
 }
 
-#[tokio::test]
-async fn cross_repo_mount() {
-    let s = TestServer::start().await;
+async fn cross_repo_mount(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let d = push_blob(&s.url, "src/repo", b"mount me").await;
     let r = http()
         .post(format!(
@@ -291,9 +294,10 @@ async fn cross_repo_mount() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn ranges() {
-    let s = TestServer::start().await;
+async fn ranges(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let data = bytes(1000, 6);
     let d = push_blob(&s.url, "r", &data).await;
     let get = |range: &'static str| {
@@ -318,9 +322,10 @@ async fn ranges() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn manifests_by_tag_and_digest_exact_bytes() {
-    let s = TestServer::start().await;
+async fn manifests_by_tag_and_digest_exact_bytes(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let m = push_image(&s.url, "lib/app", "v1", 7).await;
     let d = sha256(&m);
     for reference in ["v1".to_owned(), d.to_string()] {
@@ -383,9 +388,10 @@ async fn manifests_by_tag_and_digest_exact_bytes() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn manifest_errors() {
-    let s = TestServer::start().await;
+async fn manifest_errors(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let config = b"{}".to_vec();
     let layer = bytes(100, 8);
     push_blob(&s.url, "r", &config).await;
@@ -458,9 +464,10 @@ async fn manifest_errors() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn names_and_digests_are_validated() {
-    let s = TestServer::start().await;
+async fn names_and_digests_are_validated(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let d = sha256(b"x");
     for path in [
         format!("/v2/UPPER/blobs/{d}"),
@@ -561,9 +568,10 @@ async fn names_and_digests_are_validated() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn tags_and_catalog_pagination() {
-    let s = TestServer::start().await;
+async fn tags_and_catalog_pagination(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let m = push_image(&s.url, "p/one", "base", 9).await;
     for t in ["c", "a", "b", "d"] {
         let r = put_manifest(&s.url, "p/one", t, OCI_MANIFEST, &m).await;
@@ -642,9 +650,10 @@ async fn tags_and_catalog_pagination() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn referrers_and_subject() {
-    let s = TestServer::start().await;
+async fn referrers_and_subject(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let subject = push_image(&s.url, "ref/app", "v1", 12).await;
     let sd = sha256(&subject);
     let empty = b"{}";
@@ -728,9 +737,10 @@ async fn referrers_and_subject() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn deletes() {
-    let s = TestServer::start().await;
+async fn deletes(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let m = push_image(&s.url, "del", "t1", 13).await;
     let d = sha256(&m);
     put_manifest(&s.url, "del", "t2", OCI_MANIFEST, &m).await;
@@ -805,9 +815,10 @@ async fn deletes() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn moving_a_tag_keeps_the_old_manifest_by_digest() {
-    let s = TestServer::start().await;
+async fn moving_a_tag_keeps_the_old_manifest_by_digest(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let m1 = push_image(&s.url, "mv", "latest", 14).await;
     let m2 = push_image(&s.url, "mv", "latest", 15).await;
     let r = http()
@@ -899,12 +910,13 @@ async fn tls_client_hello_gets_an_http_400() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn another_writer_on_the_same_directory_is_seen_without_restart() {
-    let s = TestServer::start().await;
+async fn another_writer_on_the_same_directory_is_seen_without_restart(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     push_image(&s.url, "shared", "from-server", 17).await;
     // A second store on the same directory (as `ferry sync` into a served dir would be).
-    let other = ferry::layout::Store::open(&s.dir, false).unwrap();
+    let other = s.other_store().await;
     let config = b"{\"other\":true}".to_vec();
     let layer = bytes(500, 18);
     let cfg_d = sha256(&config);
@@ -953,9 +965,10 @@ async fn another_writer_on_the_same_directory_is_seen_without_restart() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn concurrent_pushes_of_one_blob_and_many_tags() {
-    let s = TestServer::start().await;
+async fn concurrent_pushes_of_one_blob_and_many_tags(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let data = bytes(2_000_000, 19);
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -989,13 +1002,14 @@ async fn concurrent_pushes_of_one_blob_and_many_tags() {
         .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"].as_array().unwrap().len(), 21, "no tag lost: {v}");
-    assert!(leftovers(&s.dir).is_empty());
+    assert!(s.leftovers().await.is_empty());
     s.stop().await;
 }
 
-#[tokio::test]
-async fn health_readiness_and_metrics() {
-    let s = TestServer::start().await;
+async fn health_readiness_and_metrics(b: Backend) {
+    let Some(s) = TestServer::start_in(b).await else {
+        return;
+    };
     let r = http()
         .get(format!("{}/healthz", s.url))
         .send()
@@ -1054,6 +1068,10 @@ async fn health_readiness_and_metrics() {
     assert_eq!(value("ferry_bytes_stored"), 1000);
     assert_eq!(value("ferry_upload_sessions_open"), 0);
     assert_eq!(value("ferry_auth_failures_total"), 0);
+    if b == Backend::S3 {
+        s.stop().await;
+        return;
+    }
     // Not ready when the data directory cannot take writes.
     std::fs::remove_dir_all(s.dir.join(".ferry/tmp")).unwrap();
     let r = http()
@@ -1160,3 +1178,25 @@ async fn pipelined_downloads_on_one_connection_get_their_own_bytes() {
     drop(r);
     s.stop().await;
 }
+
+// Every test above, on a directory and on a bucket of a real Garage cluster, with the same
+// expectations.
+on_both_backends!(
+    base_endpoint,
+    monolithic_and_session_uploads,
+    chunked_upload_in_order_out_of_order_status_and_resume,
+    digest_mismatch_stores_nothing,
+    sha512_blobs,
+    cross_repo_mount,
+    ranges,
+    manifests_by_tag_and_digest_exact_bytes,
+    manifest_errors,
+    names_and_digests_are_validated,
+    tags_and_catalog_pagination,
+    referrers_and_subject,
+    deletes,
+    moving_a_tag_keeps_the_old_manifest_by_digest,
+    another_writer_on_the_same_directory_is_seen_without_restart,
+    concurrent_pushes_of_one_blob_and_many_tags,
+    health_readiness_and_metrics,
+);

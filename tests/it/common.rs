@@ -23,7 +23,10 @@ pub struct ServerOpts {
 pub struct TestServer {
     pub url: String,
     pub addr: std::net::SocketAddr,
+    /// The data directory (for an S3-backed server: an unused path).
     pub dir: PathBuf,
+    /// The key prefix in the test bucket, for an S3-backed server.
+    pub prefix: Option<String>,
     _tmp: Option<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -61,9 +64,82 @@ impl TestServer {
         .await
     }
 
+    /// A registry on a fresh store of the given backend; `None` (a visible skip, a failure
+    /// under `FERRY_REQUIRE_INTEROP=1`) when S3 is asked for and Garage is not installed.
+    pub async fn start_in(b: Backend) -> Option<TestServer> {
+        match b {
+            Backend::Dir => Some(TestServer::start().await),
+            Backend::S3 => {
+                let g = garage()?;
+                let prefix = fresh_prefix();
+                let store = open_s3(g, &prefix, false).await;
+                let tmp = tempfile::tempdir().expect("tempdir");
+                let mut s =
+                    TestServer::serve_store(store, tmp.path().join("unused"), ServerOpts::default())
+                        .await;
+                s.prefix = Some(prefix);
+                s._tmp = Some(tmp);
+                Some(s)
+            }
+        }
+    }
+
+    /// Another store on the same data (a second process or replica).
+    pub async fn other_store(&self) -> Store {
+        match &self.prefix {
+            None => Store::open(&self.dir, false).expect("open store"),
+            Some(p) => open_s3(garage().expect("garage"), p, false).await,
+        }
+    }
+
+    /// The data's location as `ferry` takes it.
+    pub fn location(&self) -> String {
+        match &self.prefix {
+            None => self.dir.display().to_string(),
+            Some(p) => format!("s3://ferry/{p}"),
+        }
+    }
+
+    /// What clean operations leave nothing of: upload sessions and temp files.
+    pub async fn leftovers(&self) -> Vec<String> {
+        match &self.prefix {
+            None => leftovers(&self.dir)
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            Some(p) => garage()
+                .expect("garage")
+                .keys(&format!("{p}.ferry/uploads/"))
+                .await,
+        }
+    }
+
+    /// Hex names of the stored blobs of one algorithm.
+    pub async fn blob_hexes(&self, alg: &str) -> Vec<String> {
+        let mut v: Vec<String> = match &self.prefix {
+            None => std::fs::read_dir(self.dir.join("blobs").join(alg))
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Some(p) => garage()
+                .expect("garage")
+                .keys(&format!("{p}blobs/{alg}/"))
+                .await,
+        };
+        v.sort();
+        v
+    }
+
     /// A registry with any of `serve`'s options.
     pub async fn start_opts(dir: &Path, opts: ServerOpts) -> TestServer {
         let store = Store::open(dir, opts.read_only).expect("open store");
+        TestServer::serve_store(store, dir.to_owned(), opts).await
+    }
+
+    async fn serve_store(store: Store, dir: PathBuf, opts: ServerOpts) -> TestServer {
         let listener = tokio::net::TcpListener::bind(opts.bind.as_deref().unwrap_or("127.0.0.1:0"))
             .await
             .expect("bind");
@@ -77,7 +153,8 @@ impl TestServer {
         TestServer {
             url: format!("{scheme}://{addr}"),
             addr,
-            dir: dir.to_owned(),
+            dir,
+            prefix: None,
             _tmp: None,
             stop: Some(tx),
             task: Some(task),
@@ -377,4 +454,149 @@ pub fn require_lan_ip(test: &str) -> Option<std::net::IpAddr> {
         eprintln!("SKIPPED {test}: no non-loopback IPv4 address on this machine");
     }
     ip
+}
+
+// ------------------------------------------------------------------ S3 (a real Garage cluster)
+
+/// Where a test's registry keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Dir,
+    S3,
+}
+
+/// A 3-node Garage cluster on loopback (tests/garage.sh), one per test process, and the AWS
+/// settings that reach it.
+pub struct Garage {
+    pub dir: PathBuf,
+    pub settings: Vec<(String, String)>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Garage {
+    /// The settings as environment variables, for a `ferry` child process.
+    pub fn envs(&self) -> Vec<(String, String)> {
+        self.settings.clone()
+    }
+
+    /// The script's command on this cluster (`kill DIR N`, `restart DIR N`).
+    pub fn script(&self, args: &[&str]) {
+        let st = std::process::Command::new("bash")
+            .arg(repo_root().join("tests/garage.sh"))
+            .arg(args[0])
+            .arg(&self.dir)
+            .args(&args[1..])
+            .status()
+            .expect("run tests/garage.sh");
+        assert!(st.success(), "tests/garage.sh {args:?} failed");
+    }
+
+    /// A raw client on the bucket, to look at what ferry wrote.
+    pub fn client(&self) -> object_store::aws::AmazonS3 {
+        let mut b = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name("ferry")
+            .with_allow_http(true);
+        for (k, v) in &self.settings {
+            if let Ok(key) = k.to_ascii_lowercase().parse() {
+                b = b.with_config(key, v);
+            }
+        }
+        b.build().expect("s3 client")
+    }
+
+    /// Keys under `prefix` (relative to it).
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        use futures_util::TryStreamExt;
+        use object_store::ObjectStore;
+        let c = self.client();
+        let p = object_store::path::Path::from(prefix.trim_end_matches('/'));
+        let metas: Vec<object_store::ObjectMeta> = c.list(Some(&p)).try_collect().await.unwrap();
+        metas
+            .into_iter()
+            .map(|m| {
+                m.location
+                    .as_ref()
+                    .strip_prefix(prefix)
+                    .unwrap_or(m.location.as_ref())
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+static GARAGE: std::sync::OnceLock<Option<Garage>> = std::sync::OnceLock::new();
+
+/// The test process's Garage cluster, started on first use. Missing `garage`: a failure under
+/// `FERRY_REQUIRE_INTEROP=1`, else a visible skip (`None`).
+pub fn garage() -> Option<&'static Garage> {
+    GARAGE
+        .get_or_init(|| {
+            let bin = tool("garage", &[])?;
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let dir = tmp.path().join("garage");
+            // Below the ephemeral range, spread by process so parallel runs do not meet.
+            let base = 20_000 + (std::process::id() % 600) * 20;
+            let out = std::process::Command::new("bash")
+                .arg(repo_root().join("tests/garage.sh"))
+                .arg("start")
+                .arg(&dir)
+                .arg(base.to_string())
+                .env("GARAGE", &bin)
+                .env("GARAGE_PARENT_PID", std::process::id().to_string())
+                .output()
+                .expect("run tests/garage.sh");
+            assert!(
+                out.status.success(),
+                "starting Garage failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let env = std::fs::read_to_string(dir.join("env")).expect("garage env");
+            let settings = env
+                .lines()
+                .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            Some(Garage {
+                dir,
+                settings,
+                _tmp: tmp,
+            })
+        })
+        .as_ref()
+}
+
+/// A store on `s3://ferry/<prefix>` of the test cluster.
+pub async fn open_s3(g: &Garage, prefix: &str, read_only: bool) -> Store {
+    let loc = ferry::location::Location::parse(&format!("s3://ferry/{prefix}")).unwrap();
+    Store::open_at_with(&loc, read_only, &g.settings)
+        .await
+        .expect("open the S3 store")
+}
+
+/// A fresh key prefix in the test bucket: `s3://ferry/<prefix>`.
+pub fn fresh_prefix() -> String {
+    format!("t-{}/", uuid::Uuid::new_v4().simple())
+}
+
+/// Run each `async fn NAME(b: Backend)` as two tests: `on_dir::NAME` and `on_s3::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_dir {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::common::Backend::Dir).await
+                }
+            )*
+        }
+        mod on_s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::common::Backend::S3).await
+                }
+            )*
+        }
+    };
 }

@@ -4,6 +4,7 @@
 //! is missing they say so and pass only if `FERRY_REQUIRE_INTEROP` is unset. `.ci/run` sets it, so
 //! in CI a missing tool is a failure, never a silent skip.
 
+#[macro_use]
 mod common;
 
 mod compose;
