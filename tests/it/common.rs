@@ -114,6 +114,16 @@ impl TestServer {
         }
     }
 
+    /// The records as `index.json` holds them (a bucket's, gathered from its record objects).
+    pub async fn index_json(&self) -> serde_json::Value {
+        match &self.prefix {
+            None => serde_json::from_slice(&std::fs::read(self.dir.join("index.json")).unwrap())
+                .unwrap(),
+            Some(_) => serde_json::to_value(&self.other_store().await.index().await.unwrap().file)
+                .unwrap(),
+        }
+    }
+
     /// Hex names of the stored blobs of one algorithm.
     pub async fn blob_hexes(&self, alg: &str) -> Vec<String> {
         let mut v: Vec<String> = match &self.prefix {
