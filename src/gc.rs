@@ -7,10 +7,13 @@
 //! sweep takes that lock exclusively for each victim and re-checks its age under it. So a blob a
 //! client was told about is younger than the grace period and is not swept while the client goes
 //! on to push the manifest that references it — also when `ferry gc` runs as another process.
-//! `index.json` is re-read right before the sweep, so a manifest recorded during the mark is seen.
+//! `index.json` is re-read right before the sweep, so a manifest recorded during the mark is seen;
+//! a promise counts from the moment of that last mark, not from the moment of its sweep, so a
+//! sweep that takes longer than the grace period still keeps what a client may reference.
+//! A bucket has no lock: see [`crate::layout::bucket`] for the marker protocol that replaces it.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -60,7 +63,7 @@ fn mark(store: &Store, tally: &Tally) -> Result<BTreeSet<Digest>> {
     tally.phase("marking", idx.file.manifests.len() as u64, 0);
     let mut live = BTreeSet::new();
     for d in &idx.file.manifests {
-        let (reach, _) = reachable(store, &d.digest, &d.media_type);
+        let (reach, _) = reachable(store, &d.digest, &d.media_type)?;
         live.extend(reach);
         tally.done(1, 0);
     }
@@ -77,7 +80,10 @@ pub fn gc_with(store: &Store, grace: Duration, dry_run: bool, tally: &Tally) -> 
     let start = std::time::Instant::now();
     let mut live = mark(store, tally)?;
     let files = store.list_blobs_sync()?;
-    // Manifests recorded while we were marking are live too.
+    // Manifests recorded while we were marking are live too. A blob promised less than `grace`
+    // before this moment may be referenced by a manifest recorded after it: the sweep keeps those
+    // (however long the sweep itself takes).
+    let marked_at = SystemTime::now();
     live.extend(mark(store, tally)?);
     tally.phase("sweeping", files.len() as u64, 0);
     let mut r = GcReport {
@@ -109,7 +115,7 @@ pub fn gc_with(store: &Store, grace: Duration, dry_run: bool, tally: &Tally) -> 
             continue;
         }
         // Checked again at the moment of removal, ordered against promises.
-        match store.sweep_blob_sync(d, grace)? {
+        match store.sweep_blob_sync(d, grace, marked_at)? {
             Some(freed) => {
                 r.swept += 1;
                 r.bytes_freed += freed;

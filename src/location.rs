@@ -196,6 +196,7 @@ impl fmt::Display for Location {
                 }
             }
             Location::Dir { path } => write!(f, "oci:{}", path.display()),
+            Location::Bucket { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
             Location::Bucket { bucket, prefix } => {
                 write!(f, "s3://{bucket}/{}", prefix.trim_end_matches('/'))
             }

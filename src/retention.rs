@@ -229,7 +229,7 @@ pub fn plan(store: &Store, policy: &Policy) -> Result<Plan> {
         let (Some(repo), Some(tag)) = d.repo_and_tag() else {
             continue;
         };
-        let (reach, _) = reachable(store, &d.digest, &d.media_type);
+        let (reach, _) = reachable(store, &d.digest, &d.media_type)?;
         let tagged = d
             .tagged_at()
             .unwrap_or_else(|| store.stored_at(&d.digest).map_or(0, millis));

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layout::{BlobEntry, Checked, Store};
 use crate::media::{self, EdgeKind};
 use crate::progress::Tally;
@@ -134,12 +134,16 @@ pub fn rehash(store: &Store, blobs: &[BlobEntry], jobs: usize, tally: &Tally) ->
     }
 }
 
-/// Everything reachable from one manifest: (digests, digests missing on disk).
+/// Everything reachable from one manifest: (digests, digests missing from the store).
+///
+/// A store that cannot answer (an I/O error, an object store's 503) is an error, never
+/// "missing": GC marks with this, and a child left unmarked because a request failed would be
+/// swept.
 pub fn reachable(
     store: &Store,
     root: &Digest,
     media_type: &str,
-) -> (BTreeSet<Digest>, BTreeSet<Digest>) {
+) -> Result<(BTreeSet<Digest>, BTreeSet<Digest>)> {
     let mut seen = BTreeSet::new();
     let mut missing = BTreeSet::new();
     let mut stack = vec![(root.clone(), Some(media_type.to_owned()))];
@@ -149,7 +153,7 @@ pub fn reachable(
         }
         // Present means a regular file (or a symlink inside the layout to one): a FIFO or a
         // symlink leaving the layout under this name is missing content, and never opened.
-        let Some(size) = store.blob_size_sync(&d) else {
+        let Some(size) = store.blob_size_checked_sync(&d)? else {
             missing.insert(d);
             continue;
         };
@@ -157,9 +161,13 @@ pub fn reachable(
         if size > media::MAX_MANIFEST_BYTES {
             continue;
         }
-        let Ok(bytes) = store.read_small_sync(&d, media::MAX_MANIFEST_BYTES) else {
-            missing.insert(d);
-            continue;
+        let bytes = match store.read_small_sync(&d, media::MAX_MANIFEST_BYTES) {
+            Ok(b) => b,
+            Err(Error::BlobUnknown(_) | Error::BlobUnreadable { .. }) => {
+                missing.insert(d);
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         let Ok(info) = media::parse_manifest(&bytes, Some(&mt)) else {
             continue;
@@ -169,7 +177,7 @@ pub fn reachable(
             stack.push((e.digest, child_mt));
         }
     }
-    (seen, missing)
+    Ok((seen, missing))
 }
 
 pub fn verify(store: &Store, jobs: usize, repair: bool) -> Result<VerifyReport> {
@@ -206,7 +214,7 @@ pub fn verify_with(
     let idx = store.index_sync()?;
     let mut missing_all = BTreeSet::new();
     for d in &idx.file.manifests {
-        let (reach, missing) = reachable(store, &d.digest, &d.media_type);
+        let (reach, missing) = reachable(store, &d.digest, &d.media_type)?;
         let mut lacking: Vec<String> = missing.iter().map(ToString::to_string).collect();
         lacking.extend(
             reach

@@ -49,9 +49,15 @@ pub async fn open_store(
     read_only: bool,
 ) -> anyhow::Result<ferry::layout::Store> {
     use anyhow::Context;
-    ferry::layout::Store::open_at(loc, read_only)
-        .await
-        .with_context(|| format!("opening {loc}"))
+    match loc {
+        // A bucket's errors name it already, in one line.
+        ferry::location::Location::Bucket { .. } => {
+            Ok(ferry::layout::Store::open_at(loc, read_only).await?)
+        }
+        _ => ferry::layout::Store::open_at(loc, read_only)
+            .await
+            .with_context(|| format!("opening {loc}")),
+    }
 }
 
 #[derive(clap::Args)]

@@ -85,7 +85,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The innermost message of an error chain (the S3 error code and message, usually), one line.
+/// An error chain in one short line: the S3 error's `<Code>` and `<Message>` when the store
+/// sent one, else the innermost cause (a refused connection, a timeout).
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur: &(dyn std::error::Error + 'static) = e;
     let mut msgs = vec![cur.to_string()];
@@ -94,7 +95,23 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s;
     }
     let all = msgs.join(": ");
-    let line: String = all.split_whitespace().collect::<Vec<_>>().join(" ");
+    let tag = |t: &str| {
+        let open = format!("<{t}>");
+        let start = all.find(&open)? + open.len();
+        let len = all[start..].find('<')?;
+        Some(all[start..start + len].to_owned())
+    };
+    let line = match (tag("Code"), tag("Message")) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c,
+        _ => msgs
+            .iter()
+            .rev()
+            .find(|m| !m.trim().is_empty())
+            .cloned()
+            .unwrap_or(all.clone()),
+    };
+    let line: String = line.split_whitespace().collect::<Vec<_>>().join(" ");
     crate::reference::truncate(&line)
 }
 
@@ -141,7 +158,11 @@ impl Bucket {
                 .map(|(_, v)| v.clone())
                 .or_else(|| std::env::var(k).ok())
         };
-        let here = format!("s3://{name}/{}", prefix.trim_end_matches('/'));
+        let here = crate::location::Location::Bucket {
+            bucket: name.to_owned(),
+            prefix: prefix.to_owned(),
+        }
+        .to_string();
         let usage = |m: String| Error::Usage(format!("{here}: {m}"));
         let mut opts = ClientOptions::new()
             // A whole GET may stream a large blob to a slow client: no overall limit, but a
@@ -214,7 +235,10 @@ impl Bucket {
             } else {
                 "the store refused".to_owned()
             };
-            return Err(usage(format!("{why}: {m}")));
+            return Err(Error::Storage {
+                what: here,
+                message: format!("{why} ({m})"),
+            });
         }
         match b.get_small("oci-layout", 64 << 10).await? {
             Some(bytes) => {
@@ -240,7 +264,11 @@ impl Bucket {
     }
 
     pub fn describe(&self) -> String {
-        format!("s3://{}/{}", self.name, self.prefix.trim_end_matches('/'))
+        crate::location::Location::Bucket {
+            bucket: self.name.clone(),
+            prefix: self.prefix.clone(),
+        }
+        .to_string()
     }
 
     fn path(&self, rel: &str) -> Path {
@@ -437,20 +465,30 @@ impl Bucket {
         publish().await
     }
 
-    /// Sweep one unreferenced blob unless it was promised within `grace` or is younger than it.
-    /// Returns the bytes freed, or `None` when it was kept.
-    pub async fn sweep(&self, d: &Digest, grace: Duration) -> Result<Option<u64>> {
+    /// Sweep one unreferenced blob unless it was written or promised less than `grace` before
+    /// `marked_at` (GC's last reading of the records). Returns the bytes freed, or `None` when
+    /// it was kept.
+    pub async fn sweep(
+        &self,
+        d: &Digest,
+        grace: Duration,
+        marked_at: SystemTime,
+    ) -> Result<Option<u64>> {
+        // Last-Modified has one-second resolution (rounded down): a second of slack.
+        let recent = |m: &ObjectMeta| {
+            SystemTime::from(m.last_modified) + grace + Duration::from_secs(1) > marked_at
+        };
         let marker = format!(".ferry/sweeping/{}", flat(d));
         self.put(&marker, Bytes::new()).await?;
         let out = async {
             let promised = self.head(&format!(".ferry/promises/{}", flat(d))).await?;
-            if promised.is_some_and(|m| age_of(&m) < grace) {
+            if promised.as_ref().is_some_and(recent) {
                 return Ok(None);
             }
             let Some(m) = self.head(&blob_key(d)).await? else {
                 return Ok(Some(0));
             };
-            if age_of(&m) < grace {
+            if recent(&m) {
                 return Ok(None);
             }
             self.delete(&blob_key(d)).await?;
@@ -461,11 +499,12 @@ impl Bucket {
         out
     }
 
-    /// Promise records older than `grace` protect nothing any more.
+    /// Promise records that protect nothing any more. A GC running elsewhere may still be
+    /// sweeping against an older mark, so a record is kept an hour past the grace period.
     pub async fn expire_promises(&self, grace: Duration) -> Result<usize> {
         let mut n = 0;
         for (k, m) in self.list(".ferry/promises/").await? {
-            if age_of(&m) >= grace {
+            if age_of(&m) >= grace + Duration::from_secs(3600) {
                 self.delete(&k).await?;
                 n += 1;
             }

@@ -463,6 +463,15 @@ impl Store {
         }
     }
 
+    /// [`Store::blob_size_sync`] that tells "absent" (`Ok(None)`) from "the store could not say"
+    /// (an error): what GC's mark needs.
+    pub fn blob_size_checked_sync(&self, d: &Digest) -> Result<Option<u64>> {
+        match &self.backend {
+            Backend::Dir(files) => Ok(read::regular_size(&files.canon, &files.blob_path(d))?),
+            Backend::Bucket(b) => b.block_on(b.blob_size(d)),
+        }
+    }
+
     /// A whole manifest (or another small blob), refused past `limit` bytes (a directory reads
     /// it through [`read::read_regular`]).
     pub fn read_small_sync(&self, d: &Digest, limit: u64) -> Result<Vec<u8>> {
@@ -566,10 +575,18 @@ impl Store {
     /// promised to a client within it — checked again at the moment of removal, ordered against
     /// promises (a directory: `.ferry/gc.lock`, exclusive here and shared by promises; a
     /// bucket: the marker protocol of [`bucket`]). Returns the bytes freed, or `None` if kept.
-    pub fn sweep_blob_sync(&self, d: &Digest, grace: std::time::Duration) -> Result<Option<u64>> {
+    ///
+    /// `marked_at` is when GC last read the records: a blob written or promised less than `grace`
+    /// before it may belong to a manifest recorded since, and is kept.
+    pub fn sweep_blob_sync(
+        &self,
+        d: &Digest,
+        grace: std::time::Duration,
+        marked_at: std::time::SystemTime,
+    ) -> Result<Option<u64>> {
         match &self.backend {
-            Backend::Dir(files) => files.sweep(d, grace),
-            Backend::Bucket(b) => b.block_on(b.sweep(d, grace)),
+            Backend::Dir(files) => files.sweep(d, grace, marked_at),
+            Backend::Bucket(b) => b.block_on(b.sweep(d, grace, marked_at)),
         }
     }
 
@@ -1420,19 +1437,21 @@ impl StoreFiles {
     /// Remove an unreferenced blob under the exclusive GC lock, re-checking its age there: a
     /// promise (shared lock) either came first and made it young, or comes after and finds it
     /// gone. A name that is no content is removed without being opened; a directory is kept.
-    fn sweep(&self, d: &Digest, grace: std::time::Duration) -> Result<Option<u64>> {
+    fn sweep(
+        &self,
+        d: &Digest,
+        grace: std::time::Duration,
+        marked_at: std::time::SystemTime,
+    ) -> Result<Option<u64>> {
         let l = read::open_private(&self.gc_lock_path(), true, false)?;
         l.lock()?;
         let path = self.blob_path(d);
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             return Ok(Some(0));
         };
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
-            .unwrap_or_default();
-        if age < grace || meta.is_dir() {
+        // Written or promised (mtime) less than `grace` before the mark: keep.
+        let recent = meta.modified().map_or(true, |m| m + grace > marked_at);
+        if recent || meta.is_dir() {
             return Ok(None);
         }
         match std::fs::remove_file(&path) {

@@ -84,6 +84,17 @@ impl TestServer {
         }
     }
 
+    /// A registry (a replica) on `s3://ferry/<prefix>` of the test cluster, with `serve`'s
+    /// options.
+    pub async fn start_s3(g: &Garage, prefix: &str, opts: ServerOpts) -> TestServer {
+        let store = open_s3(g, prefix, opts.read_only).await;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = TestServer::serve_store(store, tmp.path().join("unused"), opts).await;
+        s.prefix = Some(prefix.to_owned());
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// Another store on the same data (a second process or replica).
     pub async fn other_store(&self) -> Store {
         match &self.prefix {

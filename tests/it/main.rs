@@ -20,6 +20,7 @@ mod interop_skopeo;
 mod limits;
 mod oci_client;
 mod process;
+mod replicas;
 mod shared_mirror;
 mod storage;
 mod sync;

@@ -780,3 +780,113 @@ async fn check_reports_caches_and_names_missing_and_corrupt_blobs() {
         "{text}"
     );
 }
+
+/// `ferry ARGS` with the test cluster's S3 settings; panics with its output unless it exits 0.
+fn ferry_s3(g: &Garage, args: &[&str]) -> String {
+    let out = std::process::Command::new(ferry_bin())
+        .args(args)
+        .envs(g.envs())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ferry {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Tag names an index.json records.
+fn tag_names(dir: &Path) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mut t: Vec<String> = v["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .map(str::to_owned)
+        .collect();
+    t.sort();
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usb_dir_to_bucket_to_bucket_to_dir_byte_identical_and_deltas_either_side() {
+    let Some(g) = garage() else {
+        return;
+    };
+    // A USB directory with every BuildKit shape and an image with a multi-part layer.
+    let tmp = tempfile::tempdir().unwrap();
+    let usb_dir = tmp.path().join("usb");
+    let online = TestServer::start_on(&usb_dir, false).await;
+    for name in RECORDED {
+        replay_push(&online.url, name).await;
+    }
+    let big = bytes(12 << 20, 70);
+    push_layers(&online.url, "big", "v1", b"{\"big\":1}", &[&big]).await;
+    online.stop().await;
+    let usb = usb_dir.display().to_string();
+    let (p1, p2) = (fresh_prefix(), fresh_prefix());
+    let (b1, b2) = (format!("s3://ferry/{p1}"), format!("s3://ferry/{p2}"));
+    let back = tmp.path().join("back");
+    let back_s = back.display().to_string();
+
+    ferry_s3(g, &["sync", &usb, &b1]);
+    ferry_s3(g, &["sync", &b1, &b2]);
+    ferry_s3(g, &["sync", &b2, &back_s]);
+    // Every blob byte for byte, every tag.
+    let blobs = |d: &Path| {
+        let mut m = std::collections::BTreeMap::new();
+        for hex in blob_files(d) {
+            m.insert(
+                hex.clone(),
+                std::fs::read(d.join("blobs/sha256").join(&hex)).unwrap(),
+            );
+        }
+        m
+    };
+    assert_eq!(blobs(&back), blobs(&usb_dir));
+    assert_eq!(tag_names(&back), tag_names(&usb_dir));
+    // verify, check and inventory take a bucket as they take a directory.
+    assert!(ferry_s3(g, &["verify", &b2]).contains("all blobs intact"));
+    ferry_s3(g, &["check", &b2]);
+    let inv_bucket = ferry_s3(g, &["inventory", &b2]);
+    let inv_dir = ferry_s3(g, &["inventory", &back_s]);
+    let digests = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(digests(&inv_bucket), digests(&inv_dir));
+    assert_eq!(digests(&inv_dir).len(), blob_files(&back).len());
+
+    // Deltas. The connected side (bucket 1) gets a new version; the offline side (bucket 2 and
+    // the directory) says what it has.
+    let online = TestServer::start_on(&usb_dir, false).await;
+    let app = bytes(60_000, 71);
+    push_layers(&online.url, "big", "v2", b"{\"big\":2}", &[&big, &app]).await;
+    online.stop().await;
+    ferry_s3(g, &["sync", &usb, &b1]);
+    let have = tmp.path().join("have.txt");
+    std::fs::write(&have, &inv_bucket).unwrap();
+    // Bucket as the source of a delta: only what the far side lacks travels.
+    let delta = tmp.path().join("delta");
+    let delta_s = delta.display().to_string();
+    ferry_s3(
+        g,
+        &["sync", &b1, &delta_s, "--have", have.to_str().unwrap()],
+    );
+    let in_delta = blob_files(&delta);
+    assert!(in_delta.contains(&sha256(&app).hex().to_owned()));
+    assert!(!in_delta.contains(&sha256(&big).hex().to_owned()));
+    // Bucket as the destination a delta is applied to, and the directory too.
+    ferry_s3(g, &["sync", &delta_s, &b2]);
+    ferry_s3(g, &["sync", &delta_s, &back_s]);
+    assert!(ferry_s3(g, &["verify", &b2]).contains("all blobs intact"));
+    let names = ferry_s3(g, &["check", &b2]);
+    assert!(names.contains("big:v2"), "{names}");
+    assert_eq!(blobs(&back), blobs(&usb_dir));
+}
