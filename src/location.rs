@@ -130,7 +130,10 @@ impl Location {
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if !is_valid_bucket(bucket) {
-                return Err(bad(s, "invalid bucket name (S3 naming rules: 3-63 of a-z 0-9 . -)"));
+                return Err(bad(
+                    s,
+                    "invalid bucket name (S3 naming rules: 3-63 of a-z 0-9 . -)",
+                ));
             }
             let prefix = parse_prefix(prefix).ok_or_else(|| bad(s, "invalid key prefix"))?;
             return Ok(Location::Bucket {

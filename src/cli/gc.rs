@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-
 use super::{data_location, duration, open_store, regex, usage};
 
 #[derive(clap::Args)]

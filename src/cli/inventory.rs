@@ -19,7 +19,8 @@ pub struct Args {
 pub async fn run(a: Args) -> anyhow::Result<i32> {
     let loc = ferry::location::Location::parse(&a.location)?;
     let place =
-        ferry::sync::Place::open(&loc, &a.remote.options(a.remote.src_creds.clone()), false).await?;
+        ferry::sync::Place::open(&loc, &a.remote.options(a.remote.src_creds.clone()), false)
+            .await?;
     let digests = place.inventory(&loc).await?;
     let text = ferry::sync::format_inventory(&loc, &digests);
     match a.output {

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-
 use super::{data_location, open_store, report_checks, EXIT_FAILED};
 
 #[derive(clap::Args)]

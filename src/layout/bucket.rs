@@ -175,7 +175,10 @@ impl Bucket {
         }
         if let Some(ca) = var("AWS_CA_BUNDLE").filter(|v| !v.is_empty()) {
             let pem = std::fs::read(&ca).map_err(|e| {
-                usage(format!("AWS_CA_BUNDLE {}: {e}", std::path::Path::new(&ca).display()))
+                usage(format!(
+                    "AWS_CA_BUNDLE {}: {e}",
+                    std::path::Path::new(&ca).display()
+                ))
             })?;
             for c in object_store::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| usage(format!("AWS_CA_BUNDLE: {}", innermost(&e))))?
@@ -222,14 +225,26 @@ impl Bucket {
                 e,
                 object_store::Error::Unauthenticated { .. }
                     | object_store::Error::PermissionDenied { .. }
-            ) || ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "403"]
-                .iter()
-                .any(|k| m.contains(k))
+            ) || [
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "AccessDenied",
+                "Forbidden",
+                "403",
+            ]
+            .iter()
+            .any(|k| m.contains(k))
             {
                 "credentials refused (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)".to_owned()
-            } else if ["connect", "dns", "timed out", "error sending request", "Connection refused"]
-                .iter()
-                .any(|k| m.contains(k))
+            } else if [
+                "connect",
+                "dns",
+                "timed out",
+                "error sending request",
+                "Connection refused",
+            ]
+            .iter()
+            .any(|k| m.contains(k))
             {
                 format!("endpoint unreachable ({endpoint})")
             } else {
@@ -569,8 +584,10 @@ impl Bucket {
         }
         let mut keys: Vec<&String> = fresh.keys().collect();
         keys.sort();
-        let mut file = IndexFile::default();
-        file.manifests = keys.iter().map(|k| fresh[*k].1.clone()).collect();
+        let file = IndexFile {
+            manifests: keys.iter().map(|k| fresh[*k].1.clone()).collect(),
+            ..Default::default()
+        };
         *lock(&self.records) = fresh;
         Ok(file)
     }
@@ -720,7 +737,12 @@ impl Bucket {
 
     /// Append a chunk to a session; returns the new length. The state is saved after the parts
     /// and the tail it names, so a crash leaves the session where it was.
-    pub async fn upload_append<S, E>(&self, id: &str, range_start: Option<u64>, body: S) -> Result<u64>
+    pub async fn upload_append<S, E>(
+        &self,
+        id: &str,
+        range_start: Option<u64>,
+        body: S,
+    ) -> Result<u64>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
@@ -747,7 +769,8 @@ impl Bucket {
         }
         s.hash = hex::encode(hasher.save());
         self.save_session(id, &s).await?;
-        if let Some(old) = old_tail.filter(|o| *o != format!(".ferry/uploads/{id}/tail-{}", s.len)) {
+        if let Some(old) = old_tail.filter(|o| *o != format!(".ferry/uploads/{id}/tail-{}", s.len))
+        {
             let _ = self.delete(&old).await;
         }
         if let Some(e) = broken {
@@ -853,12 +876,12 @@ impl Bucket {
         // Published or refused: the session is over either way (a store error keeps it, so the
         // client can retry the PUT).
         if !matches!(res, Err(Error::Storage { .. })) {
-            self.drop_session(id, &s).await;
+            self.drop_session(id).await;
         }
         res
     }
 
-    async fn drop_session(&self, id: &str, s: &Session) {
+    async fn drop_session(&self, id: &str) {
         if let Ok(all) = self.list(&format!(".ferry/uploads/{id}/")).await {
             for (k, _) in all {
                 if !k.ends_with("/state") {
@@ -866,7 +889,6 @@ impl Bucket {
                 }
             }
         }
-        let _ = s;
         let _ = self.delete(&format!(".ferry/uploads/{id}/state")).await;
         lock(&self.sessions).remove(id);
     }
@@ -881,7 +903,7 @@ impl Bucket {
                 .abort_multipart(&self.path(&format!(".ferry/uploads/{id}/data")), mid)
                 .await;
         }
-        self.drop_session(id, &s).await;
+        self.drop_session(id).await;
         Ok(())
     }
 
@@ -923,33 +945,32 @@ where
     S: Stream<Item = io::Result<Bytes>> + Send + 'static,
 {
     let body = Box::pin(body);
-    futures_util::stream::unfold(
-        (body, 0u64, false),
-        move |(mut body, seen, done)| {
-            let what = what.clone();
-            async move {
-                if done {
-                    return None;
-                }
-                match body.next().await {
-                    Some(Ok(b)) => {
-                        let seen = seen + b.len() as u64;
-                        if seen > count {
-                            let e = io::Error::other(format!("{what}: the store sent more than {count} bytes"));
-                            return Some((Err(e), (body, seen, true)));
-                        }
-                        Some((Ok(b), (body, seen, false)))
-                    }
-                    Some(Err(e)) => Some((Err(e), (body, seen, true))),
-                    None if seen < count => {
-                        let e = io::Error::other(format!(
-                            "{what}: the store ended after {seen} of {count} bytes"
-                        ));
-                        Some((Err(e), (body, seen, true)))
-                    }
-                    None => None,
-                }
+    futures_util::stream::unfold((body, 0u64, false), move |(mut body, seen, done)| {
+        let what = what.clone();
+        async move {
+            if done {
+                return None;
             }
-        },
-    )
+            match body.next().await {
+                Some(Ok(b)) => {
+                    let seen = seen + b.len() as u64;
+                    if seen > count {
+                        let e = io::Error::other(format!(
+                            "{what}: the store sent more than {count} bytes"
+                        ));
+                        return Some((Err(e), (body, seen, true)));
+                    }
+                    Some((Ok(b), (body, seen, false)))
+                }
+                Some(Err(e)) => Some((Err(e), (body, seen, true))),
+                None if seen < count => {
+                    let e = io::Error::other(format!(
+                        "{what}: the store ended after {seen} of {count} bytes"
+                    ));
+                    Some((Err(e), (body, seen, true)))
+                }
+                None => None,
+            }
+        }
+    })
 }

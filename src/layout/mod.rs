@@ -152,6 +152,9 @@ pub struct Store {
     /// When each manifest's read marker was last refreshed by this process (rate limit).
     reads: Mutex<std::collections::HashMap<Digest, std::time::Instant>>,
     cache: Mutex<Option<(Stamp, Arc<Index>)>>,
+    /// A bucket's records as last read: a manifest's recorded media type never changes, so a
+    /// lookup by digest that finds it here needs no listing.
+    last_records: Mutex<Option<Arc<Index>>>,
     index_write: tokio::sync::Mutex<()>,
     uploads: Uploads,
 }
@@ -213,6 +216,7 @@ impl Store {
             read_only,
             reads: Mutex::new(Default::default()),
             cache: Mutex::new(None),
+            last_records: Mutex::new(None),
             index_write: tokio::sync::Mutex::new(()),
         };
         if !read_only {
@@ -251,6 +255,7 @@ impl Store {
                     read_only,
                     reads: Mutex::new(Default::default()),
                     cache: Mutex::new(None),
+                    last_records: Mutex::new(None),
                     index_write: tokio::sync::Mutex::new(()),
                     uploads: Uploads::new(PathBuf::new()),
                 })
@@ -287,7 +292,6 @@ impl Store {
         ] {
             std::fs::create_dir_all(files.root.join(d))?;
         }
-        let _ = &self.read_only;
         // Leftovers of a crash: temp files are never referenced, so they can always go.
         for entry in std::fs::read_dir(files.tmp_dir())? {
             let _ = std::fs::remove_file(entry?.path());
@@ -343,7 +347,11 @@ impl Store {
     pub async fn index(&self) -> Result<Arc<Index>> {
         match &self.backend {
             Backend::Dir(files) => self.dir_index(files),
-            Backend::Bucket(b) => Ok(Arc::new(Index::new(b.load_index().await?))),
+            Backend::Bucket(b) => {
+                let idx = Arc::new(Index::new(b.load_index().await?));
+                *self.last_records.lock().unwrap_or_else(|p| p.into_inner()) = Some(idx.clone());
+                Ok(idx)
+            }
         }
     }
 
@@ -662,7 +670,6 @@ impl Store {
         .await
     }
 
-
     /// Record that a manifest was read (retention's "read in the last D days"). Cheap: the
     /// marker file's mtime, refreshed at most once an hour per manifest, never index.json.
     pub async fn note_read(&self, d: &Digest) {
@@ -701,7 +708,10 @@ impl Store {
     /// When a manifest was last read, if ever (through this data directory's servers).
     pub fn last_read(&self, d: &Digest) -> Option<std::time::SystemTime> {
         match &self.backend {
-            Backend::Dir(files) => std::fs::metadata(files.read_marker(d)).ok()?.modified().ok(),
+            Backend::Dir(files) => std::fs::metadata(files.read_marker(d))
+                .ok()?
+                .modified()
+                .ok(),
             Backend::Bucket(b) => b.block_on(b.last_read(d)),
         }
     }
@@ -824,7 +834,6 @@ impl Store {
         })
         .await
     }
-
 
     /// Import a blob of known digest and size from a source that can start at an offset,
     /// verifying it and resuming a partial file left by an earlier, interrupted run.
@@ -1213,13 +1222,25 @@ impl Store {
                 let d = idx.tag(repo.as_str(), t).ok_or_else(unknown)?;
                 (d.digest.clone(), Some(d.media_type.clone()))
             }
-            (Reference::Digest(d), _) => {
-                let idx = self.index().await?;
-                (
-                    d.clone(),
-                    idx.by_digest(repo.as_str(), d)
+            (Reference::Digest(d), backend) => {
+                let known = match backend {
+                    Backend::Bucket(_) => self
+                        .last_records
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_ref()
+                        .and_then(|i| i.by_digest(repo.as_str(), d).map(|x| x.media_type.clone())),
+                    Backend::Dir(_) => None,
+                };
+                let media_type = match known {
+                    Some(mt) => Some(mt),
+                    None => self
+                        .index()
+                        .await?
+                        .by_digest(repo.as_str(), d)
                         .map(|x| x.media_type.clone()),
-                )
+                };
+                (d.clone(), media_type)
             }
         };
         let size = self.blob_size(&digest).await?.ok_or_else(unknown)?;
@@ -1276,12 +1297,13 @@ impl Store {
                     // No repository records it any more: drop the bytes too, so a GET by digest
                     // answers 404 as clients expect after a delete.
                     match &self.backend {
-                        Backend::Dir(files) => match tokio::fs::remove_file(files.blob_path(d)).await
-                        {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                            Err(e) => return Err(e.into()),
-                        },
+                        Backend::Dir(files) => {
+                            match tokio::fs::remove_file(files.blob_path(d)).await {
+                                Ok(()) => {}
+                                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
                         Backend::Bucket(b) => b.delete(&bucket::blob_key(d)).await?,
                     }
                 }
@@ -1381,11 +1403,9 @@ impl StoreFiles {
     /// Where a blob being imported by `ferry sync` is kept until it is complete: a later run
     /// continues it from its length instead of starting again.
     fn partial_path(&self, d: &Digest) -> PathBuf {
-        self.root.join(".ferry/partial").join(format!(
-            "{}-{}",
-            d.algorithm().as_str(),
-            d.hex()
-        ))
+        self.root
+            .join(".ferry/partial")
+            .join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
     }
 
     fn list_blobs(&self) -> Vec<BlobEntry> {

@@ -526,7 +526,11 @@ async fn tags(app: &App, params: Vec<(String, String)>, r: &RepoName) -> HResult
     if !idx.has_repo(r.as_str()) {
         return Err(Error::NameUnknown(r.to_string()).into());
     }
-    let (page, link) = paginate(&params, idx.tags_of(r.as_str()), &format!("/v2/{r}/tags/list"))?;
+    let (page, link) = paginate(
+        &params,
+        idx.tags_of(r.as_str()),
+        &format!("/v2/{r}/tags/list"),
+    )?;
     Ok(json_response(
         json!({ "name": r.as_str(), "tags": page }),
         link,

@@ -74,9 +74,12 @@ impl TestServer {
                 let prefix = fresh_prefix();
                 let store = open_s3(g, &prefix, false).await;
                 let tmp = tempfile::tempdir().expect("tempdir");
-                let mut s =
-                    TestServer::serve_store(store, tmp.path().join("unused"), ServerOpts::default())
-                        .await;
+                let mut s = TestServer::serve_store(
+                    store,
+                    tmp.path().join("unused"),
+                    ServerOpts::default(),
+                )
+                .await;
                 s.prefix = Some(prefix);
                 s._tmp = Some(tmp);
                 Some(s)
@@ -118,10 +121,12 @@ impl TestServer {
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect(),
-            Some(p) => garage()
-                .expect("garage")
-                .keys(&format!("{p}.ferry/uploads/"))
-                .await,
+            Some(p) => {
+                garage()
+                    .expect("garage")
+                    .keys(&format!("{p}.ferry/uploads/"))
+                    .await
+            }
         }
     }
 
@@ -130,8 +135,9 @@ impl TestServer {
         match &self.prefix {
             None => serde_json::from_slice(&std::fs::read(self.dir.join("index.json")).unwrap())
                 .unwrap(),
-            Some(_) => serde_json::to_value(&self.other_store().await.index().await.unwrap().file)
-                .unwrap(),
+            Some(_) => {
+                serde_json::to_value(&self.other_store().await.index().await.unwrap().file).unwrap()
+            }
         }
     }
 
@@ -145,10 +151,12 @@ impl TestServer {
                         .collect()
                 })
                 .unwrap_or_default(),
-            Some(p) => garage()
-                .expect("garage")
-                .keys(&format!("{p}blobs/{alg}/"))
-                .await,
+            Some(p) => {
+                garage()
+                    .expect("garage")
+                    .keys(&format!("{p}blobs/{alg}/"))
+                    .await
+            }
         };
         v.sort();
         v

@@ -12,7 +12,9 @@ use crate::common::*;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// Three replicas on one fresh prefix.
-async fn three(opts: impl Fn() -> ServerOpts) -> Option<(&'static Garage, String, Vec<TestServer>)> {
+async fn three(
+    opts: impl Fn() -> ServerOpts,
+) -> Option<(&'static Garage, String, Vec<TestServer>)> {
     let g = garage()?;
     let prefix = fresh_prefix();
     let mut v = Vec::new();
@@ -154,7 +156,10 @@ async fn an_upload_split_across_three_replicas_completes() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[5_242_000..=5_243_000]);
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        &data[5_242_000..=5_243_000]
+    );
     assert!(
         g.keys(&format!("{prefix}.ferry/uploads/")).await.is_empty(),
         "session objects left"
@@ -311,13 +316,19 @@ async fn a_bucket_that_cannot_be_used_is_one_line_naming_why() {
             c.env(k, v);
         }
         let out = c.output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     for (data, change, says) in [
         ("s3://no-such-bucket", vec![], "no such bucket"),
         (
             "s3://ferry",
-            vec![("AWS_SECRET_ACCESS_KEY", "0000000000000000000000000000000000000000000000000000000000000000")],
+            vec![(
+                "AWS_SECRET_ACCESS_KEY",
+                "0000000000000000000000000000000000000000000000000000000000000000",
+            )],
             "credentials refused",
         ),
         (

@@ -287,7 +287,9 @@ async fn delta_trip_inventory_have_apply() {
     // The offline side says what it has.
     let have = tmp.path().join("have.txt");
     let loc = Location::parse(&off_s).unwrap();
-    let place = ferry::sync::Place::open(&loc, &Default::default(), false).await.unwrap();
+    let place = ferry::sync::Place::open(&loc, &Default::default(), false)
+        .await
+        .unwrap();
     let digests = place.inventory(&loc).await.unwrap();
     std::fs::write(&have, ferry::sync::format_inventory(&loc, &digests)).unwrap();
 
