@@ -164,11 +164,17 @@ impl Bucket {
         }
         .to_string();
         let usage = |m: String| Error::Usage(format!("{here}: {m}"));
+        // A stalled store is noticed after this long without a byte (FERRY_S3_READ_TIMEOUT,
+        // e.g. `10s`); each request is retried three times within 30 s before it fails.
+        let read_timeout = match var("FERRY_S3_READ_TIMEOUT") {
+            Some(v) => crate::gc::parse_duration(&v)
+                .map_err(|e| usage(format!("FERRY_S3_READ_TIMEOUT: {e}")))?,
+            None => Duration::from_secs(30),
+        };
         let mut opts = ClientOptions::new()
-            // A whole GET may stream a large blob to a slow client: no overall limit, but a
-            // stalled store is noticed.
+            // A whole GET may stream a large blob to a slow client: no overall limit.
             .with_timeout_disabled()
-            .with_read_timeout(Duration::from_secs(60))
+            .with_read_timeout(read_timeout)
             .with_connect_timeout(Duration::from_secs(5));
         if var("AWS_ALLOW_HTTP").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             opts = opts.with_allow_http(true);

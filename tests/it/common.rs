@@ -90,7 +90,19 @@ impl TestServer {
     /// A registry (a replica) on `s3://ferry/<prefix>` of the test cluster, with `serve`'s
     /// options.
     pub async fn start_s3(g: &Garage, prefix: &str, opts: ServerOpts) -> TestServer {
-        let store = open_s3(g, prefix, opts.read_only).await;
+        TestServer::start_s3_with(&g.settings, prefix, opts).await
+    }
+
+    /// [`TestServer::start_s3`] with other S3 settings (another endpoint, timeouts).
+    pub async fn start_s3_with(
+        settings: &[(String, String)],
+        prefix: &str,
+        opts: ServerOpts,
+    ) -> TestServer {
+        let loc = ferry::location::Location::parse(&format!("s3://ferry/{prefix}")).unwrap();
+        let store = Store::open_at_with(&loc, opts.read_only, settings)
+            .await
+            .expect("open the S3 store");
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut s = TestServer::serve_store(store, tmp.path().join("unused"), opts).await;
         s.prefix = Some(prefix.to_owned());
@@ -558,41 +570,87 @@ static GARAGE: std::sync::OnceLock<Option<Garage>> = std::sync::OnceLock::new();
 /// The test process's Garage cluster, started on first use. Missing `garage`: a failure under
 /// `FERRY_REQUIRE_INTEROP=1`, else a visible skip (`None`).
 pub fn garage() -> Option<&'static Garage> {
-    GARAGE
-        .get_or_init(|| {
-            let bin = tool("garage", &[])?;
-            let tmp = tempfile::tempdir().expect("tempdir");
-            let dir = tmp.path().join("garage");
-            // Below the ephemeral range, spread by process so parallel runs do not meet.
-            let base = 20_000 + (std::process::id() % 600) * 20;
-            let out = std::process::Command::new("bash")
-                .arg(repo_root().join("tests/garage.sh"))
-                .arg("start")
-                .arg(&dir)
-                .arg(base.to_string())
-                .env("GARAGE", &bin)
-                .env("GARAGE_PARENT_PID", std::process::id().to_string())
-                .output()
-                .expect("run tests/garage.sh");
-            assert!(
-                out.status.success(),
-                "starting Garage failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let env = std::fs::read_to_string(dir.join("env")).expect("garage env");
-            let settings = env
-                .lines()
-                .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
-            Some(Garage {
-                dir,
-                settings,
-                _tmp: tmp,
-            })
+    GARAGE.get_or_init(Garage::start).as_ref()
+}
+
+static CLUSTERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Garage {
+    /// A cluster of its own (for a test that kills nodes), stopped when dropped.
+    pub fn private() -> Option<Garage> {
+        Garage::start()
+    }
+
+    /// Node 1's S3 address.
+    pub fn endpoint(&self) -> std::net::SocketAddr {
+        let url = &self
+            .settings
+            .iter()
+            .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+            .expect("endpoint")
+            .1;
+        url.trim_start_matches("http://")
+            .parse()
+            .expect("endpoint address")
+    }
+
+    /// The settings with `changes` applied (added or replaced).
+    pub fn settings_with(&self, changes: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .settings
+            .iter()
+            .filter(|(k, _)| !changes.iter().any(|(c, _)| c == k))
+            .cloned()
+            .collect();
+        v.extend(changes.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        v
+    }
+
+    fn start() -> Option<Garage> {
+        let bin = tool("garage", &[])?;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("garage");
+        // Below the ephemeral range, spread by process (and cluster) so runs do not meet.
+        let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // A cluster spans BASE+10..BASE+31.
+        let base = 20_000 + ((std::process::id() % 100) * 3 + n % 3) * 40;
+        let out = std::process::Command::new("bash")
+            .arg(repo_root().join("tests/garage.sh"))
+            .arg("start")
+            .arg(&dir)
+            .arg(base.to_string())
+            .env("GARAGE", &bin)
+            .env("GARAGE_PARENT_PID", std::process::id().to_string())
+            .output()
+            .expect("run tests/garage.sh");
+        assert!(
+            out.status.success(),
+            "starting Garage failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = std::fs::read_to_string(dir.join("env")).expect("garage env");
+        let settings = env
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Some(Garage {
+            dir,
+            settings,
+            _tmp: tmp,
         })
-        .as_ref()
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(repo_root().join("tests/garage.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
 }
 
 /// A store on `s3://ferry/<prefix>` of the test cluster.
@@ -628,4 +686,97 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// What a [`FaultProxy`] does with the connections it accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forward to the upstream.
+    Pass = 0,
+    /// Answer every request with a 500 and close.
+    Fail500 = 1,
+    /// Read, never answer.
+    Stall = 2,
+}
+
+/// A TCP proxy in front of a store whose behaviour a test switches: a failing or stalled S3
+/// endpoint on demand. Switching drops every open connection, so pooled clients meet the new
+/// behaviour on their next request.
+pub struct FaultProxy {
+    pub addr: std::net::SocketAddr,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> FaultProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(std::sync::atomic::AtomicU8::new(ProxyMode::Pass as u8));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (m, c) = (mode.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mode = m.load(Ordering::SeqCst);
+                let h = tokio::spawn(async move {
+                    match mode {
+                        0 => {
+                            if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
+                                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                            }
+                        }
+                        1 => {
+                            // Read the request head, answer 500, close.
+                            let mut buf = vec![0u8; 65536];
+                            let mut seen = Vec::new();
+                            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                                match client.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                                }
+                            }
+                            let _ = client
+                                .write_all(
+                                    b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                                )
+                                .await;
+                        }
+                        _ => {
+                            let mut buf = vec![0u8; 65536];
+                            while let Ok(n) = client.read(&mut buf).await {
+                                if n == 0 {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+                c.lock().unwrap().push(h);
+            }
+        });
+        FaultProxy {
+            addr,
+            mode,
+            conns,
+            task,
+        }
+    }
+
+    pub fn set(&self, m: ProxyMode) {
+        self.mode
+            .store(m as u8, std::sync::atomic::Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.set(ProxyMode::Stall);
+    }
 }

@@ -21,6 +21,7 @@ mod limits;
 mod oci_client;
 mod process;
 mod replicas;
+mod s3_faults;
 mod shared_mirror;
 mod storage;
 mod sync;
