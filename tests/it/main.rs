@@ -22,6 +22,7 @@ mod oci_client;
 mod process;
 mod replicas;
 mod s3_faults;
+mod s3_lb;
 mod shared_mirror;
 mod storage;
 mod sync;

@@ -315,7 +315,7 @@ async fn log_format_json_is_one_object_per_line() {
 
 /// The port a process listens on, from its own sockets (/proc/PID/fd) and the kernel's TCP table
 /// (/proc/PID/net/tcp): known as soon as `listen(2)` returned, without a word from the process.
-fn listening_port(pid: u32) -> Option<u16> {
+pub fn listening_port(pid: u32) -> Option<u16> {
     let mut inodes = std::collections::HashSet::new();
     for e in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
         if let Ok(target) = std::fs::read_link(e.path()) {
