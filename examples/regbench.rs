@@ -2,8 +2,11 @@
 //! run and prints a side-by-side table (throughput, requests/s, each server's peak RSS).
 //!
 //! ```text
-//! regbench --target NAME=URL,PID [--target NAME=URL,PID ...] [--scale 1.0]
+//! regbench --target NAME=URL,PID[+PID...] [--target ...] [--scale 1.0] [--small N]
+//!          [--concurrent N] [--shared-mib M]
 //! ```
+//! A target served by several processes (replicas behind a balancer) lists their PIDs with `+`:
+//! CPU is their sum, peak RSS the largest one's (per replica).
 //! Peak RSS is per scenario: the server's `VmHWM` is reset before each one (`/proc/PID/clear_refs`
 //! = 5, Linux ≥ 4.0) and read after; the largest of them is the whole run's peak. Server CPU is
 //! the server process's user + system time (`/proc/PID/stat`) over the scenario, per GB moved. Blob contents are generated (never read from disk) and hashed
@@ -18,7 +21,7 @@ use sha2::Digest as _;
 struct Target {
     name: String,
     url: String,
-    pid: u32,
+    pids: Vec<u32>,
 }
 
 struct Row {
@@ -97,17 +100,28 @@ fn settle() {
     let _ = std::process::Command::new("sync").status();
 }
 
-fn reset_peak(pid: u32) {
+fn reset_peak(pids: &[u32]) {
     settle();
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    for pid in pids {
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    }
 }
 
-fn peak_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
+fn cpu_all(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu_secs(*p)).sum()
+}
+
+fn peak_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|pid| {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        })
+        .max()
         .unwrap_or(0)
 }
 
@@ -176,20 +190,28 @@ async fn pull(c: &reqwest::Client, url: &str, repo: &str, digest: &str) -> u64 {
 async fn main() {
     let mut targets = Vec::new();
     let mut scale = 1.0f64;
+    let mut small_count: Option<u64> = None;
+    let mut concurrent = 32usize;
+    let mut shared_mib: Option<f64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--target" => {
                 let v = args.next().expect("--target NAME=URL,PID");
                 let (name, rest) = v.split_once('=').expect("NAME=URL,PID");
-                let (url, pid) = rest.split_once(',').expect("URL,PID");
+                let (url, pids) = rest.split_once(',').expect("URL,PID");
                 targets.push(Target {
                     name: name.into(),
                     url: url.into(),
-                    pid: pid.parse().expect("pid"),
+                    pids: pids.split('+').map(|p| p.parse().expect("pid")).collect(),
                 });
             }
             "--scale" => scale = args.next().expect("--scale F").parse().expect("number"),
+            "--small" => small_count = Some(args.next().expect("--small N").parse().expect("n")),
+            "--concurrent" => concurrent = args.next().expect("--concurrent N").parse().expect("n"),
+            "--shared-mib" => {
+                shared_mib = Some(args.next().expect("--shared-mib M").parse().expect("m"))
+            }
             _ => panic!("unknown argument {a}"),
         }
     }
@@ -200,8 +222,8 @@ async fn main() {
         .unwrap();
     let block = block();
     let big = (1024.0 * 1024.0 * 1024.0 * scale) as u64;
-    let shared = (256.0 * 1024.0 * 1024.0 * scale) as u64;
-    let small_n = (1000.0 * scale).max(10.0) as u64;
+    let shared = (shared_mib.unwrap_or(256.0 * scale) * 1024.0 * 1024.0) as u64;
+    let small_n = small_count.unwrap_or((1000.0 * scale).max(10.0) as u64);
     let small = 64 * 1024u64;
     let mb = |bytes: u64, secs: f64| bytes as f64 / 1e6 / secs;
 
@@ -215,9 +237,9 @@ async fn main() {
     let mut rows: Vec<Row> = Vec::new();
     // CPU is counted from the last `reset_peak` (each scenario starts with one).
     let cpu_mark = std::cell::Cell::new(0.0f64);
-    let reset_peak = |pid: u32| {
-        reset_peak(pid);
-        cpu_mark.set(cpu_secs(pid));
+    let reset_peak = |pids: &[u32]| {
+        reset_peak(pids);
+        cpu_mark.set(cpu_all(pids));
     };
     let mut record = |scenario: &str, t: &Target, mbps: f64, rps: f64, peak: u64, bytes: u64| {
         let f = Figure {
@@ -225,7 +247,7 @@ async fn main() {
             mbps,
             rps,
             peak_kib: peak,
-            cpu_per_gb: (cpu_secs(t.pid) - cpu_mark.get()) / (bytes as f64 / 1e9),
+            cpu_per_gb: (cpu_all(&t.pids) - cpu_mark.get()) / (bytes as f64 / 1e9),
         };
         if let Some(r) = rows.iter_mut().find(|r| r.scenario == scenario) {
             r.figures.push(f);
@@ -240,7 +262,7 @@ async fn main() {
     for t in &targets {
         eprintln!("== {} ({})", t.name, t.url);
         // 1 GiB push (POST, one streamed PATCH, PUT ?digest=), as docker pushes a layer.
-        reset_peak(t.pid);
+        reset_peak(&t.pids);
         let s = Instant::now();
         push_streamed(&c, &t.url, &block, 1, big, &big_digest).await;
         let secs = s.elapsed().as_secs_f64();
@@ -249,11 +271,11 @@ async fn main() {
             t,
             mb(big, secs),
             3.0 / secs,
-            peak_kib(t.pid),
+            peak_kib(&t.pids),
             big,
         );
 
-        reset_peak(t.pid);
+        reset_peak(&t.pids);
         let s = Instant::now();
         let n = pull(&c, &t.url, "bench/big", &big_digest).await;
         assert_eq!(n, big);
@@ -263,13 +285,13 @@ async fn main() {
             t,
             mb(big, secs),
             1.0 / secs,
-            peak_kib(t.pid),
+            peak_kib(&t.pids),
             big,
         );
 
         // The same pull with curl as the client: on 2 cores the Rust client above saturates first,
         // so this row shows more of the server. Best of three.
-        reset_peak(t.pid);
+        reset_peak(&t.pids);
         let mut best = 0.0f64;
         for _ in 0..3 {
             let out = std::process::Command::new("curl")
@@ -292,13 +314,13 @@ async fn main() {
                 t,
                 best,
                 best * 1e6 / big as f64,
-                peak_kib(t.pid),
+                peak_kib(&t.pids),
                 3 * big,
             );
         }
 
         // 1,000 x 64 KiB: POST + PUT with body per blob, 8 at a time.
-        reset_peak(t.pid);
+        reset_peak(&t.pids);
         let s = Instant::now();
         stream::iter(small_digests.iter().cloned())
             .map(|(seed, d)| {
@@ -321,6 +343,8 @@ async fn main() {
                     let sep = if loc.contains('?') { '&' } else { '?' };
                     let r = c
                         .put(format!("{loc}{sep}digest={d}"))
+                        // Distribution's s3 driver wants it on the final PUT.
+                        .header("Content-Type", "application/octet-stream")
                         .body(body)
                         .send()
                         .await
@@ -337,11 +361,11 @@ async fn main() {
             t,
             mb(small * small_n, secs),
             2.0 * small_n as f64 / secs,
-            peak_kib(t.pid),
+            peak_kib(&t.pids),
             small * small_n,
         );
 
-        reset_peak(t.pid);
+        reset_peak(&t.pids);
         let s = Instant::now();
         stream::iter(small_digests.iter().cloned())
             .map(|(_, d)| {
@@ -358,42 +382,45 @@ async fn main() {
             t,
             mb(small * small_n, secs),
             small_n as f64 / secs,
-            peak_kib(t.pid),
+            peak_kib(&t.pids),
             small * small_n,
         );
 
-        // 32 clients pulling one 256 MiB blob at once.
+        // `concurrent` clients pulling one 256 MiB blob at once.
         push_streamed(&c, &t.url, &block, 2, shared, &shared_digest).await;
-        reset_peak(t.pid);
+        reset_peak(&t.pids);
         let s = Instant::now();
-        let total: u64 = stream::iter(0..32)
+        let total: u64 = stream::iter(0..concurrent)
             .map(|_| {
                 let c = c.clone();
                 let url = t.url.clone();
                 let d = shared_digest.clone();
                 async move { pull(&c, &url, "bench/big", &d).await }
             })
-            .buffer_unordered(32)
+            .buffer_unordered(concurrent)
             .collect::<Vec<_>>()
             .await
             .into_iter()
             .sum();
-        assert_eq!(total, 32 * shared);
+        assert_eq!(total, concurrent as u64 * shared);
         let secs = s.elapsed().as_secs_f64();
         record(
-            "32 concurrent pulls of one 256 MiB blob",
+            &format!(
+                "{concurrent} concurrent pulls of one {} MiB blob",
+                shared >> 20
+            ),
             t,
             mb(total, secs),
-            32.0 / secs,
-            peak_kib(t.pid),
+            concurrent as f64 / secs,
+            peak_kib(&t.pids),
             total,
         );
 
         // The same with 32 curl processes as the clients.
-        reset_peak(t.pid);
+        reset_peak(&t.pids);
         let url = format!("{}/v2/bench/big/blobs/{shared_digest}", t.url);
         let s = Instant::now();
-        let children: Vec<_> = (0..32)
+        let children: Vec<_> = (0..concurrent)
             .filter_map(|_| {
                 std::process::Command::new("curl")
                     .args(["-sf", "-o", "/dev/null", &url])
@@ -401,7 +428,7 @@ async fn main() {
                     .ok()
             })
             .collect();
-        let ok = children.len() == 32
+        let ok = children.len() == concurrent
             && children
                 .into_iter()
                 // Wait for every child (no short-circuit), then check them all.
@@ -412,12 +439,15 @@ async fn main() {
         let secs = s.elapsed().as_secs_f64();
         if ok {
             record(
-                "32 concurrent pulls of one 256 MiB blob (curl clients)",
+                &format!(
+                    "{concurrent} concurrent pulls of one {} MiB blob (curl clients)",
+                    shared >> 20
+                ),
                 t,
-                mb(32 * shared, secs),
-                32.0 / secs,
-                peak_kib(t.pid),
-                32 * shared,
+                mb(concurrent as u64 * shared, secs),
+                concurrent as f64 / secs,
+                peak_kib(&t.pids),
+                concurrent as u64 * shared,
             );
         }
     }

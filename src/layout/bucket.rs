@@ -50,6 +50,8 @@ use crate::error::{Error, Result};
 /// Multipart part size: S3's minimum (all parts but the last). Bounds what one upload holds in
 /// memory.
 const PART: usize = 5 << 20;
+/// Parts uploading at once for one session (memory: this many parts plus the one filling).
+const PARTS_IN_FLIGHT: usize = 3;
 /// A sweep marker older than this was left by a GC that died; promises ignore it.
 const STALE_MARKER: Duration = Duration::from_secs(300);
 
@@ -682,42 +684,86 @@ impl Bucket {
     {
         let data = format!(".ferry/uploads/{id}/data");
         let mut body = body;
+        // Parts go up while the next one fills: a few in flight, in order.
+        let mut inflight = futures_util::stream::FuturesOrdered::new();
+        let mut broken = None;
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
-                Err(e) => return Ok(Some(e.to_string())),
+                Err(e) => {
+                    broken = Some(e.to_string());
+                    break;
+                }
             };
             hasher.update(&chunk);
             s.len += chunk.len() as u64;
-            buf.extend_from_slice(&chunk);
-            while buf.len() >= PART {
-                let part = buf.split_to(PART).freeze();
-                self.send_part(&data, s, part).await?;
+            // Each part is one buffer of exactly PART bytes, filled in place and handed over
+            // whole: the allocator reuses the same few blocks for every part of every upload.
+            let mut rest: &[u8] = &chunk;
+            while !rest.is_empty() {
+                let n = (PART - buf.len()).min(rest.len());
+                buf.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                if buf.len() < PART {
+                    continue;
+                }
+                let part = std::mem::replace(buf, BytesMut::with_capacity(PART)).freeze();
+                let upload = self.multipart_id(&data, s).await?;
+                let idx = s.parts.len() + inflight.len();
+                inflight.push_back(self.put_part(&data, upload, idx, part));
+                if inflight.len() >= PARTS_IN_FLIGHT {
+                    if let Some(etag) = inflight.next().await {
+                        s.parts.push(etag?);
+                    }
+                }
             }
         }
-        Ok(None)
+        while let Some(etag) = inflight.next().await {
+            s.parts.push(etag?);
+        }
+        Ok(broken)
     }
 
-    async fn send_part(&self, data: &str, s: &mut Session, part: Bytes) -> Result<()> {
-        let path = self.path(data);
-        let id = match &s.multipart {
-            Some(id) => id.clone(),
-            None => {
-                let id = self
-                    .s3
-                    .create_multipart(&path)
-                    .await
-                    .map_err(|e| self.err("CreateMultipartUpload", data, e))?;
-                s.multipart = Some(id.clone());
-                id
-            }
-        };
-        let p = self
+    /// The session's multipart upload, created on its first whole part.
+    async fn multipart_id(&self, data: &str, s: &mut Session) -> Result<String> {
+        if let Some(id) = &s.multipart {
+            return Ok(id.clone());
+        }
+        let id = self
             .s3
-            .put_part(&path, &id, s.parts.len(), PutPayload::from(part))
+            .create_multipart(&self.path(data))
             .await
-            .map_err(|e| self.err("UploadPart", data, e))?;
-        s.parts.push(p.content_id);
+            .map_err(|e| self.err("CreateMultipartUpload", data, e))?;
+        s.multipart = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Send one part (number `idx`, from 0); its ETag.
+    fn put_part(
+        &self,
+        data: &str,
+        upload: String,
+        idx: usize,
+        part: Bytes,
+    ) -> impl std::future::Future<Output = Result<String>> + Send + 'static {
+        let (s3, path, what) = (self.s3.clone(), self.path(data), self.describe());
+        let data = data.to_owned();
+        async move {
+            s3.put_part(&path, &upload, idx, PutPayload::from(part))
+                .await
+                .map(|p| p.content_id)
+                .map_err(|e| Error::Storage {
+                    what: format!("{what}: UploadPart {data}"),
+                    message: innermost(&e),
+                })
+        }
+    }
+
+    /// Send the last part (any size).
+    async fn send_part(&self, data: &str, s: &mut Session, part: Bytes) -> Result<()> {
+        let upload = self.multipart_id(data, s).await?;
+        let etag = self.put_part(data, upload, s.parts.len(), part).await?;
+        s.parts.push(etag);
         Ok(())
     }
 
@@ -727,7 +773,7 @@ impl Bucket {
             .ok()
             .and_then(|b| Hasher::restore(Algorithm::Sha256, &b))
             .ok_or(Error::BlobUploadUnknown)?;
-        let mut buf = BytesMut::new();
+        let mut buf = BytesMut::with_capacity(PART);
         if s.tail > 0 {
             let tail = self
                 .get_small(&format!(".ferry/uploads/{id}/tail-{}", s.len), PART as u64)
