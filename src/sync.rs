@@ -575,6 +575,12 @@ pub async fn sync(
     let dst = if opts.dry_run {
         match dst_loc {
             Location::Dir { path } if !path.join("oci-layout").exists() => None,
+            // A dry run writes nothing, not even a new bucket prefix's oci-layout.
+            Location::Bucket { .. } => match Place::open(dst_loc, &opts.dest, false).await {
+                Ok(p) => Some(p),
+                Err(Error::Layout(_)) => None,
+                Err(e) => return Err(e),
+            },
             _ => Some(Place::open(dst_loc, &opts.dest, true).await?),
         }
     } else {

@@ -12,9 +12,14 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:5000")]
     listen: SocketAddr,
-    /// Data directory (an OCI image layout; created if missing unless --read-only).
+    /// Where the data is: a directory (an OCI image layout; created if missing unless
+    /// --read-only) or s3://BUCKET[/PREFIX] (settings from the AWS_* variables).
     #[arg(long, env = "FERRY_DATA", default_value = "./registry-data")]
     data: String,
+    /// With --data s3://…: answer blob downloads with a 307 to a presigned URL of the store, so
+    /// clients fetch the bytes from it directly (they must be able to reach it).
+    #[arg(long)]
+    redirect: bool,
     /// Refuse every write (for USB media and replicas).
     #[arg(long)]
     read_only: bool,
@@ -92,6 +97,11 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         _ => None,
     };
     let store = open_store(&data, a.read_only).await?;
+    if a.redirect && !store.can_redirect() {
+        return Err(usage(format!(
+            "--redirect hands downloads to an object store; {data} is a directory"
+        )));
+    }
     let auth = a
         .htpasswd
         .map(|p| {
@@ -105,7 +115,11 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         idle_timeout,
         ..Default::default()
     };
-    let app = Arc::new(ferry::server::App::new(store, auth).with_limits(limits));
+    let app = Arc::new(
+        ferry::server::App::new(store, auth)
+            .with_limits(limits)
+            .with_redirect(a.redirect),
+    );
     if !a.read_only {
         let (a2, expiry) = (app.clone(), schedule.upload_expiry);
         tokio::task::spawn_blocking(move || {

@@ -433,6 +433,17 @@ impl Bucket {
         Ok((h.finish(), size))
     }
 
+    /// A presigned URL that lets its holder GET a blob straight from the store for `ttl`.
+    pub async fn presigned_blob_url(&self, d: &Digest, ttl: Duration) -> Result<String> {
+        use object_store::signer::Signer;
+        let key = blob_key(d);
+        self.s3
+            .signed_url(axum::http::Method::GET, &self.path(&key), ttl)
+            .await
+            .map(|u| u.to_string())
+            .map_err(|e| self.err("presign GET", &key, e))
+    }
+
     /// Every blob: digest, size and age.
     pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64, Duration)>> {
         let now = SystemTime::now();

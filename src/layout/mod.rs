@@ -528,6 +528,25 @@ impl Store {
         }
     }
 
+    /// Whether blob downloads can be handed to the store itself ([`Store::blob_url`]).
+    pub fn can_redirect(&self) -> bool {
+        matches!(self.backend, Backend::Bucket(_))
+    }
+
+    /// A URL from which a client may GET a stored blob directly for `ttl` (a presigned URL of
+    /// the object store), or `None` when this store has no such thing (a directory).
+    pub async fn blob_url(&self, d: &Digest, ttl: std::time::Duration) -> Result<Option<String>> {
+        match &self.backend {
+            Backend::Dir(_) => Ok(None),
+            Backend::Bucket(b) => {
+                if b.blob_size(d).await?.is_none() {
+                    return Err(Error::BlobUnknown(d.clone()));
+                }
+                Ok(Some(b.presigned_blob_url(d, ttl).await?))
+            }
+        }
+    }
+
     /// Every blob that can be read as content (a directory's FIFO or symlink out of the layout
     /// under a blob's name is not).
     pub async fn list_content(&self) -> Result<Vec<Digest>> {

@@ -367,6 +367,22 @@ async fn get_blob(
             .await?
             .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
     }
+    if !head && app.redirect {
+        // As Distribution's redirect middleware: the client fetches the bytes (and any Range)
+        // from the store. Valid long enough for a slow start, short enough not to be shared.
+        if let Some(url) = app
+            .store
+            .blob_url(d, std::time::Duration::from_secs(20 * 60))
+            .await?
+        {
+            let mut res = Response::new(Body::empty());
+            *res.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            let h = res.headers_mut();
+            h.insert(header::LOCATION, hv(&url));
+            h.insert("Docker-Content-Digest", hv(&d.to_string()));
+            return Ok(res);
+        }
+    }
     let blob = app.store.open_blob(d).await?;
     let len = blob.len;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {

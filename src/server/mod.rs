@@ -45,6 +45,8 @@ pub struct App {
     pub metrics: metrics::Metrics,
     pub limits: limits::Limits,
     pub uploads: Arc<limits::UploadGate>,
+    /// `--redirect`: blob GETs answered with a 307 to a presigned URL of the object store.
+    pub redirect: bool,
 }
 
 impl App {
@@ -55,7 +57,14 @@ impl App {
             metrics: Default::default(),
             limits: Default::default(),
             uploads: Default::default(),
+            redirect: false,
         }
+    }
+
+    /// Answer blob GETs with a 307 to the store (see [`crate::layout::Store::blob_url`]).
+    pub fn with_redirect(mut self, redirect: bool) -> App {
+        self.redirect = redirect;
+        self
     }
 
     pub fn with_limits(mut self, limits: limits::Limits) -> App {

@@ -18,6 +18,8 @@ pub struct ServerOpts {
     pub tls: Option<Arc<ferry::tls::ServerTls>>,
     /// Address to bind (default `127.0.0.1:0`).
     pub bind: Option<String>,
+    /// `--redirect`.
+    pub redirect: bool,
 }
 
 pub struct TestServer {
@@ -186,7 +188,11 @@ impl TestServer {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = Arc::new(App::new(store, opts.auth).with_limits(opts.limits));
+        let app = Arc::new(
+            App::new(store, opts.auth)
+                .with_limits(opts.limits)
+                .with_redirect(opts.redirect),
+        );
         let scheme = if opts.tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(ferry::server::run(listener, app, opts.tls, async {
             let _ = rx.await;

@@ -343,3 +343,77 @@ async fn a_bucket_that_cannot_be_used_is_one_line_naming_why() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// `--redirect`: a blob GET is a 307 to a presigned URL of the store, which serves the bytes and
+/// ranges itself; HEAD and unknown blobs are answered by ferry; a directory refuses the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_hands_blob_downloads_to_presigned_urls() {
+    let Some(g) = garage() else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let s = TestServer::start_s3(
+        g,
+        &prefix,
+        ServerOpts {
+            redirect: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let data = bytes(6 << 20, 90);
+    let d = push_blob(&s.url, "r", &data).await;
+    let r = http()
+        .get(format!("{}/v2/r/blobs/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(r.headers()["docker-content-digest"], d.to_string().as_str());
+    let to = r.headers()["location"].to_str().unwrap().to_owned();
+    let endpoint = &g
+        .settings
+        .iter()
+        .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+        .unwrap()
+        .1;
+    assert!(to.starts_with(endpoint.as_str()), "{to}");
+    assert!(to.contains("X-Amz-Signature="), "{to}");
+    // The client follows it (as docker does) and gets the bytes from the store.
+    let body = reqwest::get(format!("{}/v2/r/blobs/{d}", s.url))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&body), d);
+    let r = http()
+        .get(&to)
+        .header("Range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[100..200]);
+    let r = http()
+        .head(format!("{}/v2/r/blobs/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http()
+        .get(format!("{}/v2/r/blobs/{}", s.url, sha256(b"absent")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    s.stop().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--redirect", "--data"])
+        .arg(tmp.path().join("d"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--redirect"));
+}
