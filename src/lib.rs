@@ -1,10 +1,10 @@
 //! ferry carries container images and BuildKit build caches across an air gap.
 //!
 //! There is one kind of thing ferry moves, a *content graph* (manifests that point at manifests and
-//! blobs, all named by digest), and ferry keeps it in one on-disk format: a standard OCI image layout.
-//! The registry served by `ferry serve` is an HTTP front over such a directory, so the data directory
-//! and a portable (USB) directory are the same thing and other tools (skopeo, BuildKit's
-//! `type=local` cache) can read what ferry writes.
+//! blobs, all named by digest), and ferry keeps it in one format: a standard OCI image layout, in a
+//! directory or in an S3-compatible bucket. The registry served by `ferry serve` is an HTTP front
+//! over such a store, so the data directory and a portable (USB) directory are the same thing and
+//! other tools (skopeo, BuildKit's `type=local` cache) can read what ferry writes.
 //!
 //! Module map:
 //!
@@ -12,11 +12,14 @@
 //! - [`reference`](mod@reference): repository names and tags per the distribution-spec grammar.
 //! - [`media`]: media types, "is this a manifest?", and the edges of the graph (children of a
 //!   manifest), including BuildKit's legacy cache indexes whose children are blobs.
-//! - [`location`]: the places a command names (`docker://…`, a directory), parsed once; unknown
-//!   schemes are refused by name.
-//! - [`layout`]: the OCI image layout store: blobs written atomically after verification,
-//!   `index.json` as the tag table (replaced atomically under a lock), upload sessions, and the
-//!   one safe way to open a file of a layout that may be hostile media (`layout::read`).
+//! - [`location`]: the places a command names (`docker://…`, a directory, `s3://…`), parsed once;
+//!   unknown schemes are refused by name.
+//! - [`layout`]: the OCI image layout store — the registry's rules written once (blobs visible
+//!   only after verification, references before manifests, tags last, upload sessions, GC
+//!   promises) over two backends: a directory (`index.json` replaced atomically under a lock, and
+//!   the one safe way to open a file of a layout that may be hostile media, `layout::read`) and a
+//!   bucket (`layout::bucket`: one object per tag, multipart uploads whose state lives in the
+//!   bucket, a marker protocol instead of a lock).
 //! - [`server`]: the HTTP registry (OCI distribution-spec v1.1) over a [`layout::Store`]: routing,
 //!   handlers, the error mapping, auth, limits, metrics, zero-copy downloads, signals, and the
 //!   schedule a running server keeps (upload expiry, retention, GC).

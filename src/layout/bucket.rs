@@ -587,8 +587,16 @@ impl Bucket {
                     fresh.insert(k, (etag, d));
                 }
                 _ => {
-                    let Some(bytes) = self.get_small(&k, 64 << 10).await? else {
-                        continue; // deleted since the listing
+                    let bytes = match self.get_small(&k, 64 << 10).await {
+                        Ok(Some(b)) => b,
+                        Ok(None) => continue, // deleted since the listing
+                        // A record no ferry wrote (too large): named and skipped, as a bad
+                        // index.json entry is; the others still load.
+                        Err(Error::Layout(why)) => {
+                            tracing::warn!(store = %self.describe(), "record skipped: {why}");
+                            continue;
+                        }
+                        Err(e) => return Err(e),
                     };
                     match serde_json::from_slice::<Descriptor>(&bytes) {
                         Ok(d) => {
