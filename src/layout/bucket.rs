@@ -786,6 +786,26 @@ impl Bucket {
         Ok(())
     }
 
+    /// Take a session for one request: its in-process lock, its state, its running hash and its
+    /// tail, and check that the chunk starts where the session stands (else 416).
+    async fn open_session(
+        &self,
+        id: &str,
+        range_start: Option<u64>,
+    ) -> Result<(tokio::sync::OwnedMutexGuard<()>, Session, Hasher, BytesMut)> {
+        let guard = self.session_lock(id).lock_owned().await;
+        let (s, hasher, buf) = self.session_parts(id).await?;
+        if let Some(start) = range_start {
+            if start != s.len {
+                return Err(Error::RangeInvalid(format!(
+                    "chunk starts at {start}, the upload has {} bytes",
+                    s.len
+                )));
+            }
+        }
+        Ok((guard, s, hasher, buf))
+    }
+
     async fn session_parts(&self, id: &str) -> Result<(Session, Hasher, BytesMut)> {
         let s = self.load_session(id).await?;
         let hasher = hex::decode(&s.hash)
@@ -818,17 +838,7 @@ impl Bucket {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
-        let l = self.session_lock(id);
-        let _g = l.lock().await;
-        let (mut s, mut hasher, mut buf) = self.session_parts(id).await?;
-        if let Some(start) = range_start {
-            if start != s.len {
-                return Err(Error::RangeInvalid(format!(
-                    "chunk starts at {start}, the upload has {} bytes",
-                    s.len
-                )));
-            }
-        }
+        let (_g, mut s, mut hasher, mut buf) = self.open_session(id, range_start).await?;
         let old_tail = (s.tail > 0).then(|| format!(".ferry/uploads/{id}/tail-{}", s.len));
         let broken = self
             .take_body(id, &mut s, &mut hasher, &mut buf, body)
@@ -864,17 +874,7 @@ impl Bucket {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
-        let l = self.session_lock(id);
-        let _g = l.lock().await;
-        let (mut s, mut hasher, mut buf) = self.session_parts(id).await?;
-        if let Some(start) = range_start {
-            if start != s.len {
-                return Err(Error::RangeInvalid(format!(
-                    "chunk starts at {start}, the upload has {} bytes",
-                    s.len
-                )));
-            }
-        }
+        let (_g, mut s, mut hasher, mut buf) = self.open_session(id, range_start).await?;
         if let Some(e) = self
             .take_body(id, &mut s, &mut hasher, &mut buf, body)
             .await?

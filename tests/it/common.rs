@@ -310,6 +310,18 @@ pub async fn push_image(url: &str, repo: &str, tag: &str, seed: u64) -> Vec<u8> 
 }
 
 /// The error code of an OCI error body.
+/// The digest of what `GET /v2/REPO/blobs/DIGEST` answers (following redirects), to compare
+/// with the digest asked for.
+pub async fn digest_served(url: &str, repo: &str, d: &Digest) -> Digest {
+    let body = reqwest::get(format!("{url}/v2/{repo}/blobs/{d}"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    sha256(&body)
+}
+
 pub async fn error_code(r: reqwest::Response) -> String {
     let v: serde_json::Value = r.json().await.expect("error body is JSON");
     v["errors"][0]["code"]

@@ -138,15 +138,7 @@ async fn an_upload_split_across_three_replicas_completes() {
         }
     }
     for r in &rs {
-        let body = http()
-            .get(format!("{}/v2/split/blobs/{d}", r.url))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        assert_eq!(sha256(&body), d);
+        assert_eq!(digest_served(&r.url, "split", &d).await, d);
     }
     // A range from the middle, across a part boundary.
     let r = http()
@@ -380,13 +372,7 @@ async fn redirect_hands_blob_downloads_to_presigned_urls() {
     assert!(to.starts_with(endpoint.as_str()), "{to}");
     assert!(to.contains("X-Amz-Signature="), "{to}");
     // The client follows it (as docker does) and gets the bytes from the store.
-    let body = reqwest::get(format!("{}/v2/r/blobs/{d}", s.url))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(sha256(&body), d);
+    assert_eq!(digest_served(&s.url, "r", &d).await, d);
     let r = http()
         .get(&to)
         .header("Range", "bytes=100-199")

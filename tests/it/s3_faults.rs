@@ -109,15 +109,7 @@ async fn a_failing_or_stalled_store_gives_clean_errors_and_nothing_half_visible(
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let body = http()
-        .get(format!("{}/v2/app/blobs/{d}", s.url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(sha256(&body), d);
+    assert_eq!(digest_served(&s.url, "app", &d).await, d);
     let r = http()
         .get(format!("{}/v2/app/manifests/v1", s.url))
         .send()

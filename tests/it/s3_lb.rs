@@ -316,15 +316,7 @@ async fn a_replica_killed_mid_upload_costs_one_retry_not_the_push() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let body = http()
-        .get(format!("{url}/v2/kill/blobs/{d}"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(sha256(&body), d);
+    assert_eq!(digest_served(&url, "kill", &d).await, d);
     drop(lb);
 }
 
