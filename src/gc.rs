@@ -99,7 +99,7 @@ pub fn gc_with(store: &Store, grace: Duration, dry_run: bool, tally: &Tally) -> 
             continue;
         }
         if let Some(kind) = e.not_content {
-            if kind == "a directory" {
+            if kind == crate::layout::read::DIRECTORY {
                 r.not_content.push(format!("{d}: {kind}, left in place"));
                 continue;
             }

@@ -46,6 +46,8 @@ start)
     base=${3:-23900}
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
+    # A start that fails half-way leaves no node behind.
+    trap 'for n in 1 2 3; do [ -f "$dir/node$n/pid" ] && kill -9 "$(cat "$dir/node$n/pid")" 2>/dev/null; done' ERR
     for n in 1 2 3; do
         mkdir -p "$dir/node$n/meta" "$dir/node$n/data"
         cat >"$(cfg "$n")" <<EOF
@@ -82,6 +84,7 @@ export AWS_SECRET_ACCESS_KEY=$SECRET
 export AWS_REGION=garage
 export AWS_ALLOW_HTTP=true
 EOF
+    trap - ERR
     if [ -n "${GARAGE_PARENT_PID:-}" ]; then
         # Tied to a test process: the nodes go when it goes, however it ends.
         (

@@ -31,7 +31,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -80,6 +80,45 @@ struct Session {
     tail: u64,
     /// SHA-256 state over all `len` bytes, hex.
     hash: String,
+}
+
+/// One part's bytes, in a mapping of its own: the memory goes back to the system as soon as the
+/// part is sent. (On the heap it would stay: `main.rs` tells glibc to keep freed memory, which
+/// spares the directory backend's push path its page faults, and 5 MiB blocks churned by every
+/// upload would then hold the process's memory up for good.)
+struct PartBuf {
+    map: memmap2::MmapMut,
+    len: usize,
+}
+
+impl PartBuf {
+    fn new() -> Result<PartBuf> {
+        Ok(PartBuf {
+            map: memmap2::MmapMut::map_anon(PART)?,
+            len: 0,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Append what fits of `b`; returns how much did.
+    fn fill(&mut self, b: &[u8]) -> usize {
+        let n = (PART - self.len).min(b.len());
+        self.map[self.len..self.len + n].copy_from_slice(&b[..n]);
+        self.len += n;
+        n
+    }
+
+    fn freeze(self) -> Result<Bytes> {
+        let len = self.len;
+        Ok(Bytes::from_owner(self.map.make_read_only()?).slice(..len))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -694,7 +733,7 @@ impl Bucket {
         id: &str,
         s: &mut Session,
         hasher: &mut Hasher,
-        buf: &mut BytesMut,
+        buf: &mut PartBuf,
         body: S,
     ) -> Result<Option<String>>
     where
@@ -720,13 +759,11 @@ impl Bucket {
             // whole: the allocator reuses the same few blocks for every part of every upload.
             let mut rest: &[u8] = &chunk;
             while !rest.is_empty() {
-                let n = (PART - buf.len()).min(rest.len());
-                buf.extend_from_slice(&rest[..n]);
-                rest = &rest[n..];
+                rest = &rest[buf.fill(rest)..];
                 if buf.len() < PART {
                     continue;
                 }
-                let part = std::mem::replace(buf, BytesMut::with_capacity(PART)).freeze();
+                let part = std::mem::replace(buf, PartBuf::new()?).freeze()?;
                 let upload = self.multipart_id(&data, s).await?;
                 let idx = s.parts.len() + inflight.len();
                 inflight.push_back(self.put_part(&data, upload, idx, part));
@@ -792,7 +829,7 @@ impl Bucket {
         &self,
         id: &str,
         range_start: Option<u64>,
-    ) -> Result<(tokio::sync::OwnedMutexGuard<()>, Session, Hasher, BytesMut)> {
+    ) -> Result<(tokio::sync::OwnedMutexGuard<()>, Session, Hasher, PartBuf)> {
         let guard = self.session_lock(id).lock_owned().await;
         let (s, hasher, buf) = self.session_parts(id).await?;
         if let Some(start) = range_start {
@@ -806,13 +843,13 @@ impl Bucket {
         Ok((guard, s, hasher, buf))
     }
 
-    async fn session_parts(&self, id: &str) -> Result<(Session, Hasher, BytesMut)> {
+    async fn session_parts(&self, id: &str) -> Result<(Session, Hasher, PartBuf)> {
         let s = self.load_session(id).await?;
         let hasher = hex::decode(&s.hash)
             .ok()
             .and_then(|b| Hasher::restore(Algorithm::Sha256, &b))
             .ok_or(Error::BlobUploadUnknown)?;
-        let mut buf = BytesMut::with_capacity(PART);
+        let mut buf = PartBuf::new()?;
         if s.tail > 0 {
             let tail = self
                 .get_small(&format!(".ferry/uploads/{id}/tail-{}", s.len), PART as u64)
@@ -821,7 +858,7 @@ impl Bucket {
             if tail.len() as u64 != s.tail {
                 return Err(Error::BlobUploadUnknown);
             }
-            buf.extend_from_slice(&tail);
+            buf.fill(&tail);
         }
         Ok((s, hasher, buf))
     }
@@ -845,8 +882,11 @@ impl Bucket {
             .await?;
         s.tail = buf.len() as u64;
         if s.tail > 0 {
-            self.put(&format!(".ferry/uploads/{id}/tail-{}", s.len), buf.freeze())
-                .await?;
+            self.put(
+                &format!(".ferry/uploads/{id}/tail-{}", s.len),
+                buf.freeze()?,
+            )
+            .await?;
         }
         s.hash = hex::encode(hasher.save());
         self.save_session(id, &s).await?;
@@ -886,7 +926,7 @@ impl Bucket {
         let data = format!(".ferry/uploads/{id}/data");
         let res = if s.multipart.is_none() {
             // Smaller than a part: it is all here; verified before anything is written.
-            let bytes = buf.freeze();
+            let bytes = buf.freeze()?;
             let computed = if digest.algorithm() == Algorithm::Sha256 {
                 hasher.finish()
             } else {
@@ -901,7 +941,7 @@ impl Bucket {
             }
         } else {
             if !buf.is_empty() {
-                self.send_part(&data, &mut s, buf.freeze()).await?;
+                self.send_part(&data, &mut s, buf.freeze()?).await?;
             }
             let mid = s.multipart.clone().unwrap_or_default();
             let path = self.path(&data);

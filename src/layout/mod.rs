@@ -210,22 +210,18 @@ impl Store {
             canon: root.clone(),
             root: root.clone(),
         };
-        let store = Store {
+        if !read_only {
+            Store::init(&files)?;
+        }
+        files.canon = std::fs::canonicalize(&files.root)?;
+        Ok(Store {
             uploads: Uploads::new(root.join(".ferry/uploads")),
-            backend: Backend::Dir(files.clone()),
+            backend: Backend::Dir(files),
             read_only,
             reads: Mutex::new(Default::default()),
             cache: Mutex::new(None),
             last_records: Mutex::new(None),
             index_write: tokio::sync::Mutex::new(()),
-        };
-        if !read_only {
-            store.init(&files)?;
-        }
-        files.canon = std::fs::canonicalize(&files.root)?;
-        Ok(Store {
-            backend: Backend::Dir(files),
-            ..store
         })
     }
 
@@ -282,7 +278,7 @@ impl Store {
         }
     }
 
-    fn init(&self, files: &StoreFiles) -> Result<()> {
+    fn init(files: &StoreFiles) -> Result<()> {
         for d in [
             "blobs/sha256",
             "blobs/sha512",

@@ -76,11 +76,14 @@ pub enum Found {
     Refused(String),
 }
 
+/// What [`kind_of`] calls a directory (GC leaves those in place).
+pub const DIRECTORY: &str = "a directory";
+
 /// What kind of thing a non-regular file is, for messages.
 pub fn kind_of(ft: std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if ft.is_dir() {
-        "a directory"
+        DIRECTORY
     } else if ft.is_fifo() {
         "a FIFO"
     } else if ft.is_socket() {
