@@ -94,7 +94,11 @@ struct PartBuf {
 impl PartBuf {
     fn new() -> Result<PartBuf> {
         Ok(PartBuf {
-            map: memmap2::MmapMut::map_anon(PART)?,
+            // Populated at once: one call instead of a page fault per 4 KiB as it fills.
+            map: memmap2::MmapOptions::new()
+                .len(PART)
+                .populate()
+                .map_anon()?,
             len: 0,
         })
     }
