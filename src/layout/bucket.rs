@@ -92,9 +92,19 @@ struct PartBuf {
 }
 
 impl PartBuf {
+    /// A buffer for a request's first bytes: its pages come as they are written, so a small
+    /// blob costs only what it holds.
     fn new() -> Result<PartBuf> {
         Ok(PartBuf {
-            // Populated at once: one call instead of a page fault per 4 KiB as it fills.
+            map: memmap2::MmapMut::map_anon(PART)?,
+            len: 0,
+        })
+    }
+
+    /// The next part's buffer in an upload already a part long: populated at once, one call
+    /// instead of a page fault per 4 KiB as it fills.
+    fn next_part() -> Result<PartBuf> {
+        Ok(PartBuf {
             map: memmap2::MmapOptions::new()
                 .len(PART)
                 .populate()
@@ -767,7 +777,7 @@ impl Bucket {
                 if buf.len() < PART {
                     continue;
                 }
-                let part = std::mem::replace(buf, PartBuf::new()?).freeze()?;
+                let part = std::mem::replace(buf, PartBuf::next_part()?).freeze()?;
                 let upload = self.multipart_id(&data, s).await?;
                 let idx = s.parts.len() + inflight.len();
                 inflight.push_back(self.put_part(&data, upload, idx, part));
