@@ -6,6 +6,9 @@
 //! ```
 //! MANIFESTS image manifests of LAYERS layers + a config each, tagged `bench/rN:1`; ORPHANS extra
 //! unreferenced blobs with an old mtime (what GC should sweep).
+//!
+//! With `GENSTORE_REPO=NAME` every manifest is a tag of that one repository instead (`NAME:tN`),
+//! and all of them share one base layer: the web page's 10,000-tag repository (`bench/ui.sh`).
 
 use std::io::Write;
 
@@ -38,9 +41,14 @@ fn main() {
         v[..8].copy_from_slice(&counter.to_le_bytes());
         v
     };
+    let one_repo = std::env::var("GENSTORE_REPO").ok();
+    let base = one_repo.as_ref().map(|_| blob(b"a base layer every tag shares"));
     let mut index = Vec::with_capacity(n);
     for i in 0..n {
         let mut ls = Vec::new();
+        if let Some((d, s)) = &base {
+            ls.push(serde_json::json!({"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":d,"size":s}));
+        }
         for _ in 0..layers {
             let (d, s) = blob(&fill(&mut counter));
             ls.push(serde_json::json!({"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":d,"size":s}));
@@ -52,8 +60,12 @@ fn main() {
             "layers":ls}))
         .unwrap();
         let (md, ms) = blob(&m);
+        let (repo, tag) = match &one_repo {
+            Some(r) => (r.clone(), format!("t{i}")),
+            None => (format!("bench/r{i}"), "1".to_owned()),
+        };
         index.push(serde_json::json!({"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":md,"size":ms,
-            "annotations":{"io.ferry.repository":format!("bench/r{i}"),"org.opencontainers.image.ref.name":format!("bench/r{i}:1")}}));
+            "annotations":{"io.ferry.repository":repo,"org.opencontainers.image.ref.name":format!("{repo}:{tag}")}}));
     }
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7 * 86400);
     for _ in 0..orphans {

@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::Result;
@@ -23,7 +23,8 @@ use crate::layout::Store;
 use crate::progress::Tally;
 use crate::verify::reachable;
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GcReport {
     pub blobs: usize,
     pub reachable: usize,
@@ -127,6 +128,11 @@ pub fn gc_with(store: &Store, grace: Duration, dry_run: bool, tally: &Tally) -> 
         store.after_sweep_sync(grace)?;
     }
     r.seconds = start.elapsed().as_secs_f64();
+    if !dry_run {
+        if let Ok(bytes) = serde_json::to_vec(&r) {
+            store.record_gc_sync(&bytes);
+        }
+    }
     Ok(r)
 }
 

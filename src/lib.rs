@@ -30,6 +30,8 @@
 //! - [`verify`], [`gc`], [`retention`]: re-hash and check a store; mark and sweep; which tags to
 //!   let go.
 //! - [`progress`]: counters long jobs advance, for the binary to show.
+//! - [`ui`]: the mirror's read-only web page (`/`, `/ui/…`): what is on it, what each tag is
+//!   and shares, server-rendered.
 //! - [`tls`]: the server's certificate (reloadable) and `ferry tls init`'s private CA.
 //! - [`error`]: the library's typed errors and their OCI error codes.
 //!
@@ -49,6 +51,7 @@ pub mod retention;
 pub mod server;
 pub mod sync;
 pub mod tls;
+pub mod ui;
 pub mod verify;
 
 pub use error::{Error, Result};

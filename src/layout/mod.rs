@@ -731,6 +731,99 @@ impl Store {
         }
     }
 
+    /// Every manifest's last read at once (the web page's "last read" column): one listing of
+    /// the read markers instead of one stat or HEAD per manifest. Blocking.
+    pub fn reads_sync(&self) -> std::collections::HashMap<Digest, std::time::SystemTime> {
+        let mut out = std::collections::HashMap::new();
+        let parse = |name: &str| name.replacen('-', ":", 1).parse::<Digest>().ok();
+        match &self.backend {
+            Backend::Dir(files) => {
+                let Ok(rd) = std::fs::read_dir(files.root.join(".ferry/reads")) else {
+                    return out;
+                };
+                for e in rd.flatten() {
+                    let name = e.file_name();
+                    let (Some(d), Ok(m)) = (name.to_str().and_then(parse), e.metadata()) else {
+                        continue;
+                    };
+                    if let Ok(t) = m.modified() {
+                        out.insert(d, t);
+                    }
+                }
+            }
+            Backend::Bucket(b) => {
+                if let Ok(list) = b.block_on(b.list(".ferry/reads/")) {
+                    for (key, meta) in list {
+                        let name = key.rsplit('/').next().unwrap_or("");
+                        if let Some(d) = parse(name) {
+                            out.insert(d, std::time::SystemTime::from(meta.last_modified));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Keep the report of the last collection that removed something (or not), for the web page.
+    /// Best effort: a GC that cannot write this has still done its work. Blocking.
+    pub fn record_gc_sync(&self, report: &[u8]) {
+        if self.read_only {
+            return;
+        }
+        let r = match &self.backend {
+            Backend::Dir(files) => write::write_atomic(
+                &files.tmp_dir(),
+                &files.root.join(".ferry/last-gc.json"),
+                report,
+            )
+            .map_err(Error::from),
+            Backend::Bucket(b) => {
+                b.block_on(b.put(".ferry/last-gc.json", Bytes::copy_from_slice(report)))
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "recording the GC report failed");
+        }
+    }
+
+    /// The report [`Store::record_gc_sync`] kept, and when it was written. Blocking.
+    pub fn last_gc_sync(&self) -> Option<(Vec<u8>, std::time::SystemTime)> {
+        match &self.backend {
+            Backend::Dir(files) => {
+                let path = files.root.join(".ferry/last-gc.json");
+                let bytes = Self::read_layout_file(files, &path, 64 * 1024).ok()??;
+                let at = std::fs::metadata(&path).ok()?.modified().ok()?;
+                Some((bytes, at))
+            }
+            Backend::Bucket(b) => {
+                let meta = b.block_on(b.head(".ferry/last-gc.json")).ok()??;
+                let bytes = b
+                    .block_on(b.get_small(".ferry/last-gc.json", 64 * 1024))
+                    .ok()??;
+                Some((bytes.to_vec(), std::time::SystemTime::from(meta.last_modified)))
+            }
+        }
+    }
+
+    /// Total and free bytes of the filesystem a directory store lives on (`None` for a bucket,
+    /// whose space is the storage cluster's to tell).
+    pub fn disk_space(&self) -> Option<(u64, u64)> {
+        let root = self.root()?;
+        let c = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).ok()?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable memory of the
+        // right type; statvfs fills it on success, and it is read only then.
+        let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: statvfs returned 0, so it initialised `st`.
+        let st = unsafe { st.assume_init() };
+        let frsize = st.f_frsize as u64;
+        Some((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+    }
+
     /// When a manifest was stored (retention's age of a tag without a recorded time).
     pub fn stored_at(&self, d: &Digest) -> Option<std::time::SystemTime> {
         match &self.backend {

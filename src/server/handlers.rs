@@ -121,23 +121,16 @@ fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-async fn dispatch(app: Arc<App>, req: Request) -> HResult {
-    let Some(ep) = parse_endpoint(req.uri().path()) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NAME_UNKNOWN",
-            "no such endpoint",
-        ));
-    };
-    let method = req.method().clone();
+/// The credentials check every request passes (`--htpasswd`): reads need them unless anonymous
+/// reads are allowed, writes always. The web page goes through it too. `Err` is the 401 to send.
+pub async fn authorize(app: &Arc<App>, headers: &HeaderMap, write: bool) -> Result<(), Response> {
     if app.auth.is_some() {
-        let access = if is_write(&method) {
+        let access = if write {
             super::auth::Access::Write
         } else {
             super::auth::Access::Read
         };
-        let header = req
-            .headers()
+        let header = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
@@ -165,8 +158,23 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"ferry\""),
             );
-            return Ok(res);
+            return Err(res);
         }
+    }
+    Ok(())
+}
+
+async fn dispatch(app: Arc<App>, req: Request) -> HResult {
+    let Some(ep) = parse_endpoint(req.uri().path()) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            "no such endpoint",
+        ));
+    };
+    let method = req.method().clone();
+    if let Err(denied) = authorize(&app, req.headers(), is_write(&method)).await {
+        return Ok(denied);
     }
     if app.store.read_only() && is_write(&method) {
         return Err(Error::Unsupported(

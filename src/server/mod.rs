@@ -47,6 +47,8 @@ pub struct App {
     pub uploads: Arc<limits::UploadGate>,
     /// `--redirect`: blob GETs answered with a 307 to a presigned URL of the object store.
     pub redirect: bool,
+    /// The web page's state (manifest summaries).
+    pub ui: crate::ui::Ui,
 }
 
 impl App {
@@ -58,6 +60,7 @@ impl App {
             limits: Default::default(),
             uploads: Default::default(),
             redirect: false,
+            ui: Default::default(),
         }
     }
 
@@ -75,8 +78,14 @@ impl App {
 
 /// The registry as an axum `Router` (useful on its own in tests).
 pub fn router(app: Arc<App>) -> Router {
-    let (a1, a2, a3) = (app.clone(), app.clone(), app.clone());
+    let (a1, a2, a3, a4) = (app.clone(), app.clone(), app.clone(), app.clone());
+    let page = move |req: Request| crate::ui::handle(a4.clone(), req);
     Router::new()
+        .route("/", axum::routing::any(page.clone()))
+        .route("/ui", axum::routing::any(page.clone()))
+        .route("/ui/", axum::routing::any(page.clone()))
+        .route("/ui/repo", axum::routing::any(page.clone()))
+        .route("/ui/tag", axum::routing::any(page))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route(
             "/readyz",
@@ -150,6 +159,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let router = router(app.clone());
+    crate::ui::Ui::warm(app.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
