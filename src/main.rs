@@ -51,6 +51,13 @@ enum Command {
     Check(cli::check::Args),
     /// List every digest a location holds (for `ferry sync --have` on the other side).
     Inventory(cli::inventory::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (ferry.1 and one per command) into DIR (used to build the package).
+    #[command(hide = true)]
+    Man { dir: std::path::PathBuf },
 }
 
 fn main() {
@@ -116,5 +123,16 @@ async fn run() -> anyhow::Result<i32> {
         Command::Sync(a) => cli::sync::run(a).await,
         Command::Check(a) => cli::check::run(a).await,
         Command::Inventory(a) => cli::inventory::run(a).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(Cli::command(), &dir)?;
+            Ok(0)
+        }
     }
 }

@@ -9,7 +9,7 @@ pub struct Args {
     /// The data directory.
     #[arg(long, env = "FERRY_DATA", default_value = "./registry-data")]
     data: String,
-    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    #[arg(long, value_name = "DURATION", env = "FERRY_GC_GRACE", default_value = "1h")]
     grace: String,
     /// Say what would go and how much space returns; remove nothing.
     #[arg(long)]
@@ -21,6 +21,7 @@ pub struct Args {
     #[arg(
         long,
         value_name = "FILE",
+        env = "FERRY_RETENTION",
         conflicts_with_all = ["repo", "keep_last", "keep_tags", "keep_read_within", "max_size"]
     )]
     retention: Option<std::path::PathBuf>,

@@ -24,10 +24,10 @@ pub struct Args {
     #[arg(long)]
     read_only: bool,
     /// Run garbage collection this often inside the server (e.g. 6h); off by default.
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", env = "FERRY_GC_INTERVAL")]
     gc_interval: Option<String>,
     /// Unreferenced blobs younger than this are kept by GC.
-    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    #[arg(long, value_name = "DURATION", env = "FERRY_GC_GRACE", default_value = "1h")]
     gc_grace: String,
     /// Retention rules (TOML, see `ferry gc --help`) applied before each scheduled GC; needs
     /// --gc-interval.
@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "24h")]
     upload_expiry: String,
     /// Require credentials from this htpasswd file (bcrypt entries); re-read when it changes.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "FERRY_HTPASSWD")]
     htpasswd: Option<std::path::PathBuf>,
     /// With --htpasswd: let pulls through without credentials (pushes, deletes and mounts
     /// still need them).
