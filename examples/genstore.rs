@@ -42,7 +42,9 @@ fn main() {
         v
     };
     let one_repo = std::env::var("GENSTORE_REPO").ok();
-    let base = one_repo.as_ref().map(|_| blob(b"a base layer every tag shares"));
+    let base = one_repo
+        .as_ref()
+        .map(|_| blob(b"a base layer every tag shares"));
     let mut index = Vec::with_capacity(n);
     for i in 0..n {
         let mut ls = Vec::new();

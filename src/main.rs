@@ -52,9 +52,7 @@ enum Command {
     /// List every digest a location holds (for `ferry sync --have` on the other side).
     Inventory(cli::inventory::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
     /// Write the man pages (ferry.1 and one per command) into DIR (used to build the package).
     #[command(hide = true)]
     Man { dir: std::path::PathBuf },

@@ -9,7 +9,12 @@ pub struct Args {
     /// The data directory.
     #[arg(long, env = "FERRY_DATA", default_value = "./registry-data")]
     data: String,
-    #[arg(long, value_name = "DURATION", env = "FERRY_GC_GRACE", default_value = "1h")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "FERRY_GC_GRACE",
+        default_value = "1h"
+    )]
     grace: String,
     /// Say what would go and how much space returns; remove nothing.
     #[arg(long)]

@@ -27,7 +27,12 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", env = "FERRY_GC_INTERVAL")]
     gc_interval: Option<String>,
     /// Unreferenced blobs younger than this are kept by GC.
-    #[arg(long, value_name = "DURATION", env = "FERRY_GC_GRACE", default_value = "1h")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "FERRY_GC_GRACE",
+        default_value = "1h"
+    )]
     gc_grace: String,
     /// Retention rules (TOML, see `ferry gc --help`) applied before each scheduled GC; needs
     /// --gc-interval.

@@ -801,7 +801,10 @@ impl Store {
                 let bytes = b
                     .block_on(b.get_small(".ferry/last-gc.json", 64 * 1024))
                     .ok()??;
-                Some((bytes.to_vec(), std::time::SystemTime::from(meta.last_modified)))
+                Some((
+                    bytes.to_vec(),
+                    std::time::SystemTime::from(meta.last_modified),
+                ))
             }
         }
     }
@@ -820,7 +823,10 @@ impl Store {
         }
         // SAFETY: statvfs returned 0, so it initialised `st`.
         let st = unsafe { st.assume_init() };
+        // The field types differ between targets (u32 on some): the casts are for those.
+        #[allow(clippy::unnecessary_cast)]
         let frsize = st.f_frsize as u64;
+        #[allow(clippy::unnecessary_cast)]
         Some((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
     }
 

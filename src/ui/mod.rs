@@ -78,7 +78,11 @@ impl Ui {
             let start = Instant::now();
             if let Ok(index) = app.store.index_sync() {
                 let c = app.ui.catalog(&app.store, index);
-                tracing::debug!(entries = c.rows.len(), ms = start.elapsed().as_millis() as u64, "page catalog ready");
+                tracing::debug!(
+                    entries = c.rows.len(),
+                    ms = start.elapsed().as_millis() as u64,
+                    "page catalog ready"
+                );
             }
         });
     }
@@ -178,9 +182,15 @@ pub async fn handle(app: Arc<App>, req: Request) -> Response {
         Ok(Ok(None)) => (StatusCode::NOT_FOUND, pages::not_found()),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "rendering the page failed");
-            (StatusCode::SERVICE_UNAVAILABLE, pages::failed(&e.to_string()))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::failed(&e.to_string()),
+            )
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, pages::failed(&e.to_string())),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            pages::failed(&e.to_string()),
+        ),
     };
     let mut res = (status, body).into_response();
     let h = res.headers_mut();

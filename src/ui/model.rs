@@ -248,7 +248,8 @@ impl Summaries {
                     == Some("attestation-manifest");
                 attestations |= attest;
                 if media::is_manifest_type(&mt) {
-                    let child = (depth < MAX_DEPTH).then(|| self.get_at(store, &d, &mt, size, depth + 1));
+                    let child =
+                        (depth < MAX_DEPTH).then(|| self.get_at(store, &d, &mt, size, depth + 1));
                     match &child {
                         Some(cs) => {
                             s.incomplete |= cs.incomplete;
@@ -344,6 +345,8 @@ impl Summaries {
                 .to_owned();
             s.kind = if config_mt == media::BUILDKIT_CACHE_CONFIG {
                 Kind::CacheImageManifest
+            } else if in_toto {
+                Kind::Attestation
             } else if s.subject.is_some() {
                 let a = artifact.to_ascii_lowercase();
                 if a.contains("signature") || a.contains("cosign") || a.contains("notary") {
@@ -351,8 +354,6 @@ impl Summaries {
                 } else {
                     Kind::Referrer(artifact)
                 }
-            } else if in_toto {
-                Kind::Attestation
             } else if config_mt == OCI_CONFIG || config_mt == DOCKER_CONFIG {
                 Kind::Image
             } else {
@@ -386,6 +387,9 @@ pub struct TagRow {
     /// When the tag was published (ms since the epoch), if recorded.
     pub pushed_ms: Option<u64>,
     pub last_read: Option<SystemTime>,
+    /// An untagged record of a manifest some tag reaches (a child of an index): part of that
+    /// tag, not a holder of its own, so it neither "shares" blobs nor appears as a row.
+    pub child: bool,
 }
 
 impl TagRow {
@@ -447,9 +451,23 @@ impl Catalog {
                 pushed_ms: d.tagged_at(),
                 last_read: reads.get(&d.digest).copied(),
                 summary,
+                child: false,
             });
         }
         rows.sort_by(|a, b| a.repo.cmp(&b.repo));
+        let below_tags: HashSet<&Digest> = rows
+            .iter()
+            .filter(|r| r.tag.is_some())
+            .flat_map(|r| r.summary.closure.iter().skip(1).map(|(d, _)| d))
+            .collect();
+        let children: Vec<bool> = rows
+            .iter()
+            .map(|r| r.tag.is_none() && below_tags.contains(&r.summary.digest))
+            .collect();
+        drop(below_tags);
+        for (r, c) in rows.iter_mut().zip(children) {
+            r.child = c;
+        }
         let mut repos: Vec<RepoRow> = Vec::new();
         let mut blob_users: HashMap<Digest, (u64, Vec<usize>)> = HashMap::new();
         let mut tally: Vec<BlobTally> = Vec::new();
@@ -493,7 +511,7 @@ impl Catalog {
             blob_users.insert((*d).clone(), (t.size, Vec::new()));
         }
         drop(ids);
-        for (i, r) in rows.iter().enumerate() {
+        for (i, r) in rows.iter().enumerate().filter(|(_, r)| !r.child) {
             for (d, _) in &r.summary.closure {
                 if let Some(e) = blob_users.get_mut(d) {
                     e.1.push(i);

@@ -26,12 +26,12 @@ a{color:var(--acc);text-decoration:none}a:hover{text-decoration:underline}
 h1{font-size:20px;margin:4px 0 12px}h2{font-size:16px;margin:20px 0 8px}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(190px,1fr));gap:10px;margin-bottom:16px}
 .card{border:1px solid var(--line);border-radius:6px;padding:8px 12px;background:var(--soft)}
-.card .k{color:var(--mut);font-size:12px}.card .v{font-size:18px;font-weight:600}.card .s{color:var(--mut);font-size:12px}
+.card{overflow-wrap:anywhere}.card .k{color:var(--mut);font-size:12px}.card .v{font-size:18px;font-weight:600}.card .s{color:var(--mut);font-size:12px}
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:5px 8px;border-bottom:1px solid var(--line);vertical-align:top}
 th{font-weight:600;color:var(--mut);white-space:nowrap}th a{color:inherit}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .bar{height:6px;background:var(--bar);border-radius:3px;min-width:1px;margin-top:3px}
 .mono,code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12.5px}
-.muted{color:var(--mut)}.badge{display:inline-block;padding:0 6px;border-radius:9px;background:#e8eef9;font-size:12px;white-space:nowrap}
+.muted{color:var(--mut)}.badge{display:inline-block;white-space:normal;padding:0 6px;border-radius:9px;background:#e8eef9;font-size:12px;}
 .badge.cache{background:#e6f4ea}.badge.warn{background:#fdecea}
 form.filter{margin:0 0 10px;display:flex;gap:6px}form.filter input{padding:4px 8px;border:1px solid var(--line);border-radius:4px;min-width:260px}
 form.filter button{padding:4px 10px}
@@ -69,7 +69,10 @@ fn layout(ctx: &Ctx, title: &str, body: Markup) -> String {
 }
 
 pub fn not_found() -> String {
-    simple("Not found", "No such page, repository or tag on this mirror.")
+    simple(
+        "Not found",
+        "No such page, repository or tag on this mirror.",
+    )
 }
 
 pub fn failed(why: &str) -> String {
@@ -173,7 +176,14 @@ fn link(base: &str, fixed: &[(&str, &str)], v: &View) -> String {
 }
 
 /// A sortable column header: clicking sorts by it, clicking again reverses.
-fn th_sort(base: &str, fixed: &[(&str, &str)], v: &View, key: &str, label: &str, num: bool) -> Markup {
+fn th_sort(
+    base: &str,
+    fixed: &[(&str, &str)],
+    v: &View,
+    key: &str,
+    label: &str,
+    num: bool,
+) -> Markup {
     let active = v.sort == key;
     let next = View {
         sort: key.into(),
@@ -209,7 +219,16 @@ fn filter_form(base: &str, hidden: &[(&str, &str)], v: &View, what: &str) -> Mar
 fn pager(base: &str, fixed: &[(&str, &str)], v: &View, total: usize) -> Markup {
     let pages = total.div_ceil(PAGE).max(1);
     let page = v.page.min(pages);
-    let at = |n: usize| link(base, fixed, &View { page: n, ..v.clone() });
+    let at = |n: usize| {
+        link(
+            base,
+            fixed,
+            &View {
+                page: n,
+                ..v.clone()
+            },
+        )
+    };
     html! {
         div.pager {
             @if page > 1 { a href=(at(page - 1)) rel="prev" { "← previous" } }
@@ -312,8 +331,8 @@ pub fn mirror(ctx: &Ctx, v: &View) -> String {
                             div.bar style=(format!("width:{:.1}%", r.bytes as f64 * 100.0 / max as f64)) {}
                         }
                         td.n { (size(r.unique)) }
-                        td { (when_ms(r.last_push_ms)) }
-                        td { (when_ms(ms_of(r.last_read))) }
+                        td.n { (when_ms(r.last_push_ms)) }
+                        td.n { (when_ms(ms_of(r.last_read))) }
                     }
                 }
                 @if repos.is_empty() {
@@ -362,8 +381,12 @@ pub fn repo(ctx: &Ctx, name: &str, v: &View) -> Option<String> {
         .rows
         .iter()
         .enumerate()
-        .filter(|(_, r)| r.repo == name)
-        .filter(|(_, r)| q.is_empty() || r.name().to_lowercase().contains(&q) || r.summary.kind.label().to_lowercase().contains(&q))
+        .filter(|(_, r)| r.repo == name && !r.child)
+        .filter(|(_, r)| {
+            q.is_empty()
+                || r.name().to_lowercase().contains(&q)
+                || r.summary.kind.label().to_lowercase().contains(&q)
+        })
         .collect();
     // Tags first (by name), then untagged entries.
     rows.sort_by(|(_, a), (_, b)| (a.tag.is_none(), &a.tag).cmp(&(b.tag.is_none(), &b.tag)));
@@ -387,7 +410,7 @@ pub fn repo(ctx: &Ctx, name: &str, v: &View) -> Option<String> {
     let body = html! {
         h1 { "Repository " span.mono #repo-name { (name) } }
         div.cards {
-            (card("Tags", "repo-tags", html! { span data-count=(info.tags) { (info.tags) } }, Some(html! { (info.entries) " manifests recorded" })))
+            (card("Tags", "repo-tags", html! { span data-count=(info.tags) { (info.tags) } }, Some(html! { (info.entries) " manifests recorded (children of indexes included)" })))
             (card("Size", "repo-bytes", size(info.bytes), Some(html! { "every blob once" })))
             (card("Only here", "repo-unique", size(info.unique), Some(html! { "no other repository shares it" })))
             (card("Last push", "repo-pushed", when_ms(info.last_push_ms), None))
@@ -419,8 +442,8 @@ pub fn repo(ctx: &Ctx, name: &str, v: &View) -> Option<String> {
                         td { (kind_badge(&r.summary)) }
                         td.mono { (r.summary.platforms.join(", ")) }
                         td.n { (size(r.summary.bytes())) }
-                        td { (when_ms(r.pushed_ms)) }
-                        td { (when_ms(ms_of(r.last_read))) }
+                        td.n { (when_ms(r.pushed_ms)) }
+                        td.n { (when_ms(ms_of(r.last_read))) }
                         td.mono title=(r.summary.digest.to_string()) { (short(&r.summary.digest)) }
                     }
                 }

@@ -28,4 +28,5 @@ mod storage;
 mod sync;
 mod tls;
 mod trip;
+mod ui;
 mod upstream;
