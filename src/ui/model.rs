@@ -420,8 +420,9 @@ pub struct Catalog {
     pub rows: Vec<TagRow>,
     /// Sorted by name.
     pub repos: Vec<RepoRow>,
-    /// Every blob reached by some entry: its size and the rows (indices into `rows`) reaching it.
-    pub blob_users: HashMap<Digest, (u64, Vec<usize>)>,
+    /// Bytes of every distinct blob some entry reaches, and how many blobs that is.
+    pub referenced_bytes: u64,
+    pub distinct_blobs: usize,
 }
 
 /// Per blob while the catalog is built: its size, the last repository counted for it, and in
@@ -469,7 +470,6 @@ impl Catalog {
             r.child = c;
         }
         let mut repos: Vec<RepoRow> = Vec::new();
-        let mut blob_users: HashMap<Digest, (u64, Vec<usize>)> = HashMap::new();
         let mut tally: Vec<BlobTally> = Vec::new();
         let mut ids: HashMap<&Digest, usize> = HashMap::new();
         for r in &rows {
@@ -503,53 +503,65 @@ impl Catalog {
                 }
             }
         }
-        for (d, &id) in &ids {
-            let t = &tally[id];
+        for t in &tally {
             if t.repos == 1 {
                 repos[t.first_repo].unique += t.size;
             }
-            blob_users.insert((*d).clone(), (t.size, Vec::new()));
         }
+        let referenced_bytes = tally.iter().map(|t| t.size).sum();
+        let distinct_blobs = tally.len();
         drop(ids);
-        for (i, r) in rows.iter().enumerate().filter(|(_, r)| !r.child) {
-            for (d, _) in &r.summary.closure {
-                if let Some(e) = blob_users.get_mut(d) {
-                    e.1.push(i);
-                }
-            }
-        }
         Catalog {
             rows,
             repos,
-            blob_users,
+            referenced_bytes,
+            distinct_blobs,
         }
     }
-    /// Bytes of every distinct blob any entry reaches.
-    pub fn referenced_bytes(&self) -> u64 {
-        self.blob_users.values().map(|(s, _)| s).sum()
+
+    /// For the blobs `row` reaches: the other entries (not child records) reaching each. One
+    /// pass over the catalog, for the one tag a page shows, instead of a table of every blob's
+    /// users kept for every page.
+    pub fn sharers(&self, row: usize) -> Sharers {
+        let mut users: HashMap<&Digest, Vec<usize>> = HashMap::new();
+        if let Some(r) = self.rows.get(row) {
+            for (d, _) in &r.summary.closure {
+                users.insert(d, Vec::new());
+            }
+        }
+        for (i, r) in self.rows.iter().enumerate() {
+            if i == row || r.child {
+                continue;
+            }
+            for (d, _) in &r.summary.closure {
+                if let Some(u) = users.get_mut(d) {
+                    u.push(i);
+                }
+            }
+        }
+        Sharers {
+            users: users.into_iter().map(|(d, u)| (d.clone(), u)).collect(),
+        }
+    }
+}
+
+/// Which other entries reach each blob of one entry ([`Catalog::sharers`]).
+pub struct Sharers {
+    users: HashMap<Digest, Vec<usize>>,
+}
+
+impl Sharers {
+    /// Entries other than the one asked about that reach `d`.
+    pub fn of(&self, d: &Digest) -> &[usize] {
+        self.users.get(d).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    /// Rows reaching `d` other than `row`.
-    pub fn others(&self, d: &Digest, row: usize) -> Vec<usize> {
-        self.blob_users
-            .get(d)
-            .map(|(_, u)| u.iter().copied().filter(|&u| u != row).collect())
-            .unwrap_or_default()
-    }
-
-    /// What removing `row` would free: the bytes of blobs no other entry reaches.
-    pub fn frees(&self, row: usize) -> u64 {
-        let Some(r) = self.rows.get(row) else {
-            return 0;
-        };
-        r.summary
+    /// What removing the entry would free: bytes of its blobs no other entry reaches.
+    pub fn frees(&self, summary: &Summary) -> u64 {
+        summary
             .closure
             .iter()
-            .filter(|(d, _)| {
-                self.blob_users
-                    .get(d)
-                    .is_none_or(|(_, u)| u.iter().all(|&u| u == row))
-            })
+            .filter(|(d, _)| self.of(d).is_empty())
             .map(|(_, s)| s)
             .sum()
     }

@@ -5,12 +5,12 @@ use std::time::SystemTime;
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use super::model::{Catalog, Child, Summary, TagRow};
+use super::model::{Catalog, Child, Sharers, Summary, TagRow};
 use super::{View, PAGE};
 use crate::server::App;
 
 pub struct Ctx<'a> {
-    pub app: &'a App,
+    pub app: &'a std::sync::Arc<App>,
     pub catalog: &'a Catalog,
     /// The address clients use (from `Host`), for the lines to copy.
     pub host: &'a str,
@@ -261,7 +261,7 @@ fn card(key: &str, id: &str, value: Markup, sub: Option<Markup>) -> Markup {
 pub fn mirror(ctx: &Ctx, v: &View) -> String {
     let c = ctx.catalog;
     let store = &ctx.app.store;
-    let (blob_count, stored) = ctx.app.ui.stored(store);
+    let (blob_count, stored, counted) = super::Ui::stored(ctx.app);
     let tags: usize = c.repos.iter().map(|r| r.tags).sum();
     let last_gc = store.last_gc_sync().and_then(|(b, at)| {
         serde_json::from_slice::<crate::gc::GcReport>(&b)
@@ -293,10 +293,10 @@ pub fn mirror(ctx: &Ctx, v: &View) -> String {
             (card("Repositories", "total-repos", html! { span data-count=(c.repos.len()) { (c.repos.len()) } }, None))
             (card("Tags", "total-tags", html! { span data-count=(tags) { (tags) } },
                 Some(html! { (c.rows.len()) " manifests recorded" })))
-            (card("Referenced", "total-referenced", size(c.referenced_bytes()),
-                Some(html! { (c.blob_users.len()) " distinct blobs reached by tags" })))
+            (card("Referenced", "total-referenced", size(c.referenced_bytes),
+                Some(html! { (c.distinct_blobs) " distinct blobs reached by tags" })))
             (card("Stored blobs", "total-blobs", html! { span data-count=(blob_count) { (blob_count) } },
-                Some(html! { (size(stored)) " on the store" })))
+                Some(html! { (size(stored)) " on the store, counted " (counted.elapsed().as_secs()) " s ago" })))
             @match store.disk_space() {
                 Some((total, free)) => (card("Disk", "disk",
                     html! { (size(total - free)) " used" },
@@ -455,8 +455,8 @@ pub fn repo(ctx: &Ctx, name: &str, v: &View) -> Option<String> {
     Some(layout(ctx, name, body))
 }
 
-fn shared_note(ctx: &Ctx, d: &crate::digest::Digest, row: usize) -> Markup {
-    let others = ctx.catalog.others(d, row);
+fn shared_note(ctx: &Ctx, sharers: &Sharers, d: &crate::digest::Digest) -> Markup {
+    let others = sharers.of(d);
     if others.is_empty() {
         return html! { span.badge data-shared="0" title="no other tag reaches this blob: deleting this tag frees it" { "only this tag" } };
     }
@@ -475,7 +475,7 @@ fn shared_note(ctx: &Ctx, d: &crate::digest::Digest, row: usize) -> Markup {
     }
 }
 
-fn node(ctx: &Ctx, row: usize, c: &Child, depth: usize) -> Markup {
+fn node(ctx: &Ctx, sharers: &Sharers, c: &Child, depth: usize) -> Markup {
     let stored = ctx.app.store.blob_size_sync(&c.digest).is_some();
     html! {
         li.node data-digest=(c.digest.to_string()) data-size=(c.size) data-role=(c.role.label()) {
@@ -487,11 +487,11 @@ fn node(ctx: &Ctx, row: usize, c: &Child, depth: usize) -> Markup {
                 (size(c.size))
                 span.mono.muted { (c.media_type) }
                 @if !stored { span.badge.warn { "not in this store" } }
-                (shared_note(ctx, &c.digest, row))
+                (shared_note(ctx, sharers, &c.digest))
             }
             @if let Some(s) = &c.summary {
                 @if depth < 4 && !s.children.is_empty() {
-                    ul.tree { @for ch in &s.children { (node(ctx, row, ch, depth + 1)) } }
+                    ul.tree { @for ch in &s.children { (node(ctx, sharers, ch, depth + 1)) } }
                 }
             }
         }
@@ -510,7 +510,8 @@ pub fn tag(ctx: &Ctx, repo: &str, tag: Option<&str>, digest: Option<&str>) -> Op
             }
     })?;
     let s = &row.summary;
-    let frees = c.frees(i);
+    let sharers = c.sharers(i);
+    let frees = sharers.frees(s);
     let body = html! {
         h1 { a href=(format!("/ui/repo?name={}", enc(repo))) { (repo) } span.mono { @match &row.tag { Some(t) => { ":" (t) }, None => { "@" (short(&s.digest)) } } } }
         div.cards {
@@ -533,10 +534,10 @@ pub fn tag(ctx: &Ctx, repo: &str, tag: Option<&str>, digest: Option<&str>) -> Op
                     span.mono title=(s.digest.to_string()) { (short(&s.digest)) }
                     (size(s.size))
                     span.mono.muted { (s.media_type) }
-                    (shared_note(ctx, &s.digest, i))
+                    (shared_note(ctx, &sharers, &s.digest))
                 }
                 @if !s.children.is_empty() {
-                    ul.tree { @for ch in &s.children { (node(ctx, i, ch, 1)) } }
+                    ul.tree { @for ch in &s.children { (node(ctx, &sharers, ch, 1)) } }
                 }
             }
         }
