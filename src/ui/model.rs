@@ -484,7 +484,11 @@ impl Catalog {
             row.entries += 1;
             row.tags += usize::from(r.tag.is_some());
             row.last_push_ms = row.last_push_ms.max(r.pushed_ms);
-            row.last_read = row.last_read.max(r.last_read);
+            // Reads are recorded per manifest digest, not per repository: a child record whose
+            // manifest another repository's tag also names would carry that tag's reads here.
+            if !r.child {
+                row.last_read = row.last_read.max(r.last_read);
+            }
             for (d, size) in &r.summary.closure {
                 let id = *ids.entry(d).or_insert_with(|| {
                     tally.push(BlobTally {

@@ -323,7 +323,7 @@ pub fn mirror(ctx: &Ctx, v: &View) -> String {
             } }
             tbody {
                 @for r in &repos[range] {
-                    tr data-repo=(r.name) data-tags=(r.tags) data-bytes=(r.bytes) data-unique=(r.unique) {
+                    tr data-repo=(r.name) data-tags=(r.tags) data-bytes=(r.bytes) data-unique=(r.unique) data-read=(ms_of(r.last_read).map(|m| m.to_string()).unwrap_or_default()) {
                         td { a href=(format!("/ui/repo?name={}", enc(&r.name))) { (r.name) } }
                         td.n { (r.tags) }
                         td.n {

@@ -222,8 +222,32 @@ async fn the_numbers_on_the_page_are_the_registrys(b: Backend) {
     let Some(s) = populated_in(b).await else {
         return;
     };
+    // A pull of app/image:1 is its last read.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let r = http()
+        .get(format!("{}/v2/app/image/manifests/1", s.url))
+        .header("Accept", ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     let html = get_page(&format!("{}/", s.url)).await;
     let shown = rows(&html, "data-repo=");
+    for row in &shown {
+        if row["data-repo"] == "app/image" {
+            let read: u64 = row["data-read"].parse().expect("app/image has a last read");
+            // Marker times have the filesystem's (or the store's) granularity: a second.
+            assert!(
+                read + 1000 >= before,
+                "last read {read} before the pull at {before}"
+            );
+        } else {
+            assert_eq!(row["data-read"], "", "{} was never read", row["data-repo"]);
+        }
+    }
     let catalog: Value = http()
         .get(format!("{}/v2/_catalog", s.url))
         .send()
@@ -430,6 +454,39 @@ async fn a_ten_thousand_tag_repository_is_paged_sorted_and_filtered() {
     let f = get_page(&format!("{base}&q=v0012")).await;
     assert_eq!(rows(&f, "data-pages=")[0]["data-total"], "10");
     s.stop().await;
+}
+
+#[tokio::test]
+async fn a_carried_directory_served_read_only_shows_what_the_trip_brought() {
+    let (s, tmp) = populated(false).await;
+    let before = rows(&get_page(&format!("{}/", s.url)).await, "data-repo=");
+    s.stop().await;
+    let usb = TestServer::start_on(&tmp.path().join("data"), true).await;
+    let html = get_page(&format!("{}/", usb.url)).await;
+    assert!(
+        html.contains(">read-only<"),
+        "the page says it is read-only"
+    );
+    let after = rows(&html, "data-repo=");
+    let key = |r: &Vec<HashMap<String, String>>| {
+        r.iter()
+            .map(|r| {
+                (
+                    r["data-repo"].clone(),
+                    r["data-tags"].clone(),
+                    r["data-bytes"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(key(&after), key(&before));
+    let tag = get_page(&format!(
+        "{}/ui/tag?repo=cache/legacy-oci&tag=cache",
+        usb.url
+    ))
+    .await;
+    assert!(tag.contains("data-kind=\"BuildKit cache (OCI index)\""));
+    usb.stop().await;
 }
 
 #[tokio::test]
