@@ -44,7 +44,8 @@ pub async fn handle(app: Arc<App>, req: Request) -> Response {
     }
 }
 
-fn query_params(req: &Request) -> Vec<(String, String)> {
+/// The query string as decoded pairs (`+` as a space), for the API and the web page.
+pub(crate) fn query_params(req: &Request) -> Vec<(String, String)> {
     let q = req.uri().query().unwrap_or("");
     q.split('&')
         .filter(|kv| !kv.is_empty())

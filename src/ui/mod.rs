@@ -123,22 +123,6 @@ pub struct View {
     pub page: usize,
 }
 
-fn params(req: &Request) -> Vec<(String, String)> {
-    let q = req.uri().query().unwrap_or("");
-    q.split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            let dec = |s: &str| {
-                percent_encoding::percent_decode_str(&s.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            (dec(k), dec(v))
-        })
-        .collect()
-}
-
 fn param(p: &[(String, String)], key: &str) -> Option<String> {
     p.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
 }
@@ -164,7 +148,7 @@ pub async fn handle(app: Arc<App>, req: Request) -> Response {
         return (StatusCode::METHOD_NOT_ALLOWED, "the page is read-only\n").into_response();
     }
     let path = req.uri().path().to_owned();
-    let p = params(&req);
+    let p = crate::server::handlers::query_params(&req);
     let host = req
         .headers()
         .get(header::HOST)

@@ -489,15 +489,18 @@ async fn a_carried_directory_served_read_only_shows_what_the_trip_brought() {
     usb.stop().await;
 }
 
-#[tokio::test]
-async fn the_page_asks_for_the_same_credentials_as_reads() {
+/// An htpasswd file with alice:secret.
+fn alice_htpasswd() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("htpasswd");
-    std::fs::write(
-        &file,
-        format!("alice:{}\n", bcrypt::hash("secret", 6).unwrap()),
-    )
-    .unwrap();
+    let line = format!("alice:{}\n", bcrypt::hash("secret", 6).unwrap());
+    std::fs::write(&file, line).unwrap();
+    (tmp, file)
+}
+
+#[tokio::test]
+async fn the_page_asks_for_the_same_credentials_as_reads() {
+    let (tmp, file) = alice_htpasswd();
     for anonymous_read in [false, true] {
         let auth = ferry::server::auth::Htpasswd::new(file.clone(), anonymous_read).unwrap();
         let s = TestServer::start_with(&tmp.path().join("data"), false, Some(auth)).await;
@@ -805,13 +808,7 @@ async fn the_three_pages_in_a_real_browser() {
 
 #[tokio::test]
 async fn the_browser_gets_in_with_credentials() {
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("htpasswd");
-    std::fs::write(
-        &file,
-        format!("alice:{}\n", bcrypt::hash("secret", 6).unwrap()),
-    )
-    .unwrap();
+    let (tmp, file) = alice_htpasswd();
     let auth = ferry::server::auth::Htpasswd::new(file, false).unwrap();
     let s = TestServer::start_with(&tmp.path().join("data"), false, Some(auth)).await;
     let Some(b) = Browser::start().await else {
