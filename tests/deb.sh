@@ -55,7 +55,11 @@ for line in 'User=ferry' 'NoNewPrivileges=yes' 'ProtectSystem=strict' 'ReadWrite
   grep -qxF "$line" "$unit" || fail "$unit lacks $line"
 done
 grep -qxF 'OnCalendar=daily' /lib/systemd/system/ferry-gc.timer || fail "timer schedule"
-ok "systemd-analyze verify: clean; hardening present"
+# systemd's own exposure score (0 best, 10 worst): 2.0 at most (a default service scores 9.6).
+score=$(systemd-analyze security --offline=true "$unit" 2>&1 | sed -n 's/.*Overall exposure level for ferry.service: \([0-9.]*\).*/\1/p')
+[ -n "$score" ] || fail "no exposure score from systemd-analyze security"
+awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }' || fail "exposure level $score > 2.0"
+ok "systemd-analyze verify: clean; hardening present; exposure level $score"
 
 # The unit's ExecStart, as the ferry user, with the unit's environment and /etc/default/ferry.
 exec_start=$(sed -n 's/^ExecStart=//p' "$unit")
