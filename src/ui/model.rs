@@ -121,7 +121,11 @@ pub struct Summary {
     pub media_type: String,
     pub size: u64,
     pub kind: Kind,
+    /// Platforms named by descriptors (an index's `platform` fields).
     pub platforms: Vec<String>,
+    /// Image configs whose `os/architecture` are further platforms: read only when a page
+    /// shows them ([`Summaries::platforms`]), so walking a store reads manifests, not configs.
+    pub platform_configs: Vec<(Digest, u64)>,
     pub subject: Option<Digest>,
     pub children: Vec<Child>,
     /// Every blob this manifest reaches, itself included, each once, with its size.
@@ -140,6 +144,8 @@ impl Summary {
 #[derive(Default)]
 pub struct Summaries {
     cache: Mutex<HashMap<Digest, Arc<Summary>>>,
+    /// The platform of each image config read so far.
+    configs: Mutex<HashMap<Digest, Option<String>>>,
 }
 
 fn platform_of(v: &Value) -> Option<String> {
@@ -207,6 +213,7 @@ impl Summaries {
             size,
             kind: Kind::Unknown,
             platforms: Vec::new(),
+            platform_configs: Vec::new(),
             subject: None,
             children: Vec::new(),
             closure: vec![(digest.clone(), size)],
@@ -261,6 +268,8 @@ impl Summaries {
                                     s.platforms.push(p.clone());
                                 } else {
                                     s.platforms.extend(cs.platforms.iter().cloned());
+                                    s.platform_configs
+                                        .extend(cs.platform_configs.iter().cloned());
                                 }
                             }
                         }
@@ -362,18 +371,67 @@ impl Summaries {
             if s.kind == Kind::Image {
                 if let Some((d, size, _)) = &config {
                     if *size <= MAX_CONFIG {
-                        let p = store
-                            .read_small_sync(d, MAX_CONFIG)
-                            .ok()
-                            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                            .and_then(|c| platform_of(&c));
-                        s.platforms.extend(p);
+                        s.platform_configs.push((d.clone(), *size));
                     }
                 }
             }
         }
         s.platforms.dedup();
         s
+    }
+
+    /// Every platform of a summary: those its descriptors name and those of its image configs
+    /// (each config read once, then remembered).
+    pub fn platforms(&self, store: &Store, s: &Summary) -> Vec<String> {
+        let mut out = s.platforms.clone();
+        for (d, _) in &s.platform_configs {
+            let known = self
+                .configs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(d)
+                .cloned();
+            let p = match known {
+                Some(p) => p,
+                None => {
+                    let p = store
+                        .read_small_sync(d, MAX_CONFIG)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                        .and_then(|c| platform_of(&c));
+                    let mut c = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+                    if c.len() >= MAX_CACHED {
+                        c.clear();
+                    }
+                    c.insert(d.clone(), p.clone());
+                    p
+                }
+            };
+            out.extend(p);
+        }
+        out.dedup();
+        out
+    }
+
+    /// Summarise every manifest of `index` on a few threads (a cold store: 10,000 manifests are
+    /// 10,000 small reads; the catalog then finds them all cached).
+    pub fn prefetch(&self, store: &Store, index: &Index) {
+        let list = &index.file.manifests;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        if threads < 2 || list.len() < 256 {
+            return;
+        }
+        std::thread::scope(|scope| {
+            for chunk in list.chunks(list.len().div_ceil(threads)) {
+                scope.spawn(move || {
+                    for d in chunk {
+                        self.get(store, &d.digest, &d.media_type, d.size);
+                    }
+                });
+            }
+        });
     }
 }
 
@@ -439,6 +497,7 @@ impl Catalog {
     /// once per repository" is a comparison with the last repository that counted it, not a set
     /// per repository: one hash lookup per (row, blob) in all.
     pub fn build(store: &Store, index: &Index, summaries: &Summaries) -> Catalog {
+        summaries.prefetch(store, index);
         let reads = store.reads_sync();
         let mut rows = Vec::with_capacity(index.file.manifests.len());
         for d in &index.file.manifests {

@@ -440,7 +440,7 @@ pub fn repo(ctx: &Ctx, name: &str, v: &View) -> Option<String> {
                     tr data-tag=(r.tag.clone().unwrap_or_default()) data-digest=(r.summary.digest.to_string()) data-bytes=(r.summary.bytes()) {
                         td { a href=(href) { @match &r.tag { Some(t) => (t), None => span.muted { "untagged" } } } }
                         td { (kind_badge(&r.summary)) }
-                        td.mono { (r.summary.platforms.join(", ")) }
+                        td.mono { (ctx.app.ui.summaries.platforms(&ctx.app.store, &r.summary).join(", ")) }
                         td.n { (size(r.summary.bytes())) }
                         td.n { (when_ms(r.pushed_ms)) }
                         td.n { (when_ms(ms_of(r.last_read))) }
@@ -510,6 +510,7 @@ pub fn tag(ctx: &Ctx, repo: &str, tag: Option<&str>, digest: Option<&str>) -> Op
             }
     })?;
     let s = &row.summary;
+    let platforms = ctx.app.ui.summaries.platforms(&ctx.app.store, s);
     let sharers = c.sharers(i);
     let frees = sharers.frees(s);
     let body = html! {
@@ -518,7 +519,7 @@ pub fn tag(ctx: &Ctx, repo: &str, tag: Option<&str>, digest: Option<&str>) -> Op
             (card("Kind", "tag-kind", kind_badge(s), Some(html! { span.mono { (s.media_type) } })))
             (card("Size", "tag-bytes", size(s.bytes()), Some(html! { (s.closure.len()) " blobs, each once" })))
             (card("Deleting it frees", "tag-frees", size(frees), Some(html! { "blobs no other tag reaches (after GC)" })))
-            (card("Platforms", "tag-platforms", html! { span.mono { @if s.platforms.is_empty() { "—" } @else { (s.platforms.join(", ")) } } }, None))
+            (card("Platforms", "tag-platforms", html! { span.mono { @if platforms.is_empty() { "—" } @else { (platforms.join(", ")) } } }, None))
             (card("Pushed", "tag-pushed", when_ms(row.pushed_ms), None))
             (card("Last read", "tag-read", when_ms(ms_of(row.last_read)), None))
         }

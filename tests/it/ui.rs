@@ -354,6 +354,15 @@ async fn each_tag_is_named_by_its_kind_and_its_graph_is_the_manifests(b: Backend
         .await;
         let kinds = rows(&html, "data-kind=");
         assert_eq!(kinds[0]["data-kind"], kind, "{repo}:{tag}");
+        // Platforms: from the index's descriptors, or read from the image config.
+        let i = html.find("id=\"tag-platforms\"").unwrap();
+        let card = &html[i..i + html[i..].find("</div></div>").unwrap()];
+        if repo.starts_with("app/") {
+            assert!(
+                card.contains("linux/amd64"),
+                "{repo}:{tag} platforms: {card}"
+            );
+        }
         // The graph holds exactly what the API walk reaches, each with its size.
         let mut want = BTreeMap::new();
         walk(&s.url, repo, tag, &mut want).await;
