@@ -299,7 +299,7 @@ pub fn mirror(ctx: &Ctx, v: &View) -> String {
                 Some(html! { (size(stored)) " on the store, counted " (counted.elapsed().as_secs()) " s ago" })))
             @match store.disk_space() {
                 Some((total, free)) => (card("Disk", "disk",
-                    html! { (size(total - free)) " used" },
+                    html! { (size(total.saturating_sub(free))) " used" },
                     Some(html! { (size(free)) " free of " (size(total)) }))),
                 None => (card("Disk", "disk", html! { "object store" }, Some(html! { "space is the cluster's to tell" }))),
             }
