@@ -97,19 +97,10 @@ impl Ui {
         }
     }
 
-    /// Read every manifest, and count the stored blobs, once in the background (two tasks, so
-    /// both cores work): the first visit to the page is then as fast as the next ones. An empty
-    /// store is not counted here, so a count made before the first pushes is never shown.
+    /// Read every manifest once in the background, so the first visit to the page is nearly as
+    /// fast as the next ones. The stored-blob count is not taken here: a count made while the
+    /// first pushes arrive would be shown as current; the first page counts instead.
     pub fn warm(app: Arc<App>) {
-        let a = app.clone();
-        tokio::task::spawn_blocking(move || {
-            if a.store
-                .index_sync()
-                .is_ok_and(|i| !i.file.manifests.is_empty())
-            {
-                Ui::stored(&a);
-            }
-        });
         tokio::task::spawn_blocking(move || {
             let start = Instant::now();
             if let Ok(index) = app.store.index_sync() {
