@@ -136,12 +136,13 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let (reload, shutdown) = ferry::server::signals::Signals::install()
         .context("installing signal handlers")?
         .split(tls.clone());
-    let listener = tokio::net::TcpListener::bind(a.listen)
-        .await
-        .with_context(|| format!("binding {}", a.listen))?;
+    let listener =
+        ferry::server::bind(a.listen).with_context(|| format!("binding {}", a.listen))?;
+    let nofile = ferry::server::limits::raise_nofile();
     tracing::info!(
         listen = %listener.local_addr()?,
         data = %data,
+        open_files = nofile,
         read_only = a.read_only,
         tls = tls.is_some(),
         "ferry registry listening"

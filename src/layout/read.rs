@@ -1,67 +1,198 @@
-//! Streaming a blob out: a blocking thread `pread`s fixed-size chunks straight into fresh buffers
-//! and hands them over a small bounded channel.
+//! Streaming a blob out with memory that does not grow with the number of downloads, and
+//! opening one safely.
+//!
+//! A streamed download (TLS, HTTP/2, `ferry sync` reading a layout; plain HTTP/1.1 goes out with
+//! `sendfile` instead, see `server::zerocopy`) reads one chunk at a time, when the consumer asks
+//! for the next one, into a buffer from a shared pool:
+//!
+//! - **Sized to what the socket takes.** A chunk starts at [`MIN_CHUNK`]; when the consumer
+//!   comes back for the next one at once (the socket took the last one) the size doubles, up to
+//!   [`MAX_CHUNK`]; when it comes back late (a slow client, a full socket) it halves again. So a
+//!   download holds at most the chunk the connection is writing and the one being read: 2 ×
+//!   [`MAX_CHUNK`], whatever the client's speed, and a slow client holds 2 × [`MIN_CHUNK`].
+//! - **Bounded in total.** Every chunk holds permits of one process-wide budget
+//!   ([`BUDGET_BYTES`]) until the connection has written it; past it, reads wait for chunks to be
+//!   written instead of allocating more.
+//! - **Reused.** Buffers go back to a small pool when written, instead of one allocation per chunk.
+//! - **No thread hop for cached data.** The read is first tried on the async worker with
+//!   `preadv2(RWF_NOWAIT)`, which copies what is in the page cache and never waits for the disk;
+//!   only what is not cached (or a filesystem without `RWF_NOWAIT`) goes to the blocking pool,
+//!   so a slow disk (a USB stick) never stalls a worker. The kernel's own read-ahead
+//!   (`POSIX_FADV_SEQUENTIAL`) keeps the page cache ahead of the client, outside ferry's memory.
 //!
 //! `tokio::fs::File` would read into its own buffer and copy into the caller's, one extra memcpy
-//! per byte served; on the 2-core machines ferry runs on that copy was a visible share of a pull.
-//! Memory per download is bounded by the channel (a few chunks), whatever the blob's size.
-//!
-//! And opening one safely: a layout may sit on a USB disk from anywhere, so every reader goes
-//! through [`open_regular`], which never opens a FIFO, socket or device for reading and never
-//! follows a symlink out of the layout.
+//! per byte served. And opening: a layout may sit on a USB disk from anywhere, so every reader
+//! goes through [`open_regular`], which never opens a FIFO, socket or device for reading and
+//! never follows a symlink out of the layout.
 
 use std::fs::File;
-use std::io::{self, Read, Seek};
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
-/// Bytes per read and per body frame.
-pub const READ_CHUNK: usize = 1 << 20;
-/// Chunks read ahead of the network.
-const AHEAD: usize = 1;
+/// The first and smallest chunk of a streamed download.
+pub const MIN_CHUNK: usize = 16 << 10;
+/// The largest chunk: a fast client's downloads read this much at a time.
+pub const MAX_CHUNK: usize = 64 << 10;
+/// Bytes of chunks read and not yet written, over all streamed downloads of the process.
+pub const BUDGET_BYTES: usize = 64 << 20;
+/// A consumer back within this long took the last chunk at once: grow.
+const FAST: Duration = Duration::from_millis(1);
+/// A consumer back after this long is limited by its client: shrink.
+const SLOW: Duration = Duration::from_millis(20);
+/// Idle buffers kept for reuse (at most this × [`MAX_CHUNK`] bytes).
+const POOL_KEEP: usize = 128;
 
-/// Stream `len` bytes of `file` from `offset`.
-pub fn stream_file(file: File, offset: u64, len: u64) -> impl Stream<Item = io::Result<Bytes>> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(AHEAD);
-    tokio::task::spawn_blocking(move || {
-        let mut file = file;
-        if offset > 0 {
-            if let Err(e) = file.seek(io::SeekFrom::Start(offset)) {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        }
-        let mut left = len;
-        while left > 0 {
-            let want = left.min(READ_CHUNK as u64);
-            // read_to_end fills the spare capacity without zeroing it first.
-            let mut buf = Vec::with_capacity(want as usize);
-            let res = match (&mut file).take(want).read_to_end(&mut buf) {
-                Ok(0) => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "blob file is shorter than its recorded size",
-                )),
-                Ok(n) => {
-                    left -= n as u64;
-                    Ok(Bytes::from(buf))
-                }
-                Err(e) => Err(e),
-            };
-            let failed = res.is_err();
-            // The receiver is gone when the client went away: stop reading.
-            if tx.blocking_send(res).is_err() || failed {
-                return;
-            }
-        }
-    });
-    tokio_stream_from(rx)
+static BUDGET: Semaphore = Semaphore::const_new(BUDGET_BYTES / MIN_CHUNK);
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// A pooled buffer holding `len` bytes of a chunk, and its share of [`BUDGET`].
+struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
+    _permit: SemaphorePermit<'static>,
 }
 
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
-) -> impl Stream<Item = io::Result<Bytes>> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_KEEP {
+            pool.push(buf);
+        }
+    }
+}
+
+/// A zeroed [`MAX_CHUNK`] buffer, from the pool when one is there.
+fn pooled() -> Vec<u8> {
+    let reused = POOL.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    reused.unwrap_or_else(|| vec![0; MAX_CHUNK])
+}
+
+/// `preadv2(RWF_NOWAIT)`: what of `buf` the page cache holds at `pos`, without waiting for the
+/// disk (`WouldBlock` when none of it is cached).
+fn read_cached(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let off = libc::off_t::try_from(pos).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: one iovec describing `buf`, which outlives the call; the descriptor is open.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Fill `buf` from `pos` (blocking), or fail with `UnexpectedEof` if the file ends first.
+fn read_full(file: &File, buf: &mut [u8], pos: u64) -> io::Result<()> {
+    file.read_exact_at(buf, pos).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob file is shorter than its recorded size",
+            )
+        } else {
+            e
+        }
+    })
+}
+
+struct Reader {
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
+    size: usize,
+    /// When the last chunk was handed out.
+    handed: Option<Instant>,
+    /// `RWF_NOWAIT` works on this file.
+    nowait: bool,
+}
+
+impl Reader {
+    async fn next(&mut self) -> io::Result<Option<Bytes>> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        if let Some(t) = self.handed {
+            let gap = t.elapsed();
+            if gap < FAST {
+                self.size = (self.size * 2).min(MAX_CHUNK);
+            } else if gap > SLOW {
+                self.size = (self.size / 2).max(MIN_CHUNK);
+            }
+        }
+        let want = (self.size as u64).min(self.end - self.pos) as usize;
+        let units = want.div_ceil(MIN_CHUNK) as u32;
+        let permit = BUDGET
+            .acquire_many(units)
+            .await
+            .map_err(|_| io::Error::other("read budget closed"))?;
+        let mut buf = pooled();
+        let mut got = 0;
+        if self.nowait {
+            match read_cached(&self.file, &mut buf[..want], self.pos) {
+                Ok(n) => got = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // EOPNOTSUPP, EINVAL: a filesystem or kernel without RWF_NOWAIT.
+                Err(_) => self.nowait = false,
+            }
+        }
+        if got == 0 {
+            let (file, pos) = (self.file.clone(), self.pos);
+            let (b, res) = tokio::task::spawn_blocking(move || {
+                let res = read_full(&file, &mut buf[..want], pos);
+                (buf, res)
+            })
+            .await
+            .map_err(io::Error::other)?;
+            res?;
+            buf = b;
+            got = want;
+        }
+        self.pos += got as u64;
+        self.handed = Some(Instant::now());
+        Ok(Some(Bytes::from_owner(Chunk {
+            buf,
+            len: got,
+            _permit: permit,
+        })))
+    }
+}
+
+/// Stream `len` bytes of `file` from `offset` (see the module's documentation).
+pub fn stream_file(file: File, offset: u64, len: u64) -> impl Stream<Item = io::Result<Bytes>> {
+    // SAFETY: posix_fadvise on an open descriptor; advice only, failure is harmless.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    }
+    let reader = Reader {
+        file: Arc::new(file),
+        pos: offset,
+        end: offset.saturating_add(len),
+        size: MIN_CHUNK,
+        handed: None,
+        nowait: true,
+    };
+    futures_util::stream::try_unfold(reader, |mut r| async move {
+        Ok(r.next().await?.map(|b| (b, r)))
+    })
 }
 
 /// What a name inside a layout turned out to be, for a reader that must not trust it.

@@ -16,8 +16,10 @@ use futures_util::{Stream, StreamExt};
 
 use crate::digest::Hasher;
 
-/// Chunks queued between the network and the disk thread.
-const CHANNEL_CHUNKS: usize = 16;
+/// Chunks queued between the network and the disk thread. A chunk is what hyper read off the
+/// socket (at most its 64 KiB read buffer), so a pusher whose disk lags holds at most this many
+/// of those: 256 KiB, the per-connection budget. A slow pusher holds a few small ones.
+const CHANNEL_CHUNKS: usize = 4;
 /// Body bytes read and dropped after a disk error, so the error answer reaches the client.
 const DRAIN_ON_ERROR: u64 = 64 << 20;
 

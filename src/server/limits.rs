@@ -20,6 +20,38 @@ use crate::error::Error;
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// HTTP/2 streams one connection may have open at once.
 pub const MAX_H2_STREAMS: u32 = 64;
+/// HTTP/2 flow-control windows: what a client may send before the server has taken it, per
+/// stream and per connection.
+pub const H2_STREAM_WINDOW: u32 = 128 << 10;
+pub const H2_CONN_WINDOW: u32 = 256 << 10;
+/// Body bytes queued per HTTP/2 stream before the body is asked for more.
+pub const H2_SEND_BUF: usize = 64 << 10;
+
+/// Raise the soft limit on open descriptors to the hard one (each connection, blob being
+/// served and upload holds one; Debian's default soft limit of 1,024 would cap a build farm's
+/// burst). Returns the limit now in force.
+pub fn raise_nofile() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a pointer to a local, initialised struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    r.rlim_cur
+}
 
 #[derive(Clone, Debug)]
 pub struct Limits {

@@ -162,19 +162,26 @@ pub async fn run(
     crate::ui::Ui::warm(app.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
+    let mut refused = AcceptFailures::default();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // EMFILE (out of descriptors) and friends: the connection stays in the
+                    // kernel's backlog and is accepted once descriptors free up. Back off
+                    // instead of spinning, and say so once per interval, not per attempt.
+                    refused.failed(&e);
+                    tokio::select! {
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                        () = &mut shutdown => break,
+                    }
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
+        refused.recovered();
         let _ = stream.set_nodelay(true);
         let conn = Conn {
             router: router.clone(),
@@ -223,6 +230,58 @@ pub async fn run(
         tracing::warn!("some connections did not finish in time");
     }
     Ok(())
+}
+
+/// Connections the kernel holds for the accept loop (capped by `net.core.somaxconn`, 4096 on
+/// current kernels). The standard library's 128 is too few for a build farm's burst: past it,
+/// the kernel drops new connections' SYNs and clients retry after 1, 3, 7 s.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`].
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// How long the accept loop waits after a failed accept (out of descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one warning per this long while accepts keep failing.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Failed accepts since the last warning, so a descriptor shortage is logged once per
+/// [`ACCEPT_WARN_EVERY`] with a count instead of ten times a second.
+#[derive(Default)]
+struct AcceptFailures {
+    since_warning: u64,
+    warned: Option<Instant>,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, e: &std::io::Error) {
+        self.since_warning += 1;
+        if self.warned.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
+            tracing::warn!(
+                error = %e,
+                failed_accepts = self.since_warning,
+                "cannot accept connections (new ones wait in the backlog); retrying"
+            );
+            self.warned = Some(Instant::now());
+            self.since_warning = 0;
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.warned.take().is_some() {
+            tracing::info!("accepting connections again");
+            self.since_warning = 0;
+        }
+    }
 }
 
 /// One accepted connection, ready to be served over any byte stream (TCP or TLS).
@@ -283,7 +342,13 @@ impl Conn {
             .http2()
             .timer(hyper_util::rt::TokioTimer::new())
             .max_header_list_size(limits::MAX_HEADER_BYTES as u32)
-            .max_concurrent_streams(limits::MAX_H2_STREAMS);
+            .max_concurrent_streams(limits::MAX_H2_STREAMS)
+            // Memory per connection: what HTTP/2 buffers for a connection is bounded by these
+            // (received data the handlers have not taken, and body data queued to send), not
+            // by hyper's defaults (1 MiB windows per stream, 400 KiB send buffers).
+            .initial_stream_window_size(limits::H2_STREAM_WINDOW)
+            .initial_connection_window_size(limits::H2_CONN_WINDOW)
+            .max_send_buf_size(limits::H2_SEND_BUF);
         let activity = limits::Activity::new();
         let io = limits::Watched::new(io, activity.clone());
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);

@@ -18,6 +18,7 @@ mod hostile_media;
 mod interop_docker;
 mod interop_skopeo;
 mod limits;
+mod load;
 mod oci_client;
 mod process;
 mod replicas;
