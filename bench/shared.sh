@@ -3,6 +3,7 @@
 # same certificate (made by `ferry tls init`) and requiring credentials from the same htpasswd file.
 #
 #   bash bench/shared.sh [SIZE_MIB] [HEADS]      defaults: 1024 MiB, 2000 authenticated HEADs
+#   FERRY_BIN=/path/to/ferry bash bench/shared.sh   measure that binary (an older build: before/after)
 #
 # Clients are curl (less CPU per byte than any Rust client on these 2 shared cores). Prints a
 # markdown table. Figures: a blob pushed (POST, then one PUT with the body) and pulled over TLS, and
@@ -16,10 +17,10 @@ heads="${2:-2000}"
 . bench/lib.sh
 bench_init ferry-shared
 
-cargo build --release --quiet --bin ferry
+[ -n "${FERRY_BIN:-}" ] || cargo build --release --quiet --bin ferry
 registry=$(command -v docker-registry || true)
 [ -n "$registry" ] || { echo "docker-registry not installed (apt-get install docker-registry)" >&2; exit 1; }
-ferry=./target/release/ferry
+ferry=${FERRY_BIN:-./target/release/ferry}
 
 "$ferry" tls init --host 127.0.0.1 --out "$work/tls" >/dev/null
 ca="$work/tls/ca.crt"

@@ -7,7 +7,10 @@
 # `ferry verify` must be clean, no upload session or temp file may be left after expiry, RSS in
 # the last 10% of the run within 1.1x of RSS at 10%, descriptors flat. See examples/soak.rs.
 #
-#   bash bench/soak.sh [DURATION] [--s3]     DURATION like 3m or 60m (default 60m)
+#   bash bench/soak.sh [DURATION] [--s3] [--kill-every 40s] [--gc-every 20s] [--workers 6]
+#                                             DURATION like 3m or 60m (default 60m)
+#   FERRY_BIN=path/to/ferry bash bench/soak.sh 3m   soak that binary (CI: the static release
+#                                             build), the workload client built in the dev profile
 #
 # Prints one line per minute and a summary table; the last line starts `soak: PASS` or
 # `soak: FAIL` (exit status 0 or 1). --s3 runs ferry on a 3-node Garage cluster (tests/garage.sh,
@@ -22,8 +25,14 @@ for a in "$@"; do case "$a" in --s3) s3=--s3 ;; *) extra+=("$a") ;; esac; done
 . bench/lib.sh
 bench_init ferry-soak
 
-cargo build --release --quiet --bin ferry --example soak
-args=(--ferry ./target/release/ferry --work "$work/run" --duration "$duration")
+if [ -n "${FERRY_BIN:-}" ]; then
+  cargo build --quiet --example soak
+  ferry=$FERRY_BIN; soak=./target/debug/examples/soak
+else
+  cargo build --release --quiet --bin ferry --example soak
+  ferry=./target/release/ferry; soak=./target/release/examples/soak
+fi
+args=(--ferry "$ferry" --work "$work/run" --duration "$duration")
 if [ "$s3" = "--s3" ]; then
   export GARAGE_PARENT_PID=$$
   bash tests/garage.sh start "$work/garage" >/dev/null
@@ -34,9 +43,9 @@ if [ "$s3" = "--s3" ]; then
 else
   args+=(--data "$work/data")
 fi
-echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), ferry $(./target/release/ferry --version | cut -d' ' -f2)"
+echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), ferry $("$ferry" --version | cut -d' ' -f2)"
 status=0
-./target/release/examples/soak "${args[@]}" "${extra[@]}" || status=$?
+"$soak" "${args[@]}" "${extra[@]}" || status=$?
 if [ "$status" -ne 0 ]; then
   echo "--- the server's log (last 40 lines)"
   tail -n 40 "$work/run/ferry.log" || true

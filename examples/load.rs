@@ -5,12 +5,16 @@
 //! load --target NAME=URL,PID [--target ...] pull --conns N [--rate-mbps R] [--size-mib M]
 //! load --target ... idle --conns N
 //! load --target ... push --conns N [--size-kib K]
+//! load --target ... seed
+//! load --target ... heads --conns N --secs S --path PATH
 //! ```
 //! `pull`: one blob of M MiB (generated, pushed first) pulled by N clients at once over their own
 //! HTTP/1.1 connections, each reading at most R MB/s, every body hashed against its digest.
 //! `idle`: N keep-alive connections that each made one request and stay open; the figure is the
 //! server's RSS growth divided by N. `push`: N distinct blobs of K KiB pushed at once (POST, then
-//! PUT with the body). The HTTP client is a few lines over `TcpStream` rather than reqwest: with a
+//! PUT with the body). `seed`: push a small image as `load/img:latest` and print the URL paths of
+//! its manifest and its layer, for `wrk`. `heads`: N keep-alive connections sending HEAD requests for
+//! S seconds (`wrk` cannot: it waits for the body a HEAD answer announces but never sends). The HTTP client is a few lines over `TcpStream` rather than reqwest: with a
 //! thousand connections on two cores the client must cost little next to the servers it measures.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -300,6 +304,7 @@ async fn main() {
     }
     let mode = args.next().expect("pull | idle | push");
     let (mut conns, mut rate_mbps, mut size_mib, mut size_kib) = (128usize, 0.0f64, 64usize, 64);
+    let (mut secs, mut path) = (10u64, String::new());
     while let Some(a) = args.next() {
         let v = args.next().unwrap_or_else(|| panic!("{a} needs a value"));
         match a.as_str() {
@@ -307,6 +312,8 @@ async fn main() {
             "--rate-mbps" => rate_mbps = v.parse().expect("MB/s"),
             "--size-mib" => size_mib = v.parse().expect("MiB"),
             "--size-kib" => size_kib = v.parse().expect("KiB"),
+            "--secs" => secs = v.parse().expect("seconds"),
+            "--path" => path = v,
             _ => panic!("unknown argument {a}"),
         }
     }
@@ -315,6 +322,11 @@ async fn main() {
             "pull" => pull_row(t, conns, rate_mbps, size_mib).await,
             "idle" => idle_row(t, conns).await,
             "push" => push_row(t, conns, size_kib).await,
+            "heads" => heads_row(t, conns, secs, &path).await,
+            "seed" => {
+                println!("{}", seed(t).await);
+                continue;
+            }
             m => panic!("unknown mode {m}"),
         };
         println!("| {} | {line}", t.name);
@@ -410,6 +422,98 @@ async fn idle_row(t: &Target, conns: usize) -> String {
     )
 }
 
+/// `conns` connections sending HEAD `path` back to back for `secs` seconds.
+async fn heads_row(t: &Target, conns: usize, secs: u64, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let (addr, path) = (t.addr.clone(), path.to_owned());
+            tokio::spawn(async move {
+                let (mut lat, mut errors) = (Vec::new(), 0u64);
+                let head = format!("HEAD {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+                let mut s = match TcpStream::connect(&addr).await {
+                    Ok(s) => s,
+                    Err(_) => return (lat, 1),
+                };
+                let mut buf = vec![0u8; 4096];
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        errors += 1;
+                        break;
+                    }
+                    // A HEAD answer is a head only, whatever its Content-Length says.
+                    let mut filled = 0;
+                    let ok = loop {
+                        match s.read(&mut buf[filled..]).await {
+                            Ok(0) | Err(_) => break false,
+                            Ok(n) => filled += n,
+                        }
+                        if buf[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break buf.starts_with(b"HTTP/1.1 200");
+                        }
+                        if filled == buf.len() {
+                            break false;
+                        }
+                    };
+                    if !ok {
+                        errors += 1;
+                        break;
+                    }
+                    lat.push(t0.elapsed().as_secs_f64());
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        if let Ok((l, e)) = task.await {
+            lat.extend(l);
+            errors += e;
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    format!(
+        "blob HEAD | {:.0} | {:.2}ms | {:.2}ms | {errors} |",
+        lat.len() as f64 / secs as f64,
+        pct(&lat, 0.5) * 1e3,
+        pct(&lat, 0.99) * 1e3,
+    )
+}
+
+/// A small image as `load/img:latest`; returns "MANIFEST_PATH BLOB_PATH".
+async fn seed(t: &Target) -> String {
+    let layer = blob(11, 32 << 10);
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    push(&t.addr, "load/img", &layer).await.expect("push layer");
+    push(&t.addr, "load/img", config)
+        .await
+        .expect("push config");
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{}}}]}}"#,
+        sha(config),
+        config.len(),
+        sha(&layer),
+        layer.len()
+    );
+    let mut s = TcpStream::connect(&t.addr).await.expect("connect");
+    let head = format!(
+        "PUT /v2/load/img/manifests/latest HTTP/1.1\r\nHost: {}\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        t.addr,
+        manifest.len()
+    );
+    let status = request(&mut s, &head, manifest.as_bytes())
+        .await
+        .expect("PUT manifest");
+    assert_eq!(status, 201, "PUT manifest");
+    format!(
+        "/v2/load/img/manifests/latest /v2/load/img/blobs/{}",
+        sha(&layer)
+    )
+}
+
 async fn push_row(t: &Target, conns: usize, size_kib: usize) -> String {
     let seed0 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -427,12 +531,22 @@ async fn push_row(t: &Target, conns: usize, size_kib: usize) -> String {
             tokio::spawn(async move { push(&addr, "load/push", &b).await })
         })
         .collect();
-    let (mut lat, mut errors) = (vec![], 0);
+    let (mut lat, mut errors, mut first) = (vec![], 0, None);
     for task in tasks {
         match task.await {
             Ok(Ok(s)) => lat.push(s),
-            _ => errors += 1,
+            Ok(Err(e)) => {
+                errors += 1;
+                first.get_or_insert(e);
+            }
+            Err(e) => {
+                errors += 1;
+                first.get_or_insert(e.to_string());
+            }
         }
+    }
+    if let Some(e) = first {
+        eprintln!("{}: first error: {e}", t.name);
     }
     let secs = start.elapsed().as_secs_f64();
     lat.sort_by(f64::total_cmp);
