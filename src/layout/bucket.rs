@@ -1032,22 +1032,44 @@ impl Bucket {
         Ok(())
     }
 
-    /// End sessions idle for longer than `max_age` (their multipart uploads are aborted).
+    /// End sessions idle for longer than `max_age` (their multipart uploads are aborted). A
+    /// session is idle when none of its objects changed for that long; objects of a session
+    /// whose state is gone or unreadable (a process killed while ending it) go the same way.
     pub async fn expire_uploads(&self, max_age: Duration) -> Result<usize> {
-        let mut n = 0;
+        let mut sessions: HashMap<String, (Duration, bool)> = HashMap::new();
         for (k, m) in self.list(".ferry/uploads/").await? {
-            let Some(id) = k
+            let Some((id, name)) = k
                 .strip_prefix(".ferry/uploads/")
-                .and_then(|r| r.strip_suffix("/state"))
+                .and_then(|r| r.split_once('/'))
             else {
                 continue;
             };
-            if age_of(&m) >= max_age {
-                let id = id.to_owned();
-                if self.upload_cancel(&id).await.is_ok() {
-                    n += 1;
+            let e = sessions
+                .entry(id.to_owned())
+                .or_insert((Duration::MAX, false));
+            e.0 = e.0.min(age_of(&m));
+            e.1 |= name == "state";
+        }
+        let mut n = 0;
+        for (id, (idle, has_state)) in sessions {
+            if idle < max_age {
+                continue;
+            }
+            if has_state {
+                match self.upload_cancel(&id).await {
+                    Ok(()) => {
+                        n += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(session = %id, error = %e, "an expired upload session's state is unreadable; removing its objects");
+                    }
                 }
             }
+            let l = self.session_lock(&id);
+            let _g = l.lock().await;
+            self.drop_session(&id).await;
+            n += 1;
         }
         Ok(n)
     }

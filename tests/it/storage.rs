@@ -742,3 +742,39 @@ async fn serve_retention_flag_runs_on_the_gc_schedule() {
     p.signal("TERM");
     p.wait(Duration::from_secs(30));
 }
+
+/// Upload sessions a `kill -9` left half-ended in a bucket — a state object that no longer
+/// parses, parts whose state is already gone — are removed by expiry like any idle session, not
+/// left forever (the soak, bench/soak.sh --s3, found such objects after expiry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_removes_half_ended_sessions_in_a_bucket() {
+    use object_store::ObjectStoreExt;
+    let Some(g) = garage() else { return };
+    let prefix = fresh_prefix();
+    let store = open_s3(g, &prefix, false).await;
+    let (broken, orphan) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let c = g.client();
+    for (key, body) in [
+        (
+            format!("{prefix}.ferry/uploads/{broken}/state"),
+            &b"{not json"[..],
+        ),
+        (format!("{prefix}.ferry/uploads/{broken}/tail-3"), b"abc"),
+        (
+            format!("{prefix}.ferry/uploads/{orphan}/tail-10"),
+            b"0123456789",
+        ),
+    ] {
+        c.put(&object_store::path::Path::from(key), body.to_vec().into())
+            .await
+            .unwrap();
+    }
+    assert_eq!(g.keys(&format!("{prefix}.ferry/uploads/")).await.len(), 3);
+    let n = tokio::task::spawn_blocking(move || store.expire_uploads(Duration::ZERO))
+        .await
+        .unwrap()
+        .unwrap();
+    let left = g.keys(&format!("{prefix}.ferry/uploads/")).await;
+    assert_eq!(n, 2, "{left:?}");
+    assert!(left.is_empty(), "{left:?}");
+}
