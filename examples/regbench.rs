@@ -125,6 +125,17 @@ fn peak_kib(pids: &[u32]) -> u64 {
         .unwrap_or(0)
 }
 
+/// A latency row: p50 and p99 of `lat` (seconds), in ms.
+fn latency_line(scenario: &str, target: &str, mut lat: Vec<f64>) -> String {
+    lat.sort_by(f64::total_cmp);
+    let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize] * 1e3;
+    format!(
+        "| {scenario} | {target} | {:.1} ms | {:.1} ms |",
+        p(0.5),
+        p(0.99)
+    )
+}
+
 async fn push_streamed(
     c: &reqwest::Client,
     url: &str,
@@ -235,6 +246,7 @@ async fn main() {
         .collect();
 
     let mut rows: Vec<Row> = Vec::new();
+    let mut latency: Vec<String> = Vec::new();
     // CPU is counted from the last `reset_peak` (each scenario starts with one).
     let cpu_mark = std::cell::Cell::new(0.0f64);
     let reset_peak = |pids: &[u32]| {
@@ -322,12 +334,13 @@ async fn main() {
         // 1,000 x 64 KiB: POST + PUT with body per blob, 8 at a time.
         reset_peak(&t.pids);
         let s = Instant::now();
-        stream::iter(small_digests.iter().cloned())
+        let lat = stream::iter(small_digests.iter().cloned())
             .map(|(seed, d)| {
                 let c = c.clone();
                 let url = t.url.clone();
                 let body = chunk(&block, seed, 0, small as usize);
                 async move {
+                    let t0 = Instant::now();
                     let r = c
                         .post(format!("{url}/v2/bench/small/blobs/uploads/"))
                         .send()
@@ -350,11 +363,17 @@ async fn main() {
                         .await
                         .expect("PUT");
                     assert_eq!(r.status(), 201);
+                    t0.elapsed().as_secs_f64()
                 }
             })
             .buffer_unordered(8)
-            .collect::<Vec<_>>()
+            .collect::<Vec<f64>>()
             .await;
+        latency.push(latency_line(
+            &format!("push {small_n} blobs of 64 KiB (8 parallel), POST + PUT"),
+            &t.name,
+            lat,
+        ));
         let secs = s.elapsed().as_secs_f64();
         record(
             &format!("push {small_n} blobs of 64 KiB (8 parallel)"),
@@ -367,15 +386,24 @@ async fn main() {
 
         reset_peak(&t.pids);
         let s = Instant::now();
-        stream::iter(small_digests.iter().cloned())
+        let lat = stream::iter(small_digests.iter().cloned())
             .map(|(_, d)| {
                 let c = c.clone();
                 let url = t.url.clone();
-                async move { pull(&c, &url, "bench/small", &d).await }
+                async move {
+                    let t0 = Instant::now();
+                    pull(&c, &url, "bench/small", &d).await;
+                    t0.elapsed().as_secs_f64()
+                }
             })
             .buffer_unordered(8)
-            .collect::<Vec<_>>()
+            .collect::<Vec<f64>>()
             .await;
+        latency.push(latency_line(
+            &format!("pull {small_n} blobs of 64 KiB (8 parallel)"),
+            &t.name,
+            lat,
+        ));
         let secs = s.elapsed().as_secs_f64();
         record(
             &format!("pull {small_n} blobs of 64 KiB (8 parallel)"),
@@ -488,6 +516,10 @@ async fn main() {
             );
         }
         println!();
+    }
+    println!("\n| small requests | server | p50 | p99 |\n|---|---|---:|---:|");
+    for l in &latency {
+        println!("{l}");
     }
     // The whole run's peak: scenarios are the only time the servers work, and each one's peak
     // was read after it.
