@@ -551,6 +551,9 @@ struct Worker {
     caches: Vec<Told>,
     /// Tags whose fate a failed request left unknown (a DELETE cut by a kill): not checked.
     uncertain: u64,
+    /// Those tags, deleted again later (202 or 404 ends it), so the store does not grow with
+    /// every cut request over a long run.
+    pending: Vec<Told>,
 }
 
 impl Worker {
@@ -769,6 +772,25 @@ impl Worker {
     }
 
     async fn delete(&mut self, ctx: &Ctx) -> Result<(), Fail> {
+        if let Some(t) = self.pending.pop() {
+            let r = ctx
+                .c
+                .delete(format!("{}/v2/{}/manifests/{}", ctx.url, t.repo, t.digest))
+                .send()
+                .await;
+            return match r {
+                Ok(r) if r.status() == 202 || r.status() == 404 => Ok(()),
+                Ok(r) => {
+                    let s = r.status();
+                    self.pending.push(t);
+                    Err(unavailable(format!("DELETE again: {s}")))
+                }
+                Err(e) => {
+                    self.pending.push(t);
+                    Err(unavailable(e))
+                }
+            };
+        }
         if self.images.len() < 2 {
             return Ok(());
         }
@@ -784,10 +806,13 @@ impl Worker {
             Ok(r) if r.status() == 202 => {}
             Ok(r) => {
                 self.uncertain += 1;
-                return Err(unavailable(format!("DELETE: {}", r.status())));
+                let s = r.status();
+                self.pending.push(t);
+                return Err(unavailable(format!("DELETE: {s}")));
             }
             Err(e) => {
                 self.uncertain += 1;
+                self.pending.push(t);
                 return Err(unavailable(e));
             }
         }
@@ -828,6 +853,7 @@ impl Worker {
             .await;
         if !matches!(&r, Ok(r) if r.status() == 202) {
             self.uncertain += 1;
+            self.pending.push(t);
             return Err(unavailable("DELETE before sync in"));
         }
         let dst = format!("docker://127.0.0.1:{}", ctx.port);
@@ -854,6 +880,7 @@ impl Worker {
         }
         if let Some(e) = last {
             self.uncertain += 1;
+            self.pending.push(t);
             return Err(e);
         }
         // Synced in: the server answered every PUT, so the tag is told again.
@@ -1034,6 +1061,7 @@ async fn main() {
             images: Vec::new(),
             caches: Vec::new(),
             uncertain: 0,
+            pending: Vec::new(),
         };
         async move {
             while w.images.len() < IMAGE_TAGS_MAX || w.caches.len() < CACHE_KEEP {
