@@ -324,7 +324,11 @@ async fn out_of_descriptors_waits_and_recovers() {
     let n = early.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 
-    // The burst: each connection sends its request at once and waits.
+    // The burst: each connection sends its request at once and waits. The server may warn
+    // once per 10 s of shortage, so however slow this machine, it cannot have warned more
+    // than once per started 10 s since here.
+    let burst_start = std::time::Instant::now();
+    let allowed = || 1 + burst_start.elapsed().as_secs() as usize / 10;
     let mut burst = Vec::new();
     for _ in 0..400 {
         let mut s = TcpStream::connect(&host).await.unwrap();
@@ -360,7 +364,8 @@ async fn out_of_descriptors_waits_and_recovers() {
             .filter(|l| l.contains("cannot accept connections"))
             .count()
     };
-    assert_eq!(warnings(), 1, "{:?}", notable());
+    assert!(warnings() >= 1, "{:?}", notable());
+    assert!(warnings() <= allowed(), "{:?}", notable());
     // Not spinning: over two seconds of failing accepts the process uses well under one core
     // (a loop retrying at once would use all of it).
     let ticks_per_s = 100; // USER_HZ
@@ -371,7 +376,11 @@ async fn out_of_descriptors_waits_and_recovers() {
         used < ticks_per_s,
         "{used} ticks of CPU in 2 s while out of descriptors"
     );
-    assert_eq!(warnings(), 1, "one warning per interval: {:?}", notable());
+    assert!(
+        warnings() <= allowed(),
+        "one warning per interval: {:?}",
+        notable()
+    );
     // A request that needs a file gets an error answer, not a cut connection or a crash.
     early
         .write_all(format!("GET /v2/load/fd/blobs/{d} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
