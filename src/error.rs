@@ -67,6 +67,14 @@ pub enum Error {
     /// Content that does not hash to its digest (a corrupt source or a lying upstream).
     #[error("{digest}: content does not match its digest ({detail})")]
     Corrupt { digest: Digest, detail: String },
+    /// An archive (`oci-archive:`, `docker-archive:`, split volumes) that cannot be read or
+    /// written as it is: the message names the file and what is wrong.
+    #[error("archive {0}")]
+    Archive(String),
+    /// A signed trip that does not verify: unsigned, another key, or content that differs
+    /// from its statement (named).
+    #[error("trip refused: {0}")]
+    Trip(String),
     /// A delta cannot be applied: these blobs are neither in it nor at the destination.
     #[error("{} blob(s) missing from both the delta and the destination: {}", .0.len(), .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))]
     MissingBlobs(Vec<Digest>),
@@ -106,6 +114,7 @@ impl Error {
             Error::Tls(_) => "UNKNOWN",
             Error::Layout(_) | Error::Io(_) | Error::Storage { .. } => "UNKNOWN",
             Error::Usage(_) | Error::Remote { .. } | Error::MissingBlobs(_) => "UNKNOWN",
+            Error::Archive(_) | Error::Trip(_) => "UNKNOWN",
             Error::Corrupt { .. } => "DIGEST_INVALID",
         }
     }

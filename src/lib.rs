@@ -37,6 +37,7 @@
 //!
 //! The binary (`src/main.rs`, `src/cli/`) only parses flags, calls these, and prints reports.
 
+pub mod archive;
 pub mod check;
 pub mod digest;
 pub mod error;

@@ -7,9 +7,12 @@
 //! docker://HOST[:PORT]/REPO@sha256:…        one manifest by digest
 //! oci:PATH  or  PATH                        a directory in ferry's format, all its tags
 //! s3://BUCKET[/PREFIX]                      the same layout in an S3-compatible bucket
+//! oci-archive:PATH                          a tar of an OCI image layout (skopeo's and podman's
+//!                                           format); PATH.000 or PATH.index for split volumes
+//! docker-archive:PATH                       what `docker load -i` takes (a destination only)
 //! ```
 //!
-//! Anything else that starts like a scheme (`oci-archive:x.tar`, `dcoker://…`) is
+//! Anything else that starts like a scheme (`dcoker://…`, `s4://…`) is
 //! refused with the list above, never taken as a relative directory to create: a typo must not
 //! become `./s3:/bucket`. A directory whose name has a colon is written `./NAME` or `oci:NAME`.
 
@@ -36,6 +39,14 @@ pub enum Location {
         bucket: String,
         prefix: String,
     },
+    /// A tar of an OCI image layout, one file or split volumes (`crate::archive`).
+    OciArchive {
+        path: PathBuf,
+    },
+    /// `docker save`'s format, for `docker load -i`: written, never read.
+    DockerArchive {
+        path: PathBuf,
+    },
 }
 
 fn bad(s: &str, why: &str) -> Error {
@@ -45,7 +56,9 @@ fn bad(s: &str, why: &str) -> Error {
 /// The location forms ferry knows, for error messages.
 pub const KNOWN_FORMS: &str = "docker://HOST[:PORT][/REPO[:TAG|@DIGEST]] (a registry), \
      oci:PATH or PATH (a directory; write ./NAME for a directory whose name has a colon), \
-     s3://BUCKET[/PREFIX] (an S3-compatible bucket)";
+     s3://BUCKET[/PREFIX] (an S3-compatible bucket), \
+     oci-archive:PATH (a tar of an OCI image layout), \
+     docker-archive:PATH (for docker load)";
 
 /// S3's bucket naming rules (3–63 lower-case letters, digits, dots and hyphens, starting and
 /// ending with a letter or digit): anything else is a typo, refused before any request.
@@ -141,6 +154,19 @@ impl Location {
                 prefix,
             });
         }
+        for (scheme, docker) in [("oci-archive:", false), ("docker-archive:", true)] {
+            if let Some(p) = s.strip_prefix(scheme) {
+                if p.is_empty() {
+                    return Err(bad(s, "empty path"));
+                }
+                let path = PathBuf::from(p);
+                return Ok(if docker {
+                    Location::DockerArchive { path }
+                } else {
+                    Location::OciArchive { path }
+                });
+            }
+        }
         let path = match s.strip_prefix("oci:") {
             Some(p) => p,
             None => {
@@ -165,7 +191,7 @@ impl Location {
     pub fn is_loopback_registry(&self) -> bool {
         match self {
             Location::Registry { host, .. } => is_loopback_host(host),
-            Location::Dir { .. } | Location::Bucket { .. } => false,
+            _ => false,
         }
     }
 }
@@ -203,6 +229,8 @@ impl fmt::Display for Location {
             Location::Bucket { bucket, prefix } => {
                 write!(f, "s3://{bucket}/{}", prefix.trim_end_matches('/'))
             }
+            Location::OciArchive { path } => write!(f, "oci-archive:{}", path.display()),
+            Location::DockerArchive { path } => write!(f, "docker-archive:{}", path.display()),
         }
     }
 }
@@ -267,8 +295,7 @@ mod tests {
             "s3://bucket/../x",
             "s3://bucket/a//b",
             "s3:/bucket",
-            "oci-archive:x.tar",
-            "docker-archive:x.tar",
+            "oci-archive:",
             "dcoker://host/a",
             "DOCKER://host/a",
             "http://host:5000/a",
@@ -296,6 +323,16 @@ mod tests {
                 "{ok}"
             );
         }
+        assert_eq!(
+            Location::parse("oci-archive:/media/usb/trip.tar").unwrap(),
+            Location::OciArchive {
+                path: "/media/usb/trip.tar".into()
+            }
+        );
+        assert!(matches!(
+            Location::parse("docker-archive:app.tar"),
+            Ok(Location::DockerArchive { .. })
+        ));
         assert!(is_loopback_host("[::1]:5000"));
         assert!(is_loopback_host("localhost"));
     }

@@ -23,8 +23,10 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use crate::archive::{self, Archive, Member, Plan};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::layout::index::{Descriptor, IndexFile, NewEntry, REF_NAME};
 use crate::layout::Store;
 use crate::location::Location;
 use crate::media::{self, EdgeKind};
@@ -36,6 +38,8 @@ pub enum Place {
     /// A directory or a bucket.
     Store(Store),
     Remote(Registry),
+    /// An `oci-archive:` read as a source: its roots, named as its index names them.
+    Archive(Arc<Archive>, Vec<(Root, Descriptor)>),
 }
 
 /// A manifest to copy, named in the source.
@@ -91,6 +95,22 @@ impl std::fmt::Display for Platform {
 }
 
 impl Platform {
+    /// The platform of the machine running ferry (`linux/amd64` on x86-64).
+    pub fn host() -> Platform {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: None,
+        }
+    }
+
     fn matches(&self, p: &serde_json::Value) -> bool {
         p["os"] == self.os.as_str()
             && p["architecture"] == self.architecture.as_str()
@@ -147,6 +167,8 @@ pub struct SyncOptions {
     pub have: Option<HashSet<Digest>>,
     pub src: RemoteOptions,
     pub dest: RemoteOptions,
+    /// Write an archive destination as volumes smaller than this (`--split`).
+    pub split: Option<u64>,
 }
 
 /// What a sync did, for people (`Display`) and scripts (`--json`).
@@ -167,6 +189,9 @@ pub struct Summary {
     pub seconds: f64,
     pub dry_run: bool,
     pub failed: Vec<String>,
+    /// The archive written, when the destination is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<archive::Written>,
 }
 
 impl std::fmt::Display for Summary {
@@ -203,6 +228,23 @@ impl std::fmt::Display for Summary {
                 f,
                 "\nnothing to copy: the destination already has everything"
             )?;
+        }
+        if let Some(a) = &self.archive {
+            write!(f, "\nwrote {} ({} bytes", a.path, a.bytes)?;
+            if a.volumes.len() > 1 || a.path.ends_with(".index") {
+                write!(f, " in {} volumes", a.volumes.len())?;
+            }
+            if a.resumed_bytes > 0 {
+                write!(
+                    f,
+                    "; {} bytes were already written by an interrupted run",
+                    a.resumed_bytes
+                )?;
+            }
+            write!(f, ")")?;
+            for v in a.volumes.iter().filter(|_| a.volumes.len() > 1) {
+                write!(f, "\n  {}  {} bytes  sha256:{}", v.name, v.size, v.sha256)?;
+            }
         }
         for e in &self.failed {
             write!(f, "\nFAILED {e}")?;
@@ -248,6 +290,34 @@ impl Place {
                 Ok(Place::Store(Store::open_at(loc, !create).await?))
             }
             Location::Registry { host, .. } => Ok(Place::Remote(Registry::new(host, opts)?)),
+            Location::OciArchive { path } if !create => {
+                let path = path.clone();
+                let (ar, roots) = tokio::task::spawn_blocking(move || -> Result<_> {
+                    let ar = Archive::open(&path)?;
+                    let roots = archive_roots(&ar)?;
+                    Ok((ar, roots))
+                })
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+                Ok(Place::Archive(Arc::new(ar), roots))
+            }
+            Location::OciArchive { .. } => Err(Error::Usage(format!(
+                "{loc} is written whole by a sync, not opened as a place"
+            ))),
+            Location::DockerArchive { .. } => Err(Error::Usage(format!(
+                "{loc}: docker-archive is a destination only (for docker load); \
+                 to read an archive, use oci-archive:"
+            ))),
+        }
+    }
+
+    /// A blob's size in a source that may lack it (a delta directory or archive); `None` for a
+    /// registry, which is asked as it is read.
+    async fn source_blob_size(&self, d: &Digest) -> Result<Option<Option<u64>>> {
+        match self {
+            Place::Store(s) => Ok(Some(s.blob_size(d).await?)),
+            Place::Archive(a, _) => Ok(Some(a.blob_size(d))),
+            Place::Remote(_) => Ok(None),
         }
     }
 
@@ -266,6 +336,40 @@ impl Place {
                     });
                 }
                 Ok((bytes, m.media_type, actual))
+            }
+            Place::Archive(a, roots) => {
+                let (digest, declared) = match reference {
+                    Reference::Digest(d) => (d.clone(), None),
+                    Reference::Tag(_) => {
+                        let (_, desc) = roots
+                            .iter()
+                            .find(|(r, _)| r.repo == repo && &r.reference == reference)
+                            .ok_or_else(|| {
+                                Error::ManifestUnknown(format!(
+                                    "{repo}:{reference} in {}",
+                                    a.describe()
+                                ))
+                            })?;
+                        (desc.digest.clone(), Some(desc.media_type.clone()))
+                    }
+                };
+                let a = a.clone();
+                let d2 = digest.clone();
+                let bytes = tokio::task::spawn_blocking(move || a.read_manifest(&d2))
+                    .await
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+                let actual = Digest::of(digest.algorithm(), &bytes);
+                if actual != digest {
+                    return Err(Error::Corrupt {
+                        digest,
+                        detail: format!("the archive's manifest hashes to {actual}"),
+                    });
+                }
+                let mt = declared
+                    .filter(|m| !m.is_empty())
+                    .or_else(|| media::sniff_media_type(&bytes))
+                    .ok_or_else(|| Error::ManifestInvalid(format!("{digest}: no media type")))?;
+                Ok((bytes, mt, actual))
             }
         }
     }
@@ -289,6 +393,7 @@ impl Place {
                 };
                 Ok(recorded && s.blob_size(digest).await?.is_some())
             }
+            Place::Archive(..) => Ok(false),
         }
     }
 
@@ -296,6 +401,7 @@ impl Place {
         match self {
             Place::Remote(r) => r.has_blob(repo, &b.digest).await,
             Place::Store(s) => Ok(s.blob_size(&b.digest).await? == Some(b.size)),
+            Place::Archive(a, _) => Ok(a.blob_size(&b.digest) == Some(b.size)),
         }
     }
 
@@ -317,6 +423,7 @@ impl Place {
                 let len = blob.len;
                 Ok((blob.stream(offset, len - offset), true))
             }
+            Place::Archive(a, _) => Ok((a.stream_blob(d, offset)?, true)),
         }
     }
 
@@ -336,6 +443,10 @@ impl Place {
                     .await
                     .map(|_| ())
             }
+            Place::Archive(a, _) => Err(Error::Usage(format!(
+                "{} is an archive being read; it is not written in place",
+                a.describe()
+            ))),
         }
     }
 
@@ -383,7 +494,8 @@ impl Place {
                     }
                 }
             }
-            (Place::Remote(_), Location::Dir { .. } | Location::Bucket { .. }) => {
+            (Place::Archive(_, roots), _) => out.extend(roots.iter().map(|(r, _)| r.clone())),
+            (Place::Remote(_), _) => {
                 return Err(Error::Usage(
                     "a registry place needs a registry location".into(),
                 ))
@@ -403,6 +515,7 @@ impl Place {
                 // a blob's name is not content the far side can count on.
                 set.extend(s.list_content().await?);
             }
+            Place::Archive(a, _) => set.extend(a.digests()),
             Place::Remote(_) => {
                 for root in self.roots(loc).await? {
                     let g = walk(self, &root.repo, &root.reference).await?;
@@ -571,8 +684,23 @@ pub async fn sync(
     progress: &dyn Progress,
 ) -> Result<Summary> {
     let start = Instant::now();
+    let archive_out = matches!(
+        dst_loc,
+        Location::OciArchive { .. } | Location::DockerArchive { .. }
+    );
+    if opts.split.is_some() && !archive_out {
+        return Err(Error::Usage(
+            "--split cuts an archive into volumes: the destination must be oci-archive:PATH or docker-archive:PATH".into(),
+        ));
+    }
+    if archive_out {
+        archive_out_free(dst_loc, opts.split)?;
+    }
     let src = Place::open(src_loc, &opts.src, false).await?;
-    let dst = if opts.dry_run {
+    let dst = if archive_out {
+        // Written whole at the end, from the graphs read below.
+        None
+    } else if opts.dry_run {
         match dst_loc {
             Location::Dir { path } if !path.join("oci-layout").exists() => None,
             // A dry run writes nothing, not even a new bucket prefix's oci-layout.
@@ -587,11 +715,17 @@ pub async fn sync(
         Some(Place::open(dst_loc, &opts.dest, true).await?)
     };
     let delta_out = opts.have.is_some();
-    if delta_out && !matches!(dst_loc, Location::Dir { .. }) {
+    if delta_out && !matches!(dst_loc, Location::Dir { .. } | Location::OciArchive { .. }) {
         return Err(Error::Usage(
-            "--have writes a delta directory: the destination must be a directory".into(),
+            "--have writes a delta: the destination must be a directory or oci-archive:PATH".into(),
         ));
     }
+    // `docker load` takes one platform's image: the host's unless --platform says otherwise.
+    let platform = match (&opts.platform, dst_loc) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Location::DockerArchive { .. }) => Some(Platform::host()),
+        (None, _) => None,
+    };
     let mut roots = src.roots(src_loc).await?;
     if !opts.refs.is_empty() {
         roots.retain(|r| opts.refs.iter().any(|p| ref_matches(r, p)));
@@ -614,7 +748,7 @@ pub async fn sync(
     // and a delta is checked for completeness against the destination.
     let mut graphs = Vec::new();
     for root in &roots {
-        let from = match &opts.platform {
+        let from = match &platform {
             Some(p) => select_platform(&src, root, p).await,
             None => Ok(root.reference.clone()),
         };
@@ -629,7 +763,7 @@ pub async fn sync(
                             .blobs
                             .iter()
                             .find_map(|b| s.blob_refusal(&b.digest).map(|w| (b.digest.clone(), w))),
-                        Place::Remote(_) => None,
+                        Place::Remote(_) | Place::Archive(..) => None,
                     };
                     match refused {
                         Some((d, why)) => summary.failed.push(format!("{root}: blob {d} is {why}")),
@@ -641,12 +775,21 @@ pub async fn sync(
             Err(e) => summary.failed.push(format!("{root}: {e}")),
         }
     }
-    if let (Place::Store(s), Some(dst)) = (&src, &dst) {
+    if !matches!(src, Place::Remote(_)) {
         let mut missing = Vec::new();
         for (root, g) in &graphs {
             let to = dest_root(root, dst_loc);
             for b in &g.blobs {
-                if s.blob_size(&b.digest).await?.is_none() && !dst.has_blob(&to.repo, b).await? {
+                if src.source_blob_size(&b.digest).await? != Some(None) {
+                    continue;
+                }
+                // A delta's gap: the destination must hold it (an archive being written holds
+                // nothing yet, unless the far side does: --have).
+                let at_dst = match &dst {
+                    Some(dst) => dst.has_blob(&to.repo, b).await?,
+                    None => opts.have.as_ref().is_some_and(|h| h.contains(&b.digest)),
+                };
+                if !at_dst && !(dst.is_none() && !archive_out) {
                     missing.push(b.digest.clone());
                 }
             }
@@ -658,6 +801,11 @@ pub async fn sync(
         }
     }
 
+    if archive_out {
+        write_archive(&src, dst_loc, graphs, opts, progress, &mut summary).await?;
+        summary.seconds = start.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
     let mut dest_repos_of: HashMap<Digest, String> = HashMap::new();
     for (root, g) in graphs {
         let to = dest_root(&root, dst_loc);
@@ -712,12 +860,10 @@ async fn copy_root(
             dest_repos_of.insert(b.digest.clone(), to.repo.clone());
             continue;
         }
-        // Source is a delta directory and the destination already has it: nothing to do.
-        if let Place::Store(s) = src {
-            if s.blob_size(&b.digest).await?.is_none() {
-                summary.blobs_skipped += 1;
-                continue;
-            }
+        // Source is a delta and the destination already has it: nothing to do.
+        if src.source_blob_size(&b.digest).await? == Some(None) {
+            summary.blobs_skipped += 1;
+            continue;
         }
         todo.push(b);
     }
@@ -851,7 +997,278 @@ async fn copy_blob(
                 })?;
             Ok((b.size, 0))
         }
+        Place::Archive(a, _) => Err(Error::Usage(format!(
+            "{} is an archive being read; it is not written in place",
+            a.describe()
+        ))),
     }
+}
+
+/// The roots of an archive being read: its index's tags. A bare tag (skopeo's
+/// `oci-archive:x.tar:latest` writes `ref.name = "latest"`) has no repository: it is carried
+/// under the archive's file name (`x`), and a destination that names a repository renames it.
+fn archive_roots(ar: &Archive) -> Result<Vec<(Root, Descriptor)>> {
+    let file = ar.index()?;
+    let fallback = archive_repo_name(&ar.path);
+    let mut out = Vec::new();
+    let unnamed: Vec<&Descriptor> = file
+        .file
+        .manifests
+        .iter()
+        .filter(|d| d.annotations.as_ref().is_none_or(|a| a.is_empty()))
+        .collect();
+    for d in &file.file.manifests {
+        let root = match d.repo_and_tag() {
+            (Some(r), Some(t)) => Root {
+                repo: r.to_owned(),
+                reference: Reference::Tag(t.to_owned()),
+            },
+            (Some(_), None) => continue,
+            (None, _) => {
+                let bare = d
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(REF_NAME))
+                    .filter(|t| crate::reference::is_valid_tag(t));
+                match bare {
+                    Some(t) => Root {
+                        repo: fallback.clone(),
+                        reference: Reference::Tag(t.clone()),
+                    },
+                    // A lone unnamed manifest (`skopeo copy … oci-archive:x.tar`) is the
+                    // archive's `latest`.
+                    None if unnamed.len() == 1 && file.file.manifests.len() == 1 => Root {
+                        repo: fallback.clone(),
+                        reference: Reference::Tag("latest".into()),
+                    },
+                    None => continue,
+                }
+            }
+        };
+        out.push((root, d.clone()));
+    }
+    Ok(out)
+}
+
+/// A repository name from an archive's file name: `/media/usb/app-1.tar.000` → `app-1`.
+fn archive_repo_name(path: &std::path::Path) -> String {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    for suffix in [".index", ".000", ".tar"] {
+        if let Some(n) = name.strip_suffix(suffix) {
+            name = n.to_owned();
+        }
+    }
+    let name: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = name.trim_matches('-').to_owned();
+    if crate::reference::is_valid_name(&name) {
+        name
+    } else {
+        "archive".to_owned()
+    }
+}
+
+/// An archive is written whole: never over a finished one.
+fn archive_out_free(dst: &Location, split: Option<u64>) -> Result<()> {
+    let (Location::OciArchive { path } | Location::DockerArchive { path }) = dst else {
+        return Ok(());
+    };
+    let done = match split {
+        Some(_) => archive::index_name(path),
+        None => path.clone(),
+    };
+    if done.exists() {
+        return Err(Error::Usage(format!(
+            "{} exists: ferry does not overwrite a finished archive; remove it or name another",
+            done.display()
+        )));
+    }
+    Ok(())
+}
+
+const OCI_LAYOUT_FILE: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Write the graphs read from `src` as one archive (`oci-archive:` or `docker-archive:`).
+async fn write_archive(
+    src: &Place,
+    dst_loc: &Location,
+    graphs: Vec<(Root, Graph)>,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+    summary: &mut Summary,
+) -> Result<()> {
+    let (Location::OciArchive { path } | Location::DockerArchive { path }) = dst_loc else {
+        return Err(Error::Usage(format!("{dst_loc} is not an archive")));
+    };
+    let docker = matches!(dst_loc, Location::DockerArchive { .. });
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut index = IndexFile::default();
+    let mut docker_images: Vec<serde_json::Value> = Vec::new();
+    let mut manifests: Vec<(Digest, Bytes)> = Vec::new();
+    let mut blobs: Vec<BlobRef> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut repo_of: HashMap<Digest, String> = HashMap::new();
+    for (root, g) in &graphs {
+        let to = dest_root(root, dst_loc);
+        let Some((top, top_bytes, top_mt)) = g.manifests.last() else {
+            continue;
+        };
+        index.put(&NewEntry {
+            repo: to.repo.clone(),
+            tag: match &to.reference {
+                Reference::Tag(t) => Some(t.clone()),
+                Reference::Digest(_) => None,
+            },
+            digest: top.clone(),
+            media_type: top_mt.clone(),
+            size: top_bytes.len() as u64,
+            artifact_type: None,
+            subject: None,
+            tagged_at: now_ms,
+        });
+        if docker {
+            docker_images.push(docker_entry(root, &to, top_bytes, top_mt)?);
+        }
+        for (d, b, _) in &g.manifests {
+            if seen.insert(d.clone()) {
+                manifests.push((d.clone(), b.clone()));
+            }
+        }
+        for b in &g.blobs {
+            repo_of
+                .entry(b.digest.clone())
+                .or_insert_with(|| root.repo.clone());
+            if opts.have.as_ref().is_some_and(|h| h.contains(&b.digest)) {
+                summary.blobs_in_have += 1;
+                continue;
+            }
+            if src.source_blob_size(&b.digest).await? == Some(None) {
+                return Err(Error::MissingBlobs(vec![b.digest.clone()]));
+            }
+            if seen.insert(b.digest.clone()) {
+                blobs.push(b.clone());
+            }
+        }
+    }
+    let mut plan = Plan::default();
+    plan.push(Member::dir("blobs/"));
+    let mut algs: Vec<&str> = manifests
+        .iter()
+        .map(|(d, _)| d.algorithm().as_str())
+        .chain(blobs.iter().map(|b| b.digest.algorithm().as_str()))
+        .collect();
+    algs.sort();
+    algs.dedup();
+    for a in algs {
+        plan.push(Member::dir(&format!("blobs/{a}/")));
+    }
+    plan.push(Member::inline(
+        "oci-layout",
+        Bytes::from_static(OCI_LAYOUT_FILE),
+    ));
+    plan.push(Member::inline("index.json", index.to_bytes()));
+    if docker {
+        let bytes = serde_json::to_vec(&docker_images).map_err(|e| Error::Usage(e.to_string()))?;
+        plan.push(Member::inline("manifest.json", bytes));
+    }
+    for (d, b) in &manifests {
+        plan.push(Member {
+            path: archive::blob_path(d),
+            size: b.len() as u64,
+            source: archive::Source::Inline(b.clone()),
+        });
+    }
+    for b in &blobs {
+        plan.push(Member::blob(&b.digest, b.size));
+    }
+    summary.manifests_written = manifests.len();
+    summary.tags_published = graphs
+        .iter()
+        .filter(|(r, _)| matches!(dest_root(r, dst_loc).reference, Reference::Tag(_)))
+        .count();
+    summary.blobs_copied = blobs.len();
+    summary.bytes_copied = blobs.iter().map(|b| b.size).sum();
+    if opts.dry_run {
+        progress.message(&format!(
+            "would write {dst_loc}: {} bytes, {} blob(s), {} manifest(s)",
+            plan.total(),
+            blobs.len(),
+            manifests.len()
+        ));
+        return Ok(());
+    }
+    progress.message(&format!(
+        "writing {dst_loc}: {} bytes, {} blob(s), {} manifest(s)",
+        plan.total(),
+        blobs.len(),
+        manifests.len()
+    ));
+    let counter = AtomicU64::new(0);
+    let repo_of = &repo_of;
+    let written = archive::write(
+        &plan,
+        path,
+        opts.split,
+        |d: Digest| async move {
+            let repo = repo_of.get(&d).map(String::as_str).unwrap_or("");
+            let (s, _) = src.read_blob(repo, &d, 0).await?;
+            Ok(s)
+        },
+        &counter,
+    )
+    .await?;
+    summary.bytes_transferred = counter.load(Ordering::Relaxed);
+    summary.bytes_resumed = written.resumed_bytes;
+    summary.archive = Some(written);
+    Ok(())
+}
+
+/// One image's entry in `docker save`'s `manifest.json`: its config, layers and tag, as paths
+/// inside the archive (the OCI layout's own blob paths, as Docker 25 writes them too).
+fn docker_entry(root: &Root, to: &Root, bytes: &[u8], mt: &str) -> Result<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::ManifestInvalid(e.to_string()))?;
+    let config_mt = v["config"]["mediaType"].as_str().unwrap_or("");
+    if media::is_index_type(mt) || !v["layers"].is_array() {
+        return Err(Error::Usage(format!(
+            "{root}: docker-archive holds images only, and this is {} (docker load cannot take it; use oci-archive:)",
+            if media::is_index_type(mt) { "an index (a BuildKit cache, or no manifest for the platform)" } else { "not an image manifest" }
+        )));
+    }
+    if config_mt == media::BUILDKIT_CACHE_CONFIG {
+        return Err(Error::Usage(format!(
+            "{root}: docker-archive holds images only, and this is a BuildKit cache (docker load cannot take it; use oci-archive:)"
+        )));
+    }
+    let path_of =
+        |d: &serde_json::Value| -> Result<String> {
+            let d: Digest = d.as_str().unwrap_or("").parse().map_err(
+                |e: crate::digest::DigestParseError| Error::ManifestInvalid(e.to_string()),
+            )?;
+            Ok(archive::blob_path(&d))
+        };
+    let layers = v["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| path_of(&l["digest"]))
+        .collect::<Result<Vec<_>>>()?;
+    let tags: Vec<String> = match &to.reference {
+        Reference::Tag(t) => vec![format!("{}:{t}", to.repo)],
+        Reference::Digest(_) => vec![],
+    };
+    Ok(serde_json::json!({
+        "Config": path_of(&v["config"]["digest"])?,
+        "RepoTags": tags,
+        "Layers": layers,
+    }))
 }
 
 /// The inventory file: a comment line, then one digest per line.

@@ -35,6 +35,10 @@ pub struct Args {
     /// Digests the far side already has (from `ferry inventory`): write a delta directory without them.
     #[arg(long, value_name = "FILE")]
     have: Option<PathBuf>,
+    /// Write an archive destination as numbered volumes, each smaller than SIZE (`4G` for a
+    /// FAT32 stick, `100M` for an upload portal), with PATH.index naming them.
+    #[arg(long, value_name = "SIZE")]
+    split: Option<String>,
     /// Credentials for the destination registry, USER:PASS.
     #[arg(long, value_name = "USER:PASS")]
     dest_creds: Option<String>,
@@ -68,7 +72,13 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         Some(p) => Some(p.parse::<ferry::sync::Platform>()?),
         None => None,
     };
+    let split = a
+        .split
+        .as_deref()
+        .map(|s| ferry::retention::parse_size(s).map_err(|e| usage(format!("--split: {e}"))))
+        .transpose()?;
     let opts = ferry::sync::SyncOptions {
+        split,
         platform,
         refs,
         tags,

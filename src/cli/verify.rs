@@ -28,7 +28,10 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         .map(ferry::location::Location::parse)
         .transpose()?
     {
-        Some(loc @ ferry::location::Location::Registry { .. }) => {
+        Some(
+            loc @ (ferry::location::Location::Registry { .. }
+            | ferry::location::Location::OciArchive { .. }),
+        ) => {
             let reports = ferry::check::check(&loc, &[], &Default::default()).await?;
             return report_checks(&reports, a.json);
         }

@@ -256,6 +256,9 @@ impl Store {
                     uploads: Uploads::new(PathBuf::new()),
                 })
             }
+            Location::OciArchive { .. } | Location::DockerArchive { .. } => Err(Error::Usage(
+                format!("{loc} is an archive, not a store (a directory or s3://BUCKET)"),
+            )),
             Location::Registry { .. } => Err(Error::Usage(format!(
                 "{loc} is a registry, not a store (a directory or s3://BUCKET)"
             ))),

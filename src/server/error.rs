@@ -35,7 +35,9 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::Usage(_)
         | Error::Tls(_)
         | Error::Remote { .. }
-        | Error::MissingBlobs(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        | Error::MissingBlobs(_)
+        | Error::Archive(_)
+        | Error::Trip(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
