@@ -789,7 +789,8 @@ pub async fn sync(
                     Some(dst) => dst.has_blob(&to.repo, b).await?,
                     None => opts.have.as_ref().is_some_and(|h| h.contains(&b.digest)),
                 };
-                if !at_dst && !(dst.is_none() && !archive_out) {
+                // (A dry run with no destination yet has nothing to check against.)
+                if !at_dst && (dst.is_some() || archive_out) {
                     missing.push(b.digest.clone());
                 }
             }
@@ -1106,9 +1107,6 @@ async fn write_archive(
         return Err(Error::Usage(format!("{dst_loc} is not an archive")));
     };
     let docker = matches!(dst_loc, Location::DockerArchive { .. });
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
     let mut index = IndexFile::default();
     let mut docker_images: Vec<serde_json::Value> = Vec::new();
     let mut manifests: Vec<(Digest, Bytes)> = Vec::new();
@@ -1131,7 +1129,7 @@ async fn write_archive(
             size: top_bytes.len() as u64,
             artifact_type: None,
             subject: None,
-            tagged_at: now_ms,
+            tagged_at: 0,
         });
         if docker {
             docker_images.push(docker_entry(root, &to, top_bytes, top_mt)?);
@@ -1155,6 +1153,12 @@ async fn write_archive(
             if seen.insert(b.digest.clone()) {
                 blobs.push(b.clone());
             }
+        }
+    }
+    // The same trip must give the same bytes (a rerun resumes by volume): no publication time.
+    for d in &mut index.manifests {
+        if let Some(a) = d.annotations.as_mut() {
+            a.remove(crate::layout::index::FERRY_TAGGED);
         }
     }
     let mut plan = Plan::default();

@@ -10,6 +10,7 @@ mod common;
 mod compose;
 
 mod api;
+mod archive;
 mod auth;
 mod faults;
 mod fixtures;
