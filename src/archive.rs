@@ -61,6 +61,9 @@ fn arch_err(what: impl std::fmt::Display, why: impl std::fmt::Display) -> Error 
 pub enum Source {
     Dir,
     Inline(Bytes),
+    /// Like `Inline`, but made anew by each run (a signed statement: its time and signature
+    /// differ): a resumed write keeps its place and size, not its bytes. It goes last.
+    Fresh(Bytes),
     Blob(Digest),
 }
 
@@ -143,6 +146,7 @@ impl Plan {
             match &m.source {
                 Source::Dir => h.update(b"d"),
                 Source::Inline(b) => h.update(Digest::of(Algorithm::Sha256, b).hex().as_bytes()),
+                Source::Fresh(_) => h.update(b"f"),
                 Source::Blob(d) => h.update(d.to_string().as_bytes()),
             }
         }
@@ -405,7 +409,7 @@ where
         put(Bytes::copy_from_slice(&header(m)?)).await?;
         match &m.source {
             Source::Dir => {}
-            Source::Inline(b) => put(b.clone()).await?,
+            Source::Inline(b) | Source::Fresh(b) => put(b.clone()).await?,
             Source::Blob(d) => {
                 let mut s = fetch(d.clone()).await?;
                 let mut h = d.algorithm().hasher();

@@ -32,6 +32,9 @@
 //! - [`progress`]: counters long jobs advance, for the binary to show.
 //! - [`ui`]: the mirror's read-only web page (`/`, `/ui/…`): what is on it, what each tag is
 //!   and shares, server-rendered.
+//! - [`archive`]: `oci-archive:` / `docker-archive:` tars, written in one planned pass,
+//!   optionally as split volumes with a sha256sum index, read by offset.
+//! - [`trip`]: signed trips (a minisign-signed statement of tags and blobs) and their check.
 //! - [`tls`]: the server's certificate (reloadable) and `ferry tls init`'s private CA.
 //! - [`error`]: the library's typed errors and their OCI error codes.
 //!
@@ -52,6 +55,7 @@ pub mod retention;
 pub mod server;
 pub mod sync;
 pub mod tls;
+pub mod trip;
 pub mod ui;
 pub mod verify;
 

@@ -42,8 +42,9 @@ enum Command {
     /// Copy images and caches between registries and directories: only what is missing, verified,
     /// resumable.
     ///
-    /// A location is `docker://HOST[:PORT][/REPO[:TAG|@DIGEST]]` or a directory (`oci:PATH` or a
-    /// plain path). A registry without a repository means its whole catalog, a repository without a
+    /// A location is `docker://HOST[:PORT][/REPO[:TAG|@DIGEST]]`, a directory (`oci:PATH` or a
+    /// plain path), `s3://BUCKET[/PREFIX]`, `oci-archive:PATH` (a tar; PATH.000 or PATH.index for
+    /// split volumes) or, as a destination, `docker-archive:PATH` (for `docker load`). A registry without a repository means its whole catalog, a repository without a
     /// tag all its tags, a directory all its tags.
     Sync(cli::sync::Args),
     /// Is everything a ref needs present and intact? (Run it on the offline side before the
@@ -51,6 +52,9 @@ enum Command {
     Check(cli::check::Args),
     /// List every digest a location holds (for `ferry sync --have` on the other side).
     Inventory(cli::inventory::Args),
+    /// Keys for signed trips (`ferry sync --sign` / `--verify-key`).
+    #[command(subcommand)]
+    Key(cli::key::Command),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Write the man pages (ferry.1 and one per command) into DIR (used to build the package).
@@ -131,6 +135,7 @@ async fn run() -> anyhow::Result<i32> {
         Command::Sync(a) => cli::sync::run(a).await,
         Command::Check(a) => cli::check::run(a).await,
         Command::Inventory(a) => cli::inventory::run(a).await,
+        Command::Key(c) => cli::key::run(c),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());

@@ -169,6 +169,10 @@ pub struct SyncOptions {
     pub dest: RemoteOptions,
     /// Write an archive destination as volumes smaller than this (`--split`).
     pub split: Option<u64>,
+    /// Write a signed statement of the trip into the destination (`--sign`).
+    pub sign: Option<Arc<crate::trip::Signer>>,
+    /// Refuse a source trip that this key did not sign as it is (`--verify-key`).
+    pub verify_key: Option<Arc<crate::trip::Verifier>>,
 }
 
 /// What a sync did, for people (`Display`) and scripts (`--json`).
@@ -696,7 +700,28 @@ pub async fn sync(
     if archive_out {
         archive_out_free(dst_loc, opts.split)?;
     }
+    if opts.sign.is_some()
+        && !matches!(
+            dst_loc,
+            Location::Dir { .. } | Location::OciArchive { .. } | Location::DockerArchive { .. }
+        )
+    {
+        return Err(Error::Usage(
+            "--sign writes its statement into a trip: the destination must be a directory or an archive".into(),
+        ));
+    }
     let src = Place::open(src_loc, &opts.src, false).await?;
+    if let Some(key) = &opts.verify_key {
+        // Before anything is read for copying, let alone published.
+        let st = crate::trip::verify(&src, key, opts.jobs).await?;
+        progress.message(&format!(
+            "{src_loc}: signed by {} on {}, {} tag(s) and {} blob(s) as stated",
+            st.key_id,
+            st.created,
+            st.tags.len(),
+            st.blobs.len()
+        ));
+    }
     let dst = if archive_out {
         // Written whole at the end, from the graphs read below.
         None
@@ -827,8 +852,54 @@ pub async fn sync(
             Err(e) => summary.failed.push(format!("{root}: {e}")),
         }
     }
+    if let (Some(signer), Some(Place::Store(store))) = (&opts.sign, &dst) {
+        if !opts.dry_run {
+            if summary.failed.is_empty() {
+                sign_dir(store, signer).await?;
+            } else {
+                summary
+                    .failed
+                    .push("not signed: the trip is incomplete".to_owned());
+            }
+        }
+    }
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// A directory trip's statement: everything it holds after the sync, signed, written beside
+/// `index.json` (each file replaced atomically).
+async fn sign_dir(store: &Store, signer: &crate::trip::Signer) -> Result<()> {
+    let Some(root) = store.root().map(|p| p.to_owned()) else {
+        return Err(Error::Usage("--sign: a bucket is not a trip".into()));
+    };
+    let idx = store.index().await?;
+    let mut tags = std::collections::BTreeMap::new();
+    for repo in idx.repos() {
+        for t in idx.tags_of(repo) {
+            if let Some(d) = idx.tag(repo, t) {
+                tags.insert(format!("{repo}:{t}"), d.digest.to_string());
+            }
+        }
+    }
+    let digests = store
+        .list_content()
+        .await?
+        .into_iter()
+        .map(|d| d.to_string())
+        .collect();
+    let (st, sig) = signer.sign(tags, digests)?;
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        for (name, bytes) in [(crate::trip::STATEMENT, st), (crate::trip::SIGNATURE, sig)] {
+            let tmp = root.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, &bytes)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, root.join(name))?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))?
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1191,6 +1262,32 @@ async fn write_archive(
     }
     for b in &blobs {
         plan.push(Member::blob(&b.digest, b.size));
+    }
+    if let Some(signer) = &opts.sign {
+        let tags = index
+            .manifests
+            .iter()
+            .filter_map(|d| match d.repo_and_tag() {
+                (Some(r), Some(t)) => Some((format!("{r}:{t}"), d.digest.to_string())),
+                _ => None,
+            })
+            .collect();
+        let digests = manifests
+            .iter()
+            .map(|(d, _)| d.to_string())
+            .chain(blobs.iter().map(|b| b.digest.to_string()))
+            .collect();
+        let (st, sig) = signer.sign(tags, digests)?;
+        plan.push(Member {
+            path: crate::trip::STATEMENT.into(),
+            size: st.len() as u64,
+            source: archive::Source::Fresh(st.into()),
+        });
+        plan.push(Member {
+            path: crate::trip::SIGNATURE.into(),
+            size: sig.len() as u64,
+            source: archive::Source::Fresh(sig.into()),
+        });
     }
     summary.manifests_written = manifests.len();
     summary.tags_published = graphs

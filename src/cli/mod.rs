@@ -4,6 +4,7 @@
 pub mod check;
 pub mod gc;
 pub mod inventory;
+pub mod key;
 pub mod progress;
 pub mod serve;
 pub mod sync;

@@ -23,6 +23,10 @@ pub struct Args {
     /// Refuse every write (for USB media and replicas).
     #[arg(long)]
     read_only: bool,
+    /// Serve a signed trip (with --read-only): refuse to start unless the data directory is
+    /// exactly what this public key signed (see `ferry sync --sign`).
+    #[arg(long, value_name = "PUB", requires = "read_only")]
+    verify_key: Option<std::path::PathBuf>,
     /// Run garbage collection this often inside the server (e.g. 6h); off by default.
     #[arg(long, value_name = "DURATION", env = "FERRY_GC_INTERVAL")]
     gc_interval: Option<String>,
@@ -101,6 +105,20 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         (Some(c), Some(k)) => Some(Arc::new(ferry::tls::ServerTls::load(c, k)?)),
         _ => None,
     };
+    if let Some(k) = &a.verify_key {
+        let key = super::key::verifier(k)?;
+        let place = ferry::sync::Place::open(&data, &Default::default(), false).await?;
+        let st = ferry::trip::verify(&place, &key, 4)
+            .await
+            .map_err(|e| anyhow::anyhow!("{data}: {e}"))?;
+        tracing::info!(
+            key = %st.key_id,
+            created = %st.created,
+            tags = st.tags.len(),
+            blobs = st.blobs.len(),
+            "the data is the trip the key signed"
+        );
+    }
     let store = open_store(&data, a.read_only).await?;
     if a.redirect && !store.can_redirect() {
         return Err(usage(format!(

@@ -39,6 +39,14 @@ pub struct Args {
     /// FAT32 stick, `100M` for an upload portal), with PATH.index naming them.
     #[arg(long, value_name = "SIZE")]
     split: Option<String>,
+    /// Sign the trip with this secret key (from `ferry key generate`): a statement of every tag
+    /// and blob, written into the destination directory or archive.
+    #[arg(long, value_name = "KEY")]
+    sign: Option<PathBuf>,
+    /// Refuse a source trip not signed by this public key, or that differs from its statement,
+    /// before anything is copied.
+    #[arg(long, value_name = "PUB")]
+    verify_key: Option<PathBuf>,
     /// Credentials for the destination registry, USER:PASS.
     #[arg(long, value_name = "USER:PASS")]
     dest_creds: Option<String>,
@@ -77,8 +85,16 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         .as_deref()
         .map(|s| ferry::retention::parse_size(s).map_err(|e| usage(format!("--split: {e}"))))
         .transpose()?;
+    let sign = a.sign.as_deref().map(super::key::signer).transpose()?;
+    let verify_key = a
+        .verify_key
+        .as_deref()
+        .map(super::key::verifier)
+        .transpose()?;
     let opts = ferry::sync::SyncOptions {
         split,
+        sign,
+        verify_key,
         platform,
         refs,
         tags,

@@ -26,6 +26,7 @@ mod replicas;
 mod s3_faults;
 mod s3_lb;
 mod shared_mirror;
+mod signing;
 mod storage;
 mod sync;
 mod tls;

@@ -1,0 +1,51 @@
+//! `ferry key generate`: a minisign key pair for signed trips.
+
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Write ferry.key (secret, password-protected) and ferry.pub into DIR. The password comes
+    /// from FERRY_KEY_PASSWORD, else a prompt on the terminal. minisign reads both files.
+    Generate {
+        /// The directory to write the key pair into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Leave the secret key unencrypted (automation; keep the file safe another way).
+        #[arg(long)]
+        no_password: bool,
+    },
+}
+
+/// The password for a secret key: FERRY_KEY_PASSWORD, or `None` (minisign prompts).
+pub fn password() -> Option<String> {
+    std::env::var("FERRY_KEY_PASSWORD").ok()
+}
+
+pub fn run(c: Command) -> anyhow::Result<i32> {
+    match c {
+        Command::Generate { out, no_password } => {
+            let (sk, pk) = ferry::trip::generate(&out, !no_password, password())?;
+            let v = ferry::trip::Verifier::load(&pk)?;
+            println!("key {}", v.key_id);
+            println!(
+                "secret key: {} (keep it on the connected side)",
+                sk.display()
+            );
+            println!("public key: {} (copy it to the offline side)", pk.display());
+            Ok(0)
+        }
+    }
+}
+
+/// `--sign KEY`.
+pub fn signer(path: &std::path::Path) -> anyhow::Result<std::sync::Arc<ferry::trip::Signer>> {
+    Ok(std::sync::Arc::new(ferry::trip::Signer::load(
+        path,
+        password(),
+    )?))
+}
+
+/// `--verify-key PUB`.
+pub fn verifier(path: &std::path::Path) -> anyhow::Result<std::sync::Arc<ferry::trip::Verifier>> {
+    Ok(std::sync::Arc::new(ferry::trip::Verifier::load(path)?))
+}
