@@ -354,6 +354,9 @@ where
     Fut: std::future::Future<Output = Result<BoxStream<'static, io::Result<Bytes>>>>,
 {
     let vsize = split.map(volume_size).transpose()?;
+    if let Some(dir) = base.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| arch_err(dir.display(), e))?;
+    }
     let total = plan.total();
     let plan_id = plan.id();
     // A rerun of the same plan continues after its finished volumes.
