@@ -846,6 +846,63 @@ impl Archive {
         Ok(self.files.stream(off + offset, size - offset)?)
     }
 
+    /// `count` bytes of a blob from `start` (the server's ranges).
+    pub fn stream_range(
+        &self,
+        d: &Digest,
+        start: u64,
+        count: u64,
+    ) -> Result<BoxStream<'static, io::Result<Bytes>>> {
+        let (off, size) = *self
+            .members
+            .get(&blob_path(d))
+            .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
+        let start = start.min(size);
+        Ok(self.files.stream(off + start, count.min(size - start))?)
+    }
+
+    /// A small blob (a manifest), whole, refused past `limit`.
+    pub fn read_blob_small(&self, d: &Digest, limit: u64) -> Result<Vec<u8>> {
+        if !self.has(&blob_path(d)) {
+            return Err(Error::BlobUnknown(d.clone()));
+        }
+        self.read_small(&blob_path(d), limit)
+    }
+
+    /// Re-hash a blob (blocking): its digest with `d`'s algorithm, and its length.
+    pub fn hash_blob(&self, d: &Digest) -> Result<(Digest, u64)> {
+        let (off, size) = *self
+            .members
+            .get(&blob_path(d))
+            .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
+        let mut h = d.algorithm().hasher();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        while done < size {
+            let want = (size - done).min(buf.len() as u64) as usize;
+            let n = self.files.read_at(&mut buf[..want], off + done)?;
+            if n == 0 {
+                return Err(arch_err(self.describe(), format!("{d} is cut short")));
+            }
+            h.update(&buf[..n]);
+            done += n as u64;
+        }
+        Ok((h.finish(), size))
+    }
+
+    /// Every blob with its size.
+    pub fn blobs(&self) -> Vec<(Digest, u64)> {
+        self.digests()
+            .into_iter()
+            .filter_map(|d| self.blob_size(&d).map(|n| (d, n)))
+            .collect()
+    }
+
+    /// When the archive (its first file) was last written.
+    pub fn modified(&self) -> Option<std::time::SystemTime> {
+        self.files.parts.first()?.0.metadata().ok()?.modified().ok()
+    }
+
     /// Every digest under `blobs/`.
     pub fn digests(&self) -> Vec<Digest> {
         let mut v: Vec<Digest> = self

@@ -32,14 +32,15 @@ pub fn regex(s: Option<String>, flag: &str) -> anyhow::Result<Option<regex::Rege
         .transpose()
 }
 
-/// `--data`: a store, a directory or a bucket. Other location forms are refused by name rather
-/// than taken as a relative directory to create (`--data dcoker://x` must not make `./dcoker:/x`).
+/// `--data`: a store, a directory or a bucket (or, read-only, an `oci-archive:`). Other
+/// location forms are refused by name rather than taken as a relative directory to create
+/// (`--data dcoker://x` must not make `./dcoker:/x`).
 pub fn data_location(s: &str, command: &str) -> anyhow::Result<ferry::location::Location> {
     use ferry::location::Location;
     match Location::parse(s)? {
-        l @ (Location::Dir { .. } | Location::Bucket { .. }) => Ok(l),
+        l @ (Location::Dir { .. } | Location::Bucket { .. } | Location::OciArchive { .. }) => Ok(l),
         other => Err(usage(format!(
-            "{command} --data takes a directory (PATH or oci:PATH) or s3://BUCKET[/PREFIX], not {other}"
+            "{command} --data takes a directory (PATH or oci:PATH), s3://BUCKET[/PREFIX] or (read-only) oci-archive:PATH, not {other}"
         ))),
     }
 }

@@ -74,6 +74,7 @@ pub struct BlobReader {
 enum Source {
     File(File),
     Object(Arc<bucket::Bucket>, String),
+    Archive(Arc<crate::archive::Archive>, Digest),
 }
 
 impl BlobReader {
@@ -98,6 +99,10 @@ impl BlobReader {
         match self.source {
             Source::File(f) => read::stream_file(f, start, count).boxed(),
             Source::Object(b, key) => b.stream(&key, start, count),
+            Source::Archive(a, d) => a.stream_range(&d, start, count).unwrap_or_else(|e| {
+                futures_util::stream::once(async move { Err(io::Error::other(e.to_string())) })
+                    .boxed()
+            }),
         }
     }
 }
@@ -128,6 +133,12 @@ pub enum Checked {
 enum Backend {
     Dir(StoreFiles),
     Bucket(Arc<bucket::Bucket>),
+    /// An `oci-archive:` served read-only: its members read by offset, its index fixed.
+    Archive(Arc<crate::archive::Archive>, Arc<Index>),
+}
+
+fn archive_read_only() -> Error {
+    Error::Unsupported("this registry serves an archive, which is read-only".into())
 }
 
 /// What [`Store::import_blob`] moved.
@@ -256,9 +267,33 @@ impl Store {
                     uploads: Uploads::new(PathBuf::new()),
                 })
             }
-            Location::OciArchive { .. } | Location::DockerArchive { .. } => Err(Error::Usage(
-                format!("{loc} is an archive, not a store (a directory or s3://BUCKET)"),
-            )),
+            Location::OciArchive { path } if read_only => {
+                let path = path.clone();
+                let (a, idx) = blocking(move || {
+                    let a = crate::archive::Archive::open(&path)?;
+                    let idx = a.index()?;
+                    Ok((a, idx))
+                })
+                .await?;
+                for why in idx.skipped() {
+                    tracing::warn!(data = %a.describe(), "index.json: {why}");
+                }
+                Ok(Store {
+                    backend: Backend::Archive(Arc::new(a), Arc::new(idx)),
+                    read_only,
+                    reads: Mutex::new(Default::default()),
+                    cache: Mutex::new(None),
+                    last_records: Mutex::new(None),
+                    index_write: tokio::sync::Mutex::new(()),
+                    uploads: Uploads::new(PathBuf::new()),
+                })
+            }
+            Location::OciArchive { .. } => Err(Error::Usage(format!(
+                "{loc} is an archive: it is read whole and served read-only (--read-only), never written in place"
+            ))),
+            Location::DockerArchive { .. } => Err(Error::Usage(format!(
+                "{loc}: docker-archive is a destination only (for docker load)"
+            ))),
             Location::Registry { .. } => Err(Error::Usage(format!(
                 "{loc} is a registry, not a store (a directory or s3://BUCKET)"
             ))),
@@ -269,7 +304,7 @@ impl Store {
     fn dir(&self) -> Option<&StoreFiles> {
         match &self.backend {
             Backend::Dir(f) => Some(f),
-            Backend::Bucket(_) => None,
+            Backend::Bucket(_) | Backend::Archive(..) => None,
         }
     }
 
@@ -278,6 +313,7 @@ impl Store {
         match &self.backend {
             Backend::Dir(f) => f.root.display().to_string(),
             Backend::Bucket(b) => b.describe(),
+            Backend::Archive(a, _) => format!("oci-archive:{}", a.describe()),
         }
     }
 
@@ -351,6 +387,7 @@ impl Store {
                 *self.last_records.lock().unwrap_or_else(|p| p.into_inner()) = Some(idx.clone());
                 Ok(idx)
             }
+            Backend::Archive(_, idx) => Ok(idx.clone()),
         }
     }
 
@@ -359,6 +396,7 @@ impl Store {
         match &self.backend {
             Backend::Dir(files) => self.dir_index(files),
             Backend::Bucket(b) => Ok(Arc::new(Index::new(b.block_on(b.load_index())?))),
+            Backend::Archive(_, idx) => Ok(idx.clone()),
         }
     }
 
@@ -414,6 +452,7 @@ impl Store {
                 }
                 return Ok(out);
             }
+            Backend::Archive(..) => return Err(archive_read_only()),
         };
         let (root, canon, tmp) = (files.root.clone(), files.canon.clone(), files.tmp_dir());
         blocking(move || {
@@ -448,6 +487,7 @@ impl Store {
                 blocking(move || Ok(read::regular_size(&canon, &path)?)).await
             }
             Backend::Bucket(b) => b.blob_size(d).await,
+            Backend::Archive(a, _) => Ok(a.blob_size(d)),
         }
     }
 
@@ -467,6 +507,7 @@ impl Store {
                 .ok()
                 .flatten(),
             Backend::Bucket(b) => b.block_on(b.blob_size(d)).ok().flatten(),
+            Backend::Archive(a, _) => a.blob_size(d),
         }
     }
 
@@ -476,6 +517,7 @@ impl Store {
         match &self.backend {
             Backend::Dir(files) => Ok(read::regular_size(&files.canon, &files.blob_path(d))?),
             Backend::Bucket(b) => b.block_on(b.blob_size(d)),
+            Backend::Archive(a, _) => Ok(a.blob_size(d)),
         }
     }
 
@@ -488,6 +530,7 @@ impl Store {
                 .block_on(b.get_small(&bucket::blob_key(d), limit))?
                 .map(|b| b.to_vec())
                 .ok_or_else(|| Error::BlobUnknown(d.clone())),
+            Backend::Archive(a, _) => a.read_blob_small(d, limit),
         }
     }
 
@@ -507,6 +550,14 @@ impl Store {
                 .get_small(&bucket::blob_key(d), media::MAX_MANIFEST_BYTES)
                 .await?
                 .ok_or_else(|| Error::BlobUnknown(d.clone())),
+            Backend::Archive(a, _) => {
+                let (a, d) = (a.clone(), d.clone());
+                blocking(move || {
+                    a.read_blob_small(&d, media::MAX_MANIFEST_BYTES)
+                        .map(Bytes::from)
+                })
+                .await
+            }
         }
     }
 
@@ -524,6 +575,21 @@ impl Store {
                     not_content: None,
                 })
                 .collect()),
+            Backend::Archive(a, _) => {
+                let age = a
+                    .modified()
+                    .and_then(|m| m.elapsed().ok())
+                    .unwrap_or_default();
+                Ok(a.blobs()
+                    .into_iter()
+                    .map(|(digest, size)| BlobEntry {
+                        digest,
+                        size,
+                        age,
+                        not_content: None,
+                    })
+                    .collect())
+            }
         }
     }
 
@@ -536,7 +602,7 @@ impl Store {
     /// the object store), or `None` when this store has no such thing (a directory).
     pub async fn blob_url(&self, d: &Digest, ttl: std::time::Duration) -> Result<Option<String>> {
         match &self.backend {
-            Backend::Dir(_) => Ok(None),
+            Backend::Dir(_) | Backend::Archive(..) => Ok(None),
             Backend::Bucket(b) => {
                 if b.blob_size(d).await?.is_none() {
                     return Err(Error::BlobUnknown(d.clone()));
@@ -568,6 +634,7 @@ impl Store {
                 .await
             }
             Backend::Bucket(b) => Ok(b.list_blobs().await?.into_iter().map(|e| e.0).collect()),
+            Backend::Archive(a, _) => Ok(a.digests()),
         }
     }
 
@@ -576,6 +643,12 @@ impl Store {
         match &self.backend {
             Backend::Dir(files) => files.rehash(d),
             Backend::Bucket(b) => match b.block_on(b.hash_blob(d, d.algorithm())) {
+                Ok((h, n)) if &h == d => Checked::Intact(n),
+                Ok((_, n)) => Checked::Corrupt(n),
+                Err(Error::BlobUnknown(_)) => Checked::Missing,
+                Err(e) => Checked::Refused(format!("unreadable ({e})")),
+            },
+            Backend::Archive(a, _) => match a.hash_blob(d) {
                 Ok((h, n)) if &h == d => Checked::Intact(n),
                 Ok((_, n)) => Checked::Corrupt(n),
                 Err(Error::BlobUnknown(_)) => Checked::Missing,
@@ -594,6 +667,7 @@ impl Store {
                 Ok(std::fs::rename(files.blob_path(d), &to)?)
             }
             Backend::Bucket(b) => b.block_on(b.quarantine(d)),
+            Backend::Archive(..) => Err(archive_read_only()),
         }
     }
 
@@ -613,6 +687,7 @@ impl Store {
         match &self.backend {
             Backend::Dir(files) => files.sweep(d, grace, marked_at),
             Backend::Bucket(b) => b.block_on(b.sweep(d, grace, marked_at)),
+            Backend::Archive(..) => Err(archive_read_only()),
         }
     }
 
@@ -650,6 +725,8 @@ impl Store {
                 .unwrap_or(false)
             }
             Backend::Bucket(b) => b.head("oci-layout").await.is_ok_and(|m| m.is_some()),
+            // Read whole and checked when opened; it cannot change under a read-only server.
+            Backend::Archive(..) => true,
         }
     }
 
@@ -664,6 +741,7 @@ impl Store {
         let files = match &self.backend {
             Backend::Dir(files) => files,
             Backend::Bucket(b) => return b.promise(d).await,
+            Backend::Archive(a, _) => return Ok(a.blob_size(d)),
         };
         let path = files.blob_path(d);
         let canon = files.canon.clone();
@@ -711,6 +789,7 @@ impl Store {
                 let _ = b.note_read(d).await;
                 return;
             }
+            Backend::Archive(..) => return,
         };
         let path = files.read_marker(d);
         let _ = tokio::task::spawn_blocking(move || -> io::Result<()> {
@@ -731,6 +810,7 @@ impl Store {
                 .modified()
                 .ok(),
             Backend::Bucket(b) => b.block_on(b.last_read(d)),
+            Backend::Archive(..) => None,
         }
     }
 
@@ -764,6 +844,7 @@ impl Store {
                     }
                 }
             }
+            Backend::Archive(..) => {}
         }
         out
     }
@@ -784,6 +865,7 @@ impl Store {
             Backend::Bucket(b) => {
                 b.block_on(b.put(".ferry/last-gc.json", Bytes::copy_from_slice(report)))
             }
+            Backend::Archive(..) => return,
         };
         if let Err(e) = r {
             tracing::warn!(error = %e, "recording the GC report failed");
@@ -809,6 +891,7 @@ impl Store {
                     std::time::SystemTime::from(meta.last_modified),
                 ))
             }
+            Backend::Archive(..) => None,
         }
     }
 
@@ -843,6 +926,7 @@ impl Store {
                 let m = b.block_on(b.head(&bucket::blob_key(d))).ok()??;
                 Some(std::time::SystemTime::from(m.last_modified))
             }
+            Backend::Archive(a, _) => a.modified(),
         }
     }
 
@@ -852,6 +936,7 @@ impl Store {
         let files = match &self.backend {
             Backend::Dir(files) => files,
             Backend::Bucket(b) => return b.block_on(b.expire_uploads(max_age)),
+            Backend::Archive(..) => return Ok(0),
         };
         let dir = files.root.join(".ferry/uploads");
         let now = std::time::SystemTime::now();
@@ -897,6 +982,15 @@ impl Store {
                     source: Source::Object(b.clone(), bucket::blob_key(d)),
                 })
             }
+            Backend::Archive(a, _) => {
+                let len = a
+                    .blob_size(d)
+                    .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
+                Ok(BlobReader {
+                    len,
+                    source: Source::Archive(a.clone(), d.clone()),
+                })
+            }
         }
     }
 
@@ -910,6 +1004,7 @@ impl Store {
                 }
                 return b.delete(&bucket::blob_key(d)).await;
             }
+            Backend::Archive(..) => return Err(archive_read_only()),
         };
         match tokio::fs::remove_file(files.blob_path(d)).await {
             Ok(()) => Ok(()),
@@ -995,6 +1090,7 @@ impl Store {
                     Err(e) => Err(e),
                 };
             }
+            Backend::Archive(..) => return Err(archive_read_only()),
         };
         let path = files.partial_path(d);
         let alg = d.algorithm();
@@ -1097,6 +1193,7 @@ impl Store {
                 b.upload_start(&id).await?;
                 Ok(id)
             }
+            Backend::Archive(..) => Err(archive_read_only()),
         }
     }
 
@@ -1173,6 +1270,7 @@ impl Store {
                     .upload_finish(upload::checked_id(id)?, range_start, body, digest)
                     .await;
             }
+            Backend::Archive(..) => return Err(archive_read_only()),
         };
         self.upload_append(id, range_start, body).await?;
         let h = self.uploads.get(id).await?;
@@ -1217,6 +1315,7 @@ impl Store {
         match &self.backend {
             Backend::Dir(_) => self.uploads.open_count(),
             Backend::Bucket(b) => b.sessions_here(),
+            Backend::Archive(..) => 0,
         }
     }
 
@@ -1292,6 +1391,7 @@ impl Store {
                     blocking(move || Ok(write::write_atomic(&tmp, &target, &b)?)).await?;
                 }
                 Backend::Bucket(b) => b.put_blob_bytes(&digest, bytes.clone()).await?,
+                Backend::Archive(..) => return Err(archive_read_only()),
             }
         }
         let entry = NewEntry {
@@ -1334,7 +1434,7 @@ impl Store {
                 let d = b.tag_record(repo.as_str(), t).await?.ok_or_else(unknown)?;
                 (d.digest, Some(d.media_type))
             }
-            (Reference::Tag(t), Backend::Dir(_)) => {
+            (Reference::Tag(t), Backend::Dir(_) | Backend::Archive(..)) => {
                 let idx = self.index().await?;
                 let d = idx.tag(repo.as_str(), t).ok_or_else(unknown)?;
                 (d.digest.clone(), Some(d.media_type.clone()))
@@ -1347,7 +1447,7 @@ impl Store {
                         .unwrap_or_else(|p| p.into_inner())
                         .as_ref()
                         .and_then(|i| i.by_digest(repo.as_str(), d).map(|x| x.media_type.clone())),
-                    Backend::Dir(_) => None,
+                    Backend::Dir(_) | Backend::Archive(..) => None,
                 };
                 let media_type = match known {
                     Some(mt) => Some(mt),
@@ -1422,6 +1522,7 @@ impl Store {
                             }
                         }
                         Backend::Bucket(b) => b.delete(&bucket::blob_key(d)).await?,
+                        Backend::Archive(..) => return Err(archive_read_only()),
                     }
                 }
                 Ok(())

@@ -587,3 +587,185 @@ fn docker_archive_loads_in_dockerd_and_runs() {
     );
     rt.block_on(srv.stop());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_read_only_straight_from_split_volumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = t.join("src");
+    let m = image_dir(&src, "app", "1", &[3_000_000, 1_500_000], 11).await;
+    let base = t.join("usb/trip.tar");
+    let o = SyncOptions {
+        split: Some(1 << 20),
+        ..opts()
+    };
+    run(&p(&src), &format!("oci-archive:{}", p(&base)), &o).await;
+    assert!(volumes(&base).len() >= 4);
+    // Served as it is, read-only; a write is refused.
+    let loc = Location::parse(&format!("oci-archive:{}", p(&volumes(&base)[0]))).unwrap();
+    let e = Store::open_at(&loc, false).await.err().unwrap().to_string();
+    assert!(e.contains("read-only"), "{e}");
+    let store = Store::open_at(&loc, true).await.unwrap();
+    let srv = TestServer::serve_store(
+        store,
+        t.join("unused"),
+        ServerOpts {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let c = http();
+    let r = c
+        .get(format!("{}/v2/app/manifests/1", srv.url))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let manifest = r.bytes().await.unwrap();
+    assert_eq!(sha256(&manifest), m);
+    let v: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    for l in v["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap();
+        let want = std::fs::read(src.join("blobs/sha256").join(&d[7..])).unwrap();
+        let got = c
+            .get(format!("{}/v2/app/blobs/{d}", srv.url))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(sha256(&got).to_string(), d);
+        // A range across a volume boundary.
+        let r = c
+            .get(format!("{}/v2/app/blobs/{d}", srv.url))
+            .header("range", "bytes=1048000-1049999")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::PARTIAL_CONTENT);
+        assert_eq!(&r.bytes().await.unwrap()[..], &want[1048000..1050000]);
+    }
+    let r = c
+        .post(format!("{}/v2/app/blobs/uploads/", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, "UNSUPPORTED");
+    let r = c
+        .get(format!("{}/v2/_catalog", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["repositories"],
+        serde_json::json!(["app"])
+    );
+    srv.stop().await;
+}
+
+/// Archives come from anywhere: garbage, a tar cut short, two members with one name, a member
+/// claiming more bytes than the file holds, a blob whose bytes are not its name, an index.json
+/// naming what is absent. Each is named; nothing reaches the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_archives_are_named_and_publish_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = t.join("src");
+    image_dir(&src, "app", "1", &[50_000], 21).await;
+    let good = t.join("good.tar");
+    run(&p(&src), &format!("oci-archive:{}", p(&good)), &opts()).await;
+    let bytes = std::fs::read(&good).unwrap();
+    let layer = v_layer(&src).await;
+
+    let build = |name: &str, members: &[(&str, Vec<u8>)]| -> PathBuf {
+        let path = t.join(name);
+        let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        for (n, data) in members {
+            let mut h = tar::Header::new_ustar();
+            h.set_path(n).unwrap();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, &data[..]).unwrap();
+        }
+        b.finish().unwrap();
+        path
+    };
+    // The good archive's members, to tamper with one at a time.
+    let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+    {
+        let mut ar = tar::Archive::new(&bytes[..]);
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            if !e.header().entry_type().is_file() {
+                continue;
+            }
+            let n = e.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            members.push((n, data));
+        }
+    }
+    let refs = |m: &[(String, Vec<u8>)]| -> Vec<(String, Vec<u8>)> { m.to_vec() };
+    let mut dup = refs(&members);
+    dup.push(("index.json".into(), b"{}".to_vec()));
+    let mut swapped = refs(&members);
+    for (n, d) in swapped.iter_mut() {
+        if n.ends_with(layer.hex()) {
+            d[0] ^= 1;
+        }
+    }
+    let mut no_layer = refs(&members);
+    no_layer.retain(|(n, _)| !n.ends_with(layer.hex()));
+    let garbage = t.join("garbage.tar");
+    std::fs::write(&garbage, bytes::Bytes::from(vec![7u8; 4096])).unwrap();
+    let cut = t.join("cut.tar");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (garbage, "archive"),
+        (cut, "truncated"),
+        (
+            build("dup.tar", &as_slices(&dup)),
+            "two members are named index.json",
+        ),
+        (build("swapped.tar", &as_slices(&swapped)), "hash"),
+        (build("no-layer.tar", &as_slices(&no_layer)), "missing"),
+        (
+            build("no-layout.tar", &[("index.json", b"{}".to_vec())]),
+            "no oci-layout",
+        ),
+    ];
+    for (path, want) in cases {
+        let dst = t.join(format!(
+            "dst-{}",
+            path.file_name().unwrap().to_string_lossy()
+        ));
+        let r = try_run(&format!("oci-archive:{}", p(&path)), &p(&dst), &opts()).await;
+        let text = match r {
+            Err(e) => e.to_string(),
+            Ok(s) => s.to_string(),
+        };
+        assert!(text.contains(want), "{}: {text}", path.display());
+        assert!(
+            !dst.exists() || tags(&dst).await.is_empty(),
+            "{}: published something",
+            path.display()
+        );
+    }
+}
+
+fn as_slices(m: &[(String, Vec<u8>)]) -> Vec<(&str, Vec<u8>)> {
+    m.iter().map(|(n, d)| (n.as_str(), d.clone())).collect()
+}
+
+/// The first layer's digest of the only image in a layout.
+async fn v_layer(dir: &Path) -> Digest {
+    let s = Store::open(dir, true).unwrap();
+    let idx = s.index().await.unwrap();
+    let d = idx.tag("app", "1").unwrap().digest.clone();
+    let m: serde_json::Value = serde_json::from_slice(&s.read_manifest(&d).await.unwrap()).unwrap();
+    m["layers"][0]["digest"].as_str().unwrap().parse().unwrap()
+}

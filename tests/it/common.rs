@@ -182,7 +182,7 @@ impl TestServer {
         TestServer::serve_store(store, dir.to_owned(), opts).await
     }
 
-    async fn serve_store(store: Store, dir: PathBuf, opts: ServerOpts) -> TestServer {
+    pub async fn serve_store(store: Store, dir: PathBuf, opts: ServerOpts) -> TestServer {
         let listener = tokio::net::TcpListener::bind(opts.bind.as_deref().unwrap_or("127.0.0.1:0"))
             .await
             .expect("bind");

@@ -91,6 +91,19 @@ async fn signed_trips_verify_and_every_tampering_is_refused_before_anything_is_p
         false,
     )
     .unwrap();
+    // And the minisign tool itself (what an auditor without ferry runs).
+    if let Some(minisign) = tool("minisign", &["/usr/bin/minisign"]) {
+        let out = Command::new(minisign)
+            .args(["-V", "-m", &s(&trip.join("ferry-trip.json")), "-p", &pubkey])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "minisign -V: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let st: serde_json::Value = serde_json::from_slice(&statement).unwrap();
     assert_eq!(st["tags"].as_object().unwrap().len(), 2, "{st}");
     assert_eq!(st["blobs"].as_array().unwrap().len(), 6, "{st}");
