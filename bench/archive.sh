@@ -66,10 +66,11 @@ timed "limit: cp + sha256sum (the same bytes)" bash -c \
 rm -rf "$work/cp"
 timed "ferry pack dir -> oci-archive" $ferry sync --json "$work/src" "oci-archive:$work/f.tar"
 timed "ferry unpack oci-archive -> dir" $ferry sync --json "oci-archive:$work/f.tar" "$work/f-out"
-mkdir -p "$work/split"
+size_f=$(stat -c %s "$work/f.tar")
+rm -rf "$work/f-out" "$work/f.tar"
 timed "ferry pack, --split 256M" $ferry sync --json --split 256M "$work/src" "oci-archive:$work/split/t.tar"
 timed "ferry unpack 256M volumes (checked first)" $ferry sync --json "oci-archive:$work/split/t.tar.000" "$work/fs-out"
-rm -rf "$work/f-out" "$work/fs-out" "$work/split"
+rm -rf "$work/fs-out" "$work/split"
 timed "skopeo copy oci: -> oci-archive:" skopeo copy "oci:$work/src:big:1" "oci-archive:$work/s.tar"
 timed "skopeo copy oci-archive: -> oci:" skopeo copy "oci-archive:$work/s.tar" "oci:$work/s-out:big"
 rm -rf "$work/s-out" "$work/s.tar"
@@ -81,7 +82,7 @@ kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 umount -l "$work/docker-exec/netns/default" 2>/dev/null || true
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $bytes bytes in $((layers + 2)) blobs, $(skopeo --version), dockerd $dockerv"
-echo "# ferry oci-archive: $(stat -c %s "$work/f.tar") bytes; docker save: $(stat -c %s "$work/d.tar") bytes (uncompressed layers)"
+echo "# ferry oci-archive: $size_f bytes; docker save: $(stat -c %s "$work/d.tar") bytes (uncompressed layers)"
 limit=$(head -1 "$work/results" | cut -d'|' -f2)
 printf '%-44s %8s %8s %10s\n' "" "seconds" "x limit" "peak RSS"
 while IFS='|' read -r name secs rss; do
