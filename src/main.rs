@@ -44,8 +44,9 @@ enum Command {
     ///
     /// A location is `docker://HOST[:PORT][/REPO[:TAG|@DIGEST]]`, a directory (`oci:PATH` or a
     /// plain path), `s3://BUCKET[/PREFIX]`, `oci-archive:PATH` (a tar; PATH.000 or PATH.index for
-    /// split volumes) or, as a destination, `docker-archive:PATH` (for `docker load`). A registry without a repository means its whole catalog, a repository without a
-    /// tag all its tags, a directory all its tags.
+    /// split volumes) or, as a destination, `docker-archive:PATH` (for `docker load`). A
+    /// registry without a repository means its whole catalog, a repository without a tag all its
+    /// tags, a directory or an archive all its tags.
     Sync(cli::sync::Args),
     /// Is everything a ref needs present and intact? (Run it on the offline side before the
     /// cable is cut.) Reports cache records and layers for BuildKit caches.

@@ -73,7 +73,7 @@ pub fn generate(out: &Path, encrypt: bool, password: Option<String>) -> Result<(
         }
     }
     let kp = if encrypt {
-        // `None` makes minisign ask twice on the terminal.
+        // `None` makes minisign ask twice on the terminal (the binary asks itself instead).
         minisign::KeyPair::generate_encrypted_keypair(password)
     } else {
         minisign::KeyPair::generate_unencrypted_keypair()
@@ -115,8 +115,18 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
+    /// Whether the secret key at `path` is encrypted (a password is needed to sign).
+    pub fn needs_password(path: &Path) -> Result<bool> {
+        let text = std::fs::read_to_string(path).map_err(|e| key_err(path, e))?;
+        let boxed = minisign::SecretKeyBox::from_string(&text).map_err(|e| key_err(path, e))?;
+        Ok(!matches!(
+            minisign::SecretKey::from_unencrypted_box(boxed),
+            Ok(sk) if !sk.is_encrypted()
+        ))
+    }
+
     /// Load `ferry.key`: an unencrypted key as it is, an encrypted one with `password` (or,
-    /// when `None`, a prompt on the terminal).
+    /// when `None`, minisign's own prompt on the terminal).
     pub fn load(path: &Path, password: Option<String>) -> Result<Signer> {
         let text = std::fs::read_to_string(path).map_err(|e| key_err(path, e))?;
         let boxed = || minisign::SecretKeyBox::from_string(&text).map_err(|e| key_err(path, e));

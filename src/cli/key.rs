@@ -16,15 +16,32 @@ pub enum Command {
     },
 }
 
-/// The password for a secret key: FERRY_KEY_PASSWORD, or `None` (minisign prompts).
-pub fn password() -> Option<String> {
-    std::env::var("FERRY_KEY_PASSWORD").ok()
+/// The password for a secret key: FERRY_KEY_PASSWORD, else asked on the terminal (the prompt
+/// and the typing go to /dev/tty, never to standard output, which `--json` keeps for itself).
+fn password_for(what: &str, twice: bool) -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("FERRY_KEY_PASSWORD") {
+        return Ok(p);
+    }
+    let p = rpassword::prompt_password(format!("Password for {what}: ")).map_err(|e| {
+        super::usage(format!(
+            "{what} needs a password: set FERRY_KEY_PASSWORD or run on a terminal ({e})"
+        ))
+    })?;
+    if twice && rpassword::prompt_password("The same password again: ")? != p {
+        return Err(super::usage("the passwords differ".into()));
+    }
+    Ok(p)
 }
 
 pub fn run(c: Command) -> anyhow::Result<i32> {
     match c {
         Command::Generate { out, no_password } => {
-            let (sk, pk) = ferry::trip::generate(&out, !no_password, password())?;
+            let password = if no_password {
+                None
+            } else {
+                Some(password_for("the new key", true)?)
+            };
+            let (sk, pk) = ferry::trip::generate(&out, !no_password, password)?;
             let v = ferry::trip::Verifier::load(&pk)?;
             println!("key {}", v.key_id);
             println!(
@@ -37,11 +54,15 @@ pub fn run(c: Command) -> anyhow::Result<i32> {
     }
 }
 
-/// `--sign KEY`.
+/// `--sign KEY`: a password is asked for only when the key is encrypted.
 pub fn signer(path: &std::path::Path) -> anyhow::Result<std::sync::Arc<ferry::trip::Signer>> {
+    let password = if ferry::trip::Signer::needs_password(path)? {
+        Some(password_for(&path.display().to_string(), false)?)
+    } else {
+        None
+    };
     Ok(std::sync::Arc::new(ferry::trip::Signer::load(
-        path,
-        password(),
+        path, password,
     )?))
 }
 

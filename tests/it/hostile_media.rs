@@ -357,10 +357,10 @@ fn unknown_location_schemes_are_refused_not_created() {
     for args in [
         vec!["sync", "s4://bucket/prefix", "./out"],
         vec!["sync", src, "s4://bucket"],
-        vec!["sync", src, "oci-archive:trip.tar"],
+        vec!["sync", src, "tar:trip.tar"],
         vec!["sync", "dcoker://localhost:5000/a", "./out"],
         vec!["inventory", "gs://bucket"],
-        vec!["check", "oci-archive:trip.tar"],
+        vec!["check", "zip:trip.zip"],
         vec!["verify", "s4://bucket"],
         vec!["gc", "--data", "s4://bucket"],
         vec!["serve", "--listen", "127.0.0.1:0", "--data", "s4://bucket"],
