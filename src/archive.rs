@@ -418,62 +418,74 @@ where
             .map_err(|e| Error::Io(io::Error::other(e)))?
         }
     };
-    let mut pos = 0u64;
-    for m in &plan.members {
-        let len = BLOCK + padded(m.size);
-        if pos + len <= skip_to {
-            // Wholly inside finished volumes: not read again.
-            pos += len;
-            vols.lock().unwrap_or_else(|p| p.into_inner()).pos = pos;
-            continue;
-        }
-        put(Bytes::copy_from_slice(&header(m)?)).await?;
-        match &m.source {
-            Source::Dir => {}
-            Source::Inline(b) | Source::Fresh(b) => put(b.clone()).await?,
-            Source::Blob(d) => {
-                let mut s = fetch(d.clone()).await?;
-                let mut h = d.algorithm().hasher();
-                let mut n = 0u64;
-                let mut buf = bytes::BytesMut::with_capacity(WRITE_CHUNK);
-                while let Some(chunk) = s
-                    .try_next()
-                    .await
-                    .map_err(|e| arch_err(d, format!("reading the source: {e}")))?
-                {
-                    n += chunk.len() as u64;
-                    if n > m.size {
-                        return Err(Error::Corrupt {
-                            digest: d.clone(),
-                            detail: format!("the source sent more than {} bytes", m.size),
-                        });
+    let written = async {
+        let mut pos = 0u64;
+        for m in &plan.members {
+            let len = BLOCK + padded(m.size);
+            if pos + len <= skip_to {
+                // Wholly inside finished volumes: not read again.
+                pos += len;
+                vols.lock().unwrap_or_else(|p| p.into_inner()).pos = pos;
+                continue;
+            }
+            put(Bytes::copy_from_slice(&header(m)?)).await?;
+            match &m.source {
+                Source::Dir => {}
+                Source::Inline(b) | Source::Fresh(b) => put(b.clone()).await?,
+                Source::Blob(d) => {
+                    let mut s = fetch(d.clone()).await?;
+                    let mut h = d.algorithm().hasher();
+                    let mut n = 0u64;
+                    let mut buf = bytes::BytesMut::with_capacity(WRITE_CHUNK);
+                    while let Some(chunk) = s
+                        .try_next()
+                        .await
+                        .map_err(|e| arch_err(d, format!("reading the source: {e}")))?
+                    {
+                        n += chunk.len() as u64;
+                        if n > m.size {
+                            return Err(Error::Corrupt {
+                                digest: d.clone(),
+                                detail: format!("the source sent more than {} bytes", m.size),
+                            });
+                        }
+                        h.update(&chunk);
+                        counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        buf.extend_from_slice(&chunk);
+                        if buf.len() >= WRITE_CHUNK {
+                            put(buf.split().freeze()).await?;
+                        }
                     }
-                    h.update(&chunk);
-                    counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    buf.extend_from_slice(&chunk);
-                    if buf.len() >= WRITE_CHUNK {
+                    if !buf.is_empty() {
                         put(buf.split().freeze()).await?;
                     }
-                }
-                if !buf.is_empty() {
-                    put(buf.split().freeze()).await?;
-                }
-                let actual = h.finish();
-                if n != m.size || &actual != d {
-                    return Err(Error::Corrupt {
-                        digest: d.clone(),
-                        detail: format!("the source sent {n} bytes hashing to {actual}"),
-                    });
+                    let actual = h.finish();
+                    if n != m.size || &actual != d {
+                        return Err(Error::Corrupt {
+                            digest: d.clone(),
+                            detail: format!("the source sent {n} bytes hashing to {actual}"),
+                        });
+                    }
                 }
             }
+            let pad = padded(m.size) - m.size;
+            if pad > 0 {
+                put(Bytes::from(vec![0u8; pad as usize])).await?;
+            }
+            pos += len;
         }
-        let pad = padded(m.size) - m.size;
-        if pad > 0 {
-            put(Bytes::from(vec![0u8; pad as usize])).await?;
-        }
-        pos += len;
+        put(Bytes::from(vec![0u8; 2 * BLOCK as usize])).await?;
+        Ok::<(), Error>(())
     }
-    put(Bytes::from(vec![0u8; 2 * BLOCK as usize])).await?;
+    .await;
+    if let Err(e) = written {
+        // One file is written whole or not at all: no half archive is left behind. (Split
+        // volumes stay: a rerun continues after the finished ones.)
+        if vsize.is_none() {
+            let _ = std::fs::remove_file(with_suffix(base, ".partial"));
+        }
+        return Err(e);
+    }
     let vols = Arc::try_unwrap(vols)
         .map_err(|_| Error::Io(io::Error::other("archive writer still shared")))?
         .into_inner()
@@ -487,6 +499,17 @@ fn finish(mut vols: Volumes, total: u64) -> Result<Written> {
     vols.finish_volume()?;
     let resumed_bytes = vols.skip_to;
     if vols.vsize.is_some() {
+        // Volumes past the end, left by an interrupted write of another trip to the same name.
+        for i in vols.done.len().. {
+            let stale = volume_name(&vols.base, i);
+            let partial = with_suffix(&stale, ".partial");
+            let (a, b) = (stale.exists(), partial.exists());
+            if !a && !b {
+                break;
+            }
+            let _ = std::fs::remove_file(stale);
+            let _ = std::fs::remove_file(partial);
+        }
         let mut text = format!(
             "# ferry split archive: {} volume(s), {total} bytes; check with: sha256sum -c {}\n",
             vols.done.len(),

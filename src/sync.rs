@@ -510,16 +510,25 @@ impl Place {
         Ok(out)
     }
 
+    /// Every blob and manifest a directory, bucket or archive holds; `None` for a registry
+    /// (which lists no blobs).
+    pub async fn content(&self) -> Result<Option<Vec<Digest>>> {
+        match self {
+            // Only what can be read as a blob: a FIFO or a symlink out of the layout under a
+            // blob's name is not content the far side can count on.
+            Place::Store(s) => Ok(Some(s.list_content().await?)),
+            Place::Archive(a, _) => Ok(Some(a.digests())),
+            Place::Remote(_) => Ok(None),
+        }
+    }
+
     /// Every digest a place holds (`ferry inventory`).
     pub async fn inventory(&self, loc: &Location) -> Result<Vec<Digest>> {
         let mut set = std::collections::BTreeSet::new();
         match self {
-            Place::Store(s) => {
-                // Only what can be read as a blob: a FIFO or a symlink out of the layout under
-                // a blob's name is not content the far side can count on.
-                set.extend(s.list_content().await?);
+            Place::Store(_) | Place::Archive(..) => {
+                set.extend(self.content().await?.unwrap_or_default());
             }
-            Place::Archive(a, _) => set.extend(a.digests()),
             Place::Remote(_) => {
                 for root in self.roots(loc).await? {
                     let g = walk(self, &root.repo, &root.reference).await?;
