@@ -763,11 +763,99 @@ fn check_volumes(files: &[File], vols: &[Volume]) -> Vec<String> {
     bad.into_iter().map(|(_, w)| w).collect()
 }
 
+/// Extension members (GNU long names and links, PAX headers) are read whole by the tar crate:
+/// larger ones are refused before it sees them.
+const MAX_EXTENSION_BYTES: u64 = 1 << 20;
+
+/// A tar header's size field: octal text, or GNU's base-256 for large sizes.
+fn header_size(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        let mut n: u64 = u64::from(field[0] & 0x7f);
+        for b in &field[1..] {
+            n = n.checked_mul(256)?.checked_add(u64::from(*b))?;
+        }
+        return Some(n);
+    }
+    let text = std::str::from_utf8(field).ok()?;
+    let text = text.trim_matches(|c: char| c == '\0' || c == ' ');
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(text, 8).ok()
+}
+
+/// The `size` record of a PAX extended header, if any (`"%d size=%d\n"` records).
+fn pax_size(data: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(data);
+    text.lines().find_map(|rec| {
+        let (_, kv) = rec.split_once(' ')?;
+        kv.strip_prefix("size=")?.trim().parse().ok()
+    })
+}
+
+/// Walk the headers the way a tar reader will, without reading data, and refuse what would
+/// make a reader hold much in memory (a huge long name or PAX header), GNU sparse members
+/// (never layout content), and a tar cut inside a member. (A tar that simply stops after a
+/// whole member, with no end marker, is accepted, as Go's and GNU's readers do.)
+fn prescan(files: &Files, shown: &str) -> Result<()> {
+    let mut off = 0u64;
+    let mut next_size: Option<u64> = None;
+    let mut block = [0u8; 512];
+    for _ in 0..=(MAX_MEMBERS * 2) {
+        if off == files.len {
+            return Ok(());
+        }
+        if off + BLOCK > files.len {
+            return Err(arch_err(
+                shown,
+                "ends before the tar's end (truncated, or a volume missing?)",
+            ));
+        }
+        let mut got = 0;
+        while got < block.len() {
+            let n = files.read_at(&mut block[got..], off + got as u64)?;
+            if n == 0 {
+                return Err(arch_err(shown, "cut short"));
+            }
+            got += n;
+        }
+        if block.iter().all(|b| *b == 0) {
+            return Ok(());
+        }
+        let kind = block[156];
+        let size = match next_size.take() {
+            Some(n) => n,
+            None => header_size(&block[124..136])
+                .ok_or_else(|| arch_err(shown, format!("a bad tar header at byte {off}")))?,
+        };
+        match kind {
+            b'L' | b'K' | b'x' | b'g' if size > MAX_EXTENSION_BYTES => {
+                return Err(arch_err(
+                    shown,
+                    format!("a tar extension header of {size} bytes at byte {off}"),
+                ))
+            }
+            b'S' => return Err(arch_err(shown, "a GNU sparse member: not layout content")),
+            b'x' => {
+                let mut data = vec![0u8; size as usize];
+                let n = files.read_at(&mut data, off + BLOCK)?;
+                next_size = pax_size(&data[..n]);
+            }
+            _ => {}
+        }
+        off = off
+            .checked_add(BLOCK + padded(size))
+            .ok_or_else(|| arch_err(shown, "a member size past any file"))?;
+    }
+    Err(arch_err(shown, "too many members"))
+}
+
 impl Archive {
     /// Open and scan an archive (blocking: call from a blocking thread).
     pub fn open(path: &Path) -> Result<Archive> {
         let files = Files::new(open_files(path)?)?;
         let shown = path.display().to_string();
+        prescan(&files, &shown)?;
         let mut members = HashMap::new();
         {
             let mut ar = tar::Archive::new(Cursor {
@@ -970,6 +1058,49 @@ mod tests {
         assert!(volume_size(4 << 30).unwrap() < u32::MAX as u64);
         assert_eq!(volume_size(64 << 20).unwrap(), (64 << 20) - 512);
         assert!(volume_size(1000).is_err());
+    }
+
+    fn files_of(bytes: &[u8]) -> (tempfile::TempDir, Files) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.tar");
+        std::fs::write(&p, bytes).unwrap();
+        let f = Files::new(vec![File::open(&p).unwrap()]).unwrap();
+        (dir, f)
+    }
+
+    #[test]
+    fn prescan_refuses_huge_extension_headers_and_sparse_members() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "a/".repeat(200) + "x", &b"abc"[..])
+            .unwrap();
+        let ok = b.into_inner().unwrap();
+        let (_d, f) = files_of(&ok);
+        prescan(&f, "ok").unwrap();
+        // A GNU long name of 2 MiB.
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_size(2 << 20);
+        h.set_cksum();
+        let mut bad = h.as_bytes().to_vec();
+        bad.extend(vec![b'a'; 2 << 20]);
+        bad.extend(vec![0u8; 1024]);
+        let (_d, f) = files_of(&bad);
+        let e = prescan(&f, "bad").unwrap_err().to_string();
+        assert!(e.contains("extension header"), "{e}");
+        // Cut inside a member, and cut after the last member (no end marker: accepted).
+        let (_d, f) = files_of(&ok[..ok.len() - 1500]);
+        assert!(prescan(&f, "cut").is_err());
+        let (_d, f) = files_of(&ok[..ok.len() - 1024]);
+        prescan(&f, "no end marker").unwrap();
+        assert_eq!(header_size(b"00000000012\0"), Some(10));
+        assert_eq!(
+            header_size(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
+            Some(256)
+        );
+        assert_eq!(pax_size(b"20 size=8589934592\n"), Some(8589934592));
     }
 
     #[test]
