@@ -33,13 +33,20 @@ pub struct Registry {
     host: String,
     client: Client,
     auth: RegistryAuth,
-    authed: tokio::sync::Mutex<std::collections::HashSet<(String, bool)>>,
+    /// When the token flow last ran per repository and direction. Tokens expire (Docker Hub's
+    /// after 300 s), so a long-running pull-through runs it again after [`AUTH_FOR`].
+    authed: tokio::sync::Mutex<std::collections::HashMap<(String, bool), std::time::Instant>>,
 }
+
+/// How long a token flow's result is trusted before it runs again.
+const AUTH_FOR: std::time::Duration = std::time::Duration::from_secs(240);
 
 /// A blob body coming from a registry. `partial` tells whether the registry honoured the range.
 pub struct RemoteBlob {
     pub stream: BoxStream<'static, std::io::Result<Bytes>>,
     pub partial: bool,
+    /// The body's length, when the registry sent a `Content-Length`.
+    pub len: Option<u64>,
 }
 
 const MANIFEST_TYPES: [&str; 4] = [
@@ -158,7 +165,7 @@ impl Registry {
     async fn ensure_auth(&self, repo: &str, push: bool) -> Result<()> {
         let key = (repo.to_owned(), push);
         let mut done = self.authed.lock().await;
-        if done.contains(&key) {
+        if done.get(&key).is_some_and(|at| at.elapsed() < AUTH_FOR) {
             return Ok(());
         }
         let op = if push {
@@ -175,7 +182,7 @@ impl Registry {
             .auth(&self.repo_ref(repo), &self.auth, op)
             .await
             .map_err(|e| self.err(format!("authentication for {repo}: {}", chain(&e))))?;
-        done.insert(key);
+        done.insert(key, std::time::Instant::now());
         Ok(())
     }
 
@@ -232,6 +239,18 @@ impl Registry {
             .pull_manifest_raw(&self.oref(repo, reference), &self.auth, &MANIFEST_TYPES)
             .await
             .map_err(|e| self.err(format!("manifest {repo}:{reference}: {}", chain(&e))))?;
+        self.checked(repo, reference, bytes, &digest)
+    }
+
+    /// Check pulled manifest bytes against the digest asked for (or the one the registry
+    /// named), and tell their media type.
+    fn checked(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        bytes: Bytes,
+        digest: &str,
+    ) -> Result<(Bytes, String, Digest)> {
         let expected = match reference {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(_) => digest
@@ -249,6 +268,45 @@ impl Registry {
             Error::ManifestInvalid(format!("{repo}:{reference} is not a manifest ferry knows"))
         })?;
         Ok((bytes, mt, actual))
+    }
+
+    /// [`Registry::manifest`], with "the registry has no such manifest" as `None` and every
+    /// other failure (unreachable, refused, corrupt) as an error.
+    pub async fn manifest_lookup(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<Option<(Bytes, String, Digest)>> {
+        self.ensure_auth(repo, false).await?;
+        let pulled = self
+            .client
+            .pull_manifest_raw(&self.oref(repo, reference), &self.auth, &MANIFEST_TYPES)
+            .await;
+        match pulled {
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.err(format!("manifest {repo}:{reference}: {}", chain(&e)))),
+            Ok((bytes, digest)) => self
+                .checked(repo, reference, bytes.into(), &digest)
+                .map(Some),
+        }
+    }
+
+    /// The digest a tag resolves to now (HEAD): `None` when the registry has no such manifest,
+    /// an error when it could not be asked.
+    pub async fn manifest_head(&self, repo: &str, reference: &Reference) -> Result<Option<Digest>> {
+        self.ensure_auth(repo, false).await?;
+        match self
+            .client
+            .fetch_manifest_digest(&self.oref(repo, reference), &self.auth)
+            .await
+        {
+            Ok(d) => d
+                .parse()
+                .map(Some)
+                .map_err(|e| self.err(format!("HEAD {repo}:{reference}: digest {d:?}: {e}"))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.err(format!("HEAD {repo}:{reference}: {}", chain(&e)))),
+        }
     }
 
     /// The digest a tag or digest resolves to (HEAD), or `None` when the registry lacks it.
@@ -281,10 +339,12 @@ impl Registry {
             .map_err(|e| self.err(format!("GET {d}: {}", chain(&e))))?;
         Ok(match resp {
             oci_client::client::BlobResponse::Partial(s) => RemoteBlob {
+                len: s.content_length,
                 stream: s.stream,
                 partial: true,
             },
             oci_client::client::BlobResponse::Full(s) => RemoteBlob {
+                len: s.content_length,
                 stream: s.stream,
                 partial: offset == 0,
             },
@@ -331,6 +391,22 @@ impl Registry {
             .await
             .map_err(|e| self.err(format!("put manifest {repo}:{reference}: {}", chain(&e))))?;
         Ok(())
+    }
+}
+
+/// "No such manifest" as a registry says it (404, or an error body naming it unknown).
+fn is_not_found(e: &oci_client::errors::OciDistributionError) -> bool {
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
+    match e {
+        E::ImageManifestNotFoundError(_) => true,
+        E::ServerError { code, .. } => *code == 404,
+        E::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| {
+            matches!(
+                x.code,
+                C::ManifestUnknown | C::NameUnknown | C::NotFound | C::BlobUnknown
+            )
+        }),
+        _ => false,
     }
 }
 

@@ -47,6 +47,20 @@ pub enum Place {
 pub struct Root {
     pub repo: String,
     pub reference: Reference,
+    /// The repository to write it under, when that differs from `repo` and the destination
+    /// names none: a ref `docker.io/library/alpine:3` read from `docker://docker.io` keeps its
+    /// upstream as the first component, as a pull-through mirror names it.
+    pub dest_repo: Option<String>,
+}
+
+impl Root {
+    pub fn new(repo: impl Into<String>, reference: Reference) -> Root {
+        Root {
+            repo: repo.into(),
+            reference,
+            dest_repo: None,
+        }
+    }
 }
 
 impl std::fmt::Display for Root {
@@ -467,12 +481,14 @@ impl Place {
                 (Some(repo), Some(reference)) => out.push(Root {
                     repo: repo.clone(),
                     reference: reference.clone(),
+                    dest_repo: None,
                 }),
                 (Some(repo), None) => {
                     for t in r.tags(repo).await? {
                         out.push(Root {
                             repo: repo.clone(),
                             reference: Reference::Tag(t),
+                            dest_repo: None,
                         });
                     }
                 }
@@ -482,6 +498,7 @@ impl Place {
                             out.push(Root {
                                 repo: repo.clone(),
                                 reference: Reference::Tag(t),
+                                dest_repo: None,
                             });
                         }
                     }
@@ -494,6 +511,7 @@ impl Place {
                         out.push(Root {
                             repo: repo.to_owned(),
                             reference: Reference::Tag(t.to_owned()),
+                            dest_repo: None,
                         });
                     }
                 }
@@ -635,8 +653,13 @@ fn dest_root(root: &Root, dst: &Location) -> Root {
                 Some(Reference::Tag(t)) => Reference::Tag(t.clone()),
                 _ => root.reference.clone(),
             },
+            dest_repo: None,
         },
-        _ => root.clone(),
+        _ => Root {
+            repo: root.dest_repo.clone().unwrap_or_else(|| root.repo.clone()),
+            reference: root.reference.clone(),
+            dest_repo: None,
+        },
     }
 }
 
@@ -645,6 +668,102 @@ pub(crate) fn ref_matches(root: &Root, pattern: &str) -> bool {
     pattern == full
         || pattern == root.repo
         || matches!(&root.reference, Reference::Tag(t) if pattern == t)
+}
+
+/// A ref that names one manifest (`REPO:TAG`, `REPO@DIGEST`), as opposed to a pattern (`REPO`,
+/// `TAG`) matched against the source's tags.
+fn explicit_ref(s: &str) -> Option<Root> {
+    if let Some((repo, d)) = s.split_once('@') {
+        let d = d.parse::<Digest>().ok()?;
+        return Some(Root::new(repo, Reference::Digest(d)));
+    }
+    let (repo, tag) = s.rsplit_once(':')?;
+    if repo.is_empty() || tag.contains('/') {
+        return None;
+    }
+    Some(Root::new(repo, Reference::parse(tag).ok()?))
+}
+
+fn is_docker_hub(host: &str) -> bool {
+    matches!(host, "docker.io" | "index.docker.io" | "registry-1.docker.io")
+}
+
+/// A ref whose first component names the source registry itself (`docker.io/library/alpine:3`
+/// read from `docker://docker.io`, as `ferry misses` and `ferry used` write them): read as the
+/// registry names it, written under the full name, so the offline mirror serves it under the
+/// same name a pull-through mirror does. Docker Hub's one-component names get `library/`.
+fn strip_source_host(root: Root, host: &str) -> Root {
+    let Some((first, rest)) = root.repo.split_once('/') else {
+        return root;
+    };
+    if !(first == host || (is_docker_hub(first) && is_docker_hub(host))) {
+        return root;
+    }
+    let rest = if is_docker_hub(first) && !rest.contains('/') {
+        format!("library/{rest}")
+    } else {
+        rest.to_owned()
+    };
+    Root {
+        dest_repo: Some(format!("{first}/{rest}")),
+        repo: rest,
+        reference: root.reference,
+    }
+}
+
+/// The roots a sync copies: every root of the source, narrowed by `refs`. A registry source is
+/// never asked for its catalog when every ref names one manifest (Docker Hub and most public
+/// registries have none), and a digest ref is copied even though no tag names it.
+async fn select_roots(src: &Place, loc: &Location, refs: &[String]) -> Result<Vec<Root>> {
+    if refs.is_empty() {
+        return src.roots(loc).await;
+    }
+    let explicit: Vec<Option<Root>> = refs.iter().map(|r| explicit_ref(r)).collect();
+    let patterns: Vec<&String> = refs
+        .iter()
+        .zip(&explicit)
+        .filter(|(_, e)| e.is_none())
+        .map(|(r, _)| r)
+        .collect();
+    let mut roots = match (src, loc) {
+        (
+            Place::Remote(_),
+            Location::Registry {
+                host, repo: None, ..
+            },
+        ) => {
+            let mut out = if patterns.is_empty() {
+                Vec::new()
+            } else {
+                src.roots(loc).await?
+            };
+            out.retain(|r| patterns.iter().any(|p| ref_matches(r, p)));
+            out.extend(
+                explicit
+                    .into_iter()
+                    .flatten()
+                    .map(|r| strip_source_host(r, host)),
+            );
+            out
+        }
+        (Place::Store(_), _) => {
+            let mut out = src.roots(loc).await?;
+            out.retain(|r| refs.iter().any(|p| ref_matches(r, p)));
+            // A digest names a manifest whether or not a tag does.
+            out.extend(explicit.into_iter().flatten().filter(|r| {
+                matches!(r.reference, Reference::Digest(_))
+            }));
+            out
+        }
+        _ => {
+            let mut out = src.roots(loc).await?;
+            out.retain(|r| refs.iter().any(|p| ref_matches(r, p)));
+            out
+        }
+    };
+    roots.sort();
+    roots.dedup();
+    Ok(roots)
 }
 
 /// Parse a `--have` / inventory file: one digest per line, `#` comments.
@@ -760,10 +879,7 @@ pub async fn sync(
         (None, Location::DockerArchive { .. }) => Some(Platform::host()),
         (None, _) => None,
     };
-    let mut roots = src.roots(src_loc).await?;
-    if !opts.refs.is_empty() {
-        roots.retain(|r| opts.refs.iter().any(|p| ref_matches(r, p)));
-    }
+    let mut roots = select_roots(&src, src_loc, &opts.refs).await?;
     if let Some(re) = &opts.tags {
         roots.retain(|r| matches!(&r.reference, Reference::Tag(t) if re.is_match(t)));
     }
@@ -1103,6 +1219,7 @@ fn archive_roots(ar: &Archive) -> Result<Vec<(Root, Descriptor)>> {
             (Some(r), Some(t)) => Root {
                 repo: r.to_owned(),
                 reference: Reference::Tag(t.to_owned()),
+                dest_repo: None,
             },
             (Some(_), None) => continue,
             (None, _) => {
@@ -1115,12 +1232,14 @@ fn archive_roots(ar: &Archive) -> Result<Vec<(Root, Descriptor)>> {
                     Some(t) => Root {
                         repo: fallback.clone(),
                         reference: Reference::Tag(t.clone()),
+                        dest_repo: None,
                     },
                     // A lone unnamed manifest (`skopeo copy … oci-archive:x.tar`) is the
                     // archive's `latest`.
                     None if unnamed.len() == 1 && file.file.manifests.len() == 1 => Root {
                         repo: fallback.clone(),
                         reference: Reference::Tag("latest".into()),
+                        dest_repo: None,
                     },
                     None => continue,
                 }
