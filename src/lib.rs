@@ -35,6 +35,12 @@
 //! - [`archive`]: `oci-archive:` / `docker-archive:` tars, written in one planned pass,
 //!   optionally as split volumes with a sha256sum index, read by offset.
 //! - [`trip`]: signed trips (a minisign-signed statement of tags and blobs) and their check.
+//! - [`proxy`]: pull-through from upstream registries (`serve --upstream`): names as mirrors
+//!   send them, one fetch per blob streamed to every client while it arrives.
+//! - [`record`]: what builds used and what the mirror could not answer (`ferry used`,
+//!   `ferry misses`), as refs files the next trip takes.
+//! - [`dockerfile`]: which images a Dockerfile needs, read as BuildKit reads it (`check
+//!   --dockerfile`).
 //! - [`tls`]: the server's certificate (reloadable) and `ferry tls init`'s private CA.
 //! - [`error`]: the library's typed errors and their OCI error codes.
 //!
@@ -43,12 +49,15 @@
 pub mod archive;
 pub mod check;
 pub mod digest;
+pub mod dockerfile;
 pub mod error;
 pub mod gc;
 pub mod layout;
 pub mod location;
 pub mod media;
 pub mod progress;
+pub mod proxy;
+pub mod record;
 pub mod reference;
 pub mod remote;
 pub mod retention;

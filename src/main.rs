@@ -53,6 +53,12 @@ enum Command {
     Check(cli::check::Args),
     /// List every digest a location holds (for `ferry sync --have` on the other side).
     Inventory(cli::inventory::Args),
+    /// What builds resolved through this registry (pull-through or not), as a refs file for
+    /// `ferry sync --refs-file`: carry what the builds of the last week used.
+    Used(cli::used::UsedArgs),
+    /// What the (offline) mirror was asked for and did not have, as a refs file for the next
+    /// trip's `ferry sync --refs-file`.
+    Misses(cli::used::MissesArgs),
     /// Keys for signed trips (`ferry sync --sign` / `--verify-key`).
     #[command(subcommand)]
     Key(cli::key::Command),
@@ -137,6 +143,8 @@ async fn run() -> anyhow::Result<i32> {
         Command::Check(a) => cli::check::run(a).await,
         Command::Inventory(a) => cli::inventory::run(a).await,
         Command::Key(c) => cli::key::run(c),
+        Command::Used(a) => cli::used::used(a).await,
+        Command::Misses(a) => cli::used::misses(a).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());

@@ -685,7 +685,10 @@ fn explicit_ref(s: &str) -> Option<Root> {
 }
 
 fn is_docker_hub(host: &str) -> bool {
-    matches!(host, "docker.io" | "index.docker.io" | "registry-1.docker.io")
+    matches!(
+        host,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    )
 }
 
 /// A ref whose first component names the source registry itself (`docker.io/library/alpine:3`
@@ -750,9 +753,12 @@ async fn select_roots(src: &Place, loc: &Location, refs: &[String]) -> Result<Ve
             let mut out = src.roots(loc).await?;
             out.retain(|r| refs.iter().any(|p| ref_matches(r, p)));
             // A digest names a manifest whether or not a tag does.
-            out.extend(explicit.into_iter().flatten().filter(|r| {
-                matches!(r.reference, Reference::Digest(_))
-            }));
+            out.extend(
+                explicit
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| matches!(r.reference, Reference::Digest(_))),
+            );
             out
         }
         _ => {

@@ -9,6 +9,7 @@ pub mod progress;
 pub mod serve;
 pub mod sync;
 pub mod tls;
+pub mod used;
 pub mod verify;
 
 use std::path::PathBuf;

@@ -77,6 +77,60 @@ pub struct Args {
     /// Close connections with no byte moving either way for this long.
     #[arg(long, value_name = "DURATION", default_value = "2m")]
     idle_timeout: String,
+    /// Pull-through: what the store lacks under NAME/… is fetched from URL, stored and served
+    /// while it streams (e.g. docker.io=https://registry-1.docker.io; repeatable). Requests
+    /// without a registry name (dockerd's registry-mirrors) go to docker.io's.
+    #[arg(long, value_name = "NAME=URL")]
+    upstream: Vec<String>,
+    /// Credentials for an upstream, NAME=USER:PASS (default: ~/.docker/config.json and its
+    /// helpers, else anonymous); repeatable.
+    #[arg(long, value_name = "NAME=USER:PASS")]
+    upstream_creds: Vec<String>,
+    /// Re-check a pulled-through tag against its upstream when it was last checked longer ago.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    upstream_ttl: String,
+    /// Trust this CA certificate (PEM) for upstream registries' TLS.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca_file: Option<std::path::PathBuf>,
+}
+
+/// `--upstream` and friends, or `None` without any.
+fn pull_through(a: &Args) -> anyhow::Result<Option<ferry::proxy::PullThrough>> {
+    if a.upstream.is_empty() {
+        if !a.upstream_creds.is_empty() {
+            return Err(usage("--upstream-creds needs an --upstream".into()));
+        }
+        return Ok(None);
+    }
+    if a.read_only {
+        return Err(usage(
+            "--upstream stores what it fetches; it cannot go with --read-only".into(),
+        ));
+    }
+    let mut creds = std::collections::HashMap::new();
+    for c in &a.upstream_creds {
+        let (name, up) = c
+            .split_once('=')
+            .filter(|(_, up)| up.contains(':'))
+            .ok_or_else(|| usage(format!("--upstream-creds {c:?}: expected NAME=USER:PASS")))?;
+        creds.insert(name.to_owned(), up.to_owned());
+    }
+    let mut ups = Vec::new();
+    for spec in &a.upstream {
+        let name = spec.split_once('=').map_or(spec.as_str(), |(n, _)| n);
+        ups.push(ferry::proxy::Upstream::parse(
+            spec,
+            creds.remove(name),
+            a.upstream_ca_file.clone(),
+        )?);
+    }
+    if let Some(name) = creds.keys().next() {
+        return Err(usage(format!(
+            "--upstream-creds {name}=…: no --upstream is named {name}"
+        )));
+    }
+    let ttl = duration(&a.upstream_ttl, "--upstream-ttl")?;
+    Ok(Some(ferry::proxy::PullThrough::new(ups, ttl)?))
 }
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
@@ -96,6 +150,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             .transpose()?,
     };
     let idle_timeout = duration(&a.idle_timeout, "--idle-timeout")?;
+    let pull = pull_through(&a)?;
     if a.max_uploads == 0 || a.max_uploads_per_client == 0 {
         return Err(usage(
             "--max-uploads and --max-uploads-per-client must be at least 1".into(),
@@ -138,10 +193,21 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         idle_timeout,
         ..Default::default()
     };
+    let recorder = {
+        let s = &store;
+        tokio::task::block_in_place(|| ferry::record::Recorder::load(s))
+    };
+    if let Some(p) = &pull {
+        for u in p.upstreams() {
+            tracing::info!(name = %u.name, url = %u.url, "pull-through upstream");
+        }
+    }
     let app = Arc::new(
         ferry::server::App::new(store, auth)
             .with_limits(limits)
-            .with_redirect(a.redirect),
+            .with_redirect(a.redirect)
+            .with_pull_through(pull)
+            .with_recorder(recorder),
     );
     if !a.read_only {
         let (a2, expiry) = (app.clone(), schedule.upload_expiry);
@@ -174,7 +240,16 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     }
     tokio::spawn(reload);
     tokio::spawn(ferry::server::maintenance::run(app.clone(), schedule));
-    ferry::server::run(listener, app, tls, shutdown).await?;
+    tokio::spawn(
+        app.record
+            .clone()
+            .run(app.clone(), std::time::Duration::from_secs(5)),
+    );
+    ferry::server::run(listener, app.clone(), tls, shutdown).await?;
+    {
+        let a = app.clone();
+        tokio::task::spawn_blocking(move || a.record.flush_sync(&a.store)).await?;
+    }
     tracing::info!("stopped");
     Ok(0)
 }

@@ -849,6 +849,75 @@ impl Store {
         out
     }
 
+    /// Write one of ferry's own small state files (`.ferry/NAME` in a directory, the same key in
+    /// a bucket). Allowed on a read-only store: what a served USB disk records (its misses) is
+    /// not registry content. Blocking.
+    pub fn write_state_sync(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let rel = format!(".ferry/{name}");
+        match &self.backend {
+            Backend::Dir(files) => Ok(write::write_atomic(
+                &files.tmp_dir(),
+                &files.root.join(&rel),
+                bytes,
+            )?),
+            Backend::Bucket(b) => b.block_on(b.put(&rel, Bytes::copy_from_slice(bytes))),
+            Backend::Archive(..) => Err(archive_read_only()),
+        }
+    }
+
+    /// Read a state file written by [`Store::write_state_sync`] (`None` if there is none). Blocking.
+    pub fn read_state_sync(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        let rel = format!(".ferry/{name}");
+        match &self.backend {
+            Backend::Dir(files) => Self::read_layout_file(files, &files.root.join(&rel), limit),
+            Backend::Bucket(b) => Ok(b.block_on(b.get_small(&rel, limit))?.map(|b| b.to_vec())),
+            Backend::Archive(..) => Ok(None),
+        }
+    }
+
+    /// Where a blob being fetched from elsewhere is spooled while clients read it: the store's
+    /// own temp directory (so it is renamed into place, never copied), or the system's for a
+    /// bucket. Cleared at start like every temp file.
+    pub fn spool_dir(&self) -> Result<PathBuf> {
+        self.ensure_writable()?;
+        Ok(match &self.backend {
+            Backend::Dir(files) => files.tmp_dir(),
+            Backend::Bucket(_) | Backend::Archive(..) => std::env::temp_dir(),
+        })
+    }
+
+    /// Make a spooled file (from [`Store::spool_dir`]) the blob `expected`, if `computed` (its
+    /// hash, taken while it was written) matches; the file is gone afterwards either way.
+    pub async fn adopt_blob(
+        &self,
+        path: PathBuf,
+        computed: Digest,
+        expected: &Digest,
+    ) -> Result<()> {
+        self.ensure_writable()?;
+        match &self.backend {
+            Backend::Dir(files) => Store::commit_file(files, path, computed, expected).await,
+            Backend::Bucket(_) => {
+                if &computed != expected {
+                    let _ = tokio::fs::remove_file(&path).await;
+                    return Err(Error::DigestInvalid(format!(
+                        "expected {expected}, content hashes to {computed}"
+                    )));
+                }
+                let res = match tokio::fs::File::open(&path).await {
+                    Ok(f) => {
+                        let body = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024);
+                        self.put_blob(body, expected).await
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                let _ = tokio::fs::remove_file(&path).await;
+                res
+            }
+            Backend::Archive(..) => Err(archive_read_only()),
+        }
+    }
+
     /// Keep the report of the last collection that removed something (or not), for the web page.
     /// Best effort: a GC that cannot write this has still done its work. Blocking.
     pub fn record_gc_sync(&self, report: &[u8]) {

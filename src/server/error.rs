@@ -34,10 +34,11 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::Io(_)
         | Error::Usage(_)
         | Error::Tls(_)
-        | Error::Remote { .. }
         | Error::MissingBlobs(_)
         | Error::Archive(_)
         | Error::Trip(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        // An upstream registry (pull-through) failed or sent something wrong.
+        Error::Remote { .. } => StatusCode::BAD_GATEWAY,
     }
 }
 

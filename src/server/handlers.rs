@@ -191,7 +191,17 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
             tags(&app, query_params(&req), &repo(&name)?).await
         }
         (Endpoint::Manifest { name, reference }, Method::GET | Method::HEAD) => {
-            get_manifest(&app, &repo(&name)?, &reference, head).await
+            let params = query_params(&req);
+            let client = req
+                .extensions()
+                .get::<ClientAddr>()
+                .map(|c| c.0.to_string());
+            let asked = Asked {
+                name: &repo(&name)?,
+                ns: param(&params, "ns"),
+                client,
+            };
+            get_manifest(&app, &asked, &reference, head).await
         }
         (Endpoint::Manifest { name, reference }, Method::PUT) => {
             put_manifest(&app, &repo(&name)?, &reference, req).await
@@ -210,7 +220,26 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
                 .get::<Arc<super::zerocopy::Regions>>()
                 .filter(|_| req.version() <= axum::http::Version::HTTP_11)
                 .cloned();
-            get_blob(&app, &blob_name(&d)?, req.headers(), head, zero_copy).await
+            let d = blob_name(&d)?;
+            if let Some(pull) = &app.pull {
+                let params = query_params(&req);
+                if app.store.blob_size(&d).await?.is_none() {
+                    if let Some(res) = pull_blob(
+                        &app,
+                        pull,
+                        &name,
+                        param(&params, "ns"),
+                        &d,
+                        req.headers(),
+                        head,
+                    )
+                    .await?
+                    {
+                        return Ok(res);
+                    }
+                }
+            }
+            get_blob(&app, &d, req.headers(), head, zero_copy).await
         }
         (Endpoint::Blob { name, digest: d }, Method::DELETE) => {
             repo(&name)?;
@@ -441,9 +470,126 @@ async fn get_blob(
     Ok(res)
 }
 
-async fn get_manifest(app: &App, r: &RepoName, reference: &str, head: bool) -> HResult {
+/// Who asked for a manifest, and how.
+struct Asked<'a> {
+    name: &'a RepoName,
+    /// `?ns=`: the registry the client means (containerd, BuildKit).
+    ns: Option<&'a str>,
+    client: Option<String>,
+}
+
+fn is_absent(e: &Error) -> bool {
+    matches!(e, Error::ManifestUnknown(_) | Error::NameUnknown(_))
+}
+
+/// Find a manifest under the names a mirror's request may mean ([`crate::proxy::candidates`]),
+/// re-checking a pull-through tag whose TTL has passed; failing that, fetch it from the
+/// upstream its name routes to. Records what was used, or the miss.
+async fn resolve_manifest(
+    app: &App,
+    asked: &Asked<'_>,
+    reference: &Reference,
+) -> Result<(crate::layout::ManifestMeta, RepoName), ApiError> {
+    let names: Vec<RepoName> = crate::proxy::candidates(asked.name.as_str(), asked.ns)
+        .iter()
+        .filter_map(|n| RepoName::parse(n).ok())
+        .collect();
+    let mut found = None;
+    for n in &names {
+        match app.store.manifest(n, reference).await {
+            Ok(m) => {
+                let m = match &app.pull {
+                    Some(p) => p.refresh(&app.store, n, reference, m).await?,
+                    None => m,
+                };
+                found = Some((m, n.clone()));
+                break;
+            }
+            Err(e) if is_absent(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if found.is_none() {
+        if let Some(p) = &app.pull {
+            if let Some(n) = names.iter().find(|n| p.route(n.as_str()).is_some()) {
+                if let Some(m) = p.fetch_manifest(&app.store, n, reference).await? {
+                    found = Some((m, n.clone()));
+                }
+            }
+        }
+    }
+    match found {
+        Some((m, n)) => {
+            let upstream = app
+                .pull
+                .as_ref()
+                .and_then(|p| p.route(n.as_str()))
+                .map(|(u, _)| u.name.clone());
+            app.record.used(
+                upstream.as_deref(),
+                n.as_str(),
+                &reference.to_string(),
+                &m.digest,
+                asked.client.clone(),
+            );
+            Ok((m, n))
+        }
+        None => {
+            app.record.missed(
+                &crate::proxy::miss_name(asked.name.as_str(), asked.ns),
+                &reference.to_string(),
+            );
+            Err(Error::ManifestUnknown(format!("{}:{reference}", asked.name)).into())
+        }
+    }
+}
+
+/// A blob the store lacks, through pull-through (`None`: no upstream serves this name).
+async fn pull_blob(
+    app: &Arc<App>,
+    pull: &Arc<crate::proxy::PullThrough>,
+    name: &str,
+    ns: Option<&str>,
+    d: &Digest,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Option<Response>, ApiError> {
+    let Some(n) = crate::proxy::candidates(name, ns)
+        .into_iter()
+        .find(|n| pull.route(n).is_some())
+    else {
+        return Ok(None);
+    };
+    // A Range is not honoured while the blob is still arriving: the whole blob comes with a
+    // 200, which HTTP allows and every client handles (it is stored, and ranged, by the next).
+    let _ = headers;
+    match pull.blob(app, &n, d, 0, None).await? {
+        crate::proxy::BlobAnswer::Stored => Ok(None),
+        crate::proxy::BlobAnswer::Streaming(s) => {
+            let body = if head {
+                Body::empty()
+            } else {
+                Body::from_stream(s.body)
+            };
+            let mut res = Response::new(body);
+            let h = res.headers_mut();
+            if let Some(len) = s.len {
+                h.insert(header::CONTENT_LENGTH, hv(&len.to_string()));
+            }
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert("Docker-Content-Digest", hv(&d.to_string()));
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            Ok(Some(res))
+        }
+    }
+}
+
+async fn get_manifest(app: &App, asked: &Asked<'_>, reference: &str, head: bool) -> HResult {
     let reference = manifest_name(reference)?;
-    let m = app.store.manifest(r, &reference).await?;
+    let (m, _) = resolve_manifest(app, asked, &reference).await?;
     app.store.note_read(&m.digest).await;
     // Stored bytes are served whatever `Accept` says (see fixtures/buildkit/traffic/accept-matrix):
     // real clients send `*/*` or the full list, and the bytes must never be converted.

@@ -49,6 +49,10 @@ pub struct App {
     pub redirect: bool,
     /// The web page's state (manifest summaries).
     pub ui: crate::ui::Ui,
+    /// `--upstream`: what the store lacks is fetched from these registries.
+    pub pull: Option<Arc<crate::proxy::PullThrough>>,
+    /// What builds used and what could not be answered.
+    pub record: Arc<crate::record::Recorder>,
 }
 
 impl App {
@@ -61,7 +65,21 @@ impl App {
             uploads: Default::default(),
             redirect: false,
             ui: Default::default(),
+            pull: None,
+            record: Default::default(),
         }
+    }
+
+    /// Fetch what the store lacks from upstream registries.
+    pub fn with_pull_through(mut self, pull: Option<crate::proxy::PullThrough>) -> App {
+        self.pull = pull.map(Arc::new);
+        self
+    }
+
+    /// Start from what an earlier run recorded.
+    pub fn with_recorder(mut self, record: crate::record::Recorder) -> App {
+        self.record = Arc::new(record);
+        self
     }
 
     /// Answer blob GETs with a 307 to the store (see [`crate::layout::Store::blob_url`]).
@@ -73,6 +91,12 @@ impl App {
     pub fn with_limits(mut self, limits: limits::Limits) -> App {
         self.limits = limits;
         self
+    }
+}
+
+impl AsRef<Store> for App {
+    fn as_ref(&self) -> &Store {
+        &self.store
     }
 }
 

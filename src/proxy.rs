@@ -1,0 +1,642 @@
+//! Pull-through: what a client asks for and the store lacks is fetched from an upstream registry,
+//! verified, stored and served while it streams (`ferry serve --upstream NAME=URL`).
+//!
+//! Names. A repository keeps its upstream as its first component (`docker.io/library/alpine`),
+//! so images of several upstreams never collide and the offline mirror serves them under the
+//! same names. Requests as mirrors receive them are mapped onto those names by [`candidates`]:
+//! dockerd's `registry-mirrors` sends `/v2/library/alpine/…` (Docker Hub's images, without a
+//! host), containerd's `hosts.toml` and BuildKit add `?ns=ghcr.io`. The same mapping serves the
+//! offline side, which has no upstream at all.
+//!
+//! Blobs. One fetch per digest however many clients ask ([`PullThrough::blob`]): the first
+//! request starts a task that streams the upstream's body into a spool file in the store's temp
+//! directory, hashing it; every client reads that file as it grows, so none waits for a whole
+//! layer before its first byte. The task renames the file into place only when the digest
+//! matches; a wrong digest, a short body or a dropped upstream ends every reader's body with an
+//! error (the connection is cut, so no client takes a short blob for a whole one) and leaves
+//! nothing stored. The task runs on its own: a client that goes away does not stop it.
+//!
+//! Manifests are small: fetched whole, checked against their digest, stored exactly as sent
+//! (before their blobs, which the store then fetches on demand). A tag is re-checked against the
+//! upstream (one HEAD) when it was last checked more than `--upstream-ttl` ago; an upstream that
+//! cannot be asked leaves the stored manifest served, and the log says so.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::layout::{ManifestMeta, Store};
+use crate::reference::{Reference, RepoName};
+use crate::remote::{Registry, RemoteOptions};
+
+/// Docker Hub's name as the first component of a repository.
+pub const DOCKER_HUB: &str = "docker.io";
+
+/// A component that names a registry rather than a namespace (`ghcr.io`, `localhost`).
+pub fn is_host(component: &str) -> bool {
+    component.contains('.') || component.contains(':') || component == "localhost"
+}
+
+/// Docker Hub's one-component names live under `library/`.
+fn hub_name(name: &str) -> String {
+    if name.contains('/') {
+        name.to_owned()
+    } else {
+        format!("library/{name}")
+    }
+}
+
+/// The names a request's repository may be stored under, most specific first: `NS/NAME` when
+/// the client said which registry it means (`?ns=`), the name as asked, and for a name without
+/// a host, Docker Hub's (what dockerd's `registry-mirrors` asks for).
+pub fn candidates(name: &str, ns: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(ns) = ns.filter(|n| !n.is_empty()) {
+        let ns = if is_hub(ns) { DOCKER_HUB } else { ns };
+        let first = name.split('/').next().unwrap_or("");
+        if first != ns {
+            out.push(if ns == DOCKER_HUB {
+                format!("{DOCKER_HUB}/{}", hub_name(name))
+            } else {
+                format!("{ns}/{name}")
+            });
+        }
+    }
+    out.push(name.to_owned());
+    let first = name.split('/').next().unwrap_or("");
+    if !is_host(first) {
+        out.push(format!("{DOCKER_HUB}/{}", hub_name(name)));
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|n| seen.insert(n.clone()));
+    out
+}
+
+/// The name a request that found nothing is recorded under (`ferry misses`): with the registry
+/// it meant when the client said (`?ns=`) or when it can only be Docker Hub's (`library/…`).
+pub fn miss_name(name: &str, ns: Option<&str>) -> String {
+    match ns.filter(|n| !n.is_empty()) {
+        Some(ns) => candidates(name, Some(ns))
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| name.to_owned()),
+        None if name.starts_with("library/") => format!("{DOCKER_HUB}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
+fn is_hub(host: &str) -> bool {
+    matches!(
+        host,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    )
+}
+
+/// One `--upstream NAME=URL`.
+pub struct Upstream {
+    pub name: String,
+    pub url: String,
+    registry: Registry,
+}
+
+impl Upstream {
+    /// `NAME=URL` (`docker.io=https://registry-1.docker.io`, `lab=http://10.0.0.5:5000`);
+    /// `creds` is `USER:PASS`, else `~/.docker/config.json` and its helpers are asked.
+    pub fn parse(spec: &str, creds: Option<String>, ca_file: Option<PathBuf>) -> Result<Upstream> {
+        let bad = |why: &str| Error::Usage(format!("--upstream {spec:?}: {why}"));
+        let (name, url) = spec
+            .split_once('=')
+            .ok_or_else(|| bad("expected NAME=URL, e.g. docker.io=https://registry-1.docker.io"))?;
+        if RepoName::parse(name).is_err() || name.contains('/') {
+            return Err(bad(
+                "NAME is the first component of the repositories it serves (docker.io, ghcr.io): lowercase letters, digits, '.', '-', '_'",
+            ));
+        }
+        let (plain, hostport) = if let Some(h) = url.strip_prefix("https://") {
+            (false, h)
+        } else if let Some(h) = url.strip_prefix("http://") {
+            (true, h)
+        } else {
+            return Err(bad("URL must start with https:// or http://"));
+        };
+        let host = hostport.trim_end_matches('/');
+        if host.is_empty() || host.contains('/') {
+            return Err(bad("URL is a registry's address, with no path"));
+        }
+        let opts = RemoteOptions {
+            plain_http: plain,
+            insecure: false,
+            ca_file,
+            creds,
+        };
+        Ok(Upstream {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            registry: Registry::new(host, &opts)?,
+        })
+    }
+}
+
+/// Where a fetch stands, as every reader of it sees it.
+#[derive(Clone, Debug, Default)]
+struct FetchState {
+    /// The upstream answered (`len` is then its Content-Length, if it sent one).
+    started: bool,
+    len: Option<u64>,
+    /// Bytes in the spool file so far.
+    written: u64,
+    /// `Some(Ok)`: verified and stored; `Some(Err)`: failed, nothing stored.
+    done: Option<std::result::Result<(), String>>,
+}
+
+struct Fetch {
+    file: Arc<std::fs::File>,
+    state: watch::Receiver<FetchState>,
+}
+
+/// Counters for the page and the tests.
+#[derive(Default)]
+pub struct Counters {
+    /// Blob bodies requested from upstreams.
+    pub blob_fetches: AtomicU64,
+    /// Manifests requested from upstreams (GET), and tag re-checks (HEAD).
+    pub manifest_fetches: AtomicU64,
+    pub tag_checks: AtomicU64,
+}
+
+pub struct PullThrough {
+    upstreams: Vec<Arc<Upstream>>,
+    ttl: Duration,
+    /// When a (repository, tag) was last checked against its upstream.
+    checked: Mutex<HashMap<(String, String), Instant>>,
+    fetches: Mutex<HashMap<Digest, Arc<Fetch>>>,
+    pub counters: Counters,
+}
+
+/// A blob on its way from an upstream, as a client gets it.
+pub struct Streaming {
+    pub len: Option<u64>,
+    pub body: BoxStream<'static, std::io::Result<Bytes>>,
+}
+
+/// What answers a blob request the store could not.
+pub enum BlobAnswer {
+    /// The store has it now (fetched meanwhile): serve it from there.
+    Stored,
+    Streaming(Streaming),
+}
+
+const READ_CHUNK: usize = 256 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PullThrough {
+    pub fn new(upstreams: Vec<Upstream>, ttl: Duration) -> Result<PullThrough> {
+        let mut names = std::collections::HashSet::new();
+        for u in &upstreams {
+            if !names.insert(u.name.clone()) {
+                return Err(Error::Usage(format!(
+                    "--upstream {} is given twice",
+                    u.name
+                )));
+            }
+        }
+        Ok(PullThrough {
+            upstreams: upstreams.into_iter().map(Arc::new).collect(),
+            ttl,
+            checked: Default::default(),
+            fetches: Default::default(),
+            counters: Default::default(),
+        })
+    }
+
+    pub fn upstreams(&self) -> impl Iterator<Item = &Upstream> {
+        self.upstreams.iter().map(|u| u.as_ref())
+    }
+
+    /// The upstream a stored name belongs to, and the name the upstream knows it by.
+    pub fn route(&self, name: &str) -> Option<(Arc<Upstream>, String)> {
+        let (first, rest) = name.split_once('/')?;
+        let up = self.upstreams.iter().find(|u| u.name == first)?;
+        let rest = if first == DOCKER_HUB {
+            hub_name(rest)
+        } else {
+            rest.to_owned()
+        };
+        Some((up.clone(), rest))
+    }
+
+    fn fresh(&self, name: &str, tag: &str) -> bool {
+        lock(&self.checked)
+            .get(&(name.to_owned(), tag.to_owned()))
+            .is_some_and(|at| at.elapsed() < self.ttl)
+    }
+
+    fn mark_checked(&self, name: &str, tag: &str) {
+        let mut c = lock(&self.checked);
+        // Bounded: entries past their TTL are worth nothing.
+        if c.len() > 100_000 {
+            let ttl = self.ttl;
+            c.retain(|_, at| at.elapsed() < ttl);
+        }
+        c.insert((name.to_owned(), tag.to_owned()), Instant::now());
+    }
+
+    /// A manifest the store holds under `name` (a pull-through name): its tag re-checked against
+    /// the upstream when the TTL has passed. `None` when the store does not have it.
+    pub async fn refresh(
+        &self,
+        store: &Store,
+        name: &RepoName,
+        reference: &Reference,
+        stored: ManifestMeta,
+    ) -> Result<ManifestMeta> {
+        let Reference::Tag(tag) = reference else {
+            return Ok(stored); // a digest never changes
+        };
+        let Some((up, urepo)) = self.route(name.as_str()) else {
+            return Ok(stored);
+        };
+        if self.fresh(name.as_str(), tag) {
+            return Ok(stored);
+        }
+        self.counters.tag_checks.fetch_add(1, Ordering::Relaxed);
+        match up.registry.manifest_head(&urepo, reference).await {
+            Ok(Some(d)) if d == stored.digest => {
+                self.mark_checked(name.as_str(), tag);
+                Ok(stored)
+            }
+            Ok(Some(_)) => match self.fetch_manifest(store, name, reference).await {
+                Ok(Some(m)) => Ok(m),
+                Ok(None) => Ok(stored),
+                Err(e) => {
+                    tracing::warn!(upstream = %up.name, repo = %name, %tag, error = %e,
+                        "the upstream moved this tag but could not be read: serving what is stored");
+                    Ok(stored)
+                }
+            },
+            Ok(None) => {
+                tracing::warn!(upstream = %up.name, repo = %name, %tag,
+                    "the upstream no longer has this tag: serving what is stored");
+                self.mark_checked(name.as_str(), tag);
+                Ok(stored)
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %up.name, repo = %name, %tag, error = %e,
+                    "upstream unreachable: serving the stored manifest");
+                Ok(stored)
+            }
+        }
+    }
+
+    /// Fetch a manifest the store lacks from `name`'s upstream, store it exactly as sent (its
+    /// blobs come on demand) and describe it. `None` when the upstream has no such manifest.
+    pub async fn fetch_manifest(
+        &self,
+        store: &Store,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<Option<ManifestMeta>> {
+        let Some((up, urepo)) = self.route(name.as_str()) else {
+            return Ok(None);
+        };
+        self.counters
+            .manifest_fetches
+            .fetch_add(1, Ordering::Relaxed);
+        let looked = up
+            .registry
+            .manifest_lookup(&urepo, reference)
+            .await
+            .map_err(|e| match e {
+                // Whatever the upstream did wrong is the upstream's failure (502), not the client's.
+                Error::Remote { .. } => e,
+                e => Error::Remote {
+                    registry: up.name.clone(),
+                    message: e.to_string(),
+                },
+            })?;
+        let Some((bytes, mt, digest)) = looked else {
+            return Ok(None);
+        };
+        store
+            .put_manifest_checked(name, reference, bytes, Some(&mt), false)
+            .await?;
+        if let Reference::Tag(t) = reference {
+            self.mark_checked(name.as_str(), t);
+        }
+        tracing::info!(upstream = %up.name, repo = %name, %reference, %digest, "pulled through");
+        store.manifest(name, reference).await.map(Some)
+    }
+
+    /// A blob the store lacks, from `name`'s upstream: joins the fetch already running for it or
+    /// starts one, and answers once the upstream has (with its length, if it sent one).
+    pub async fn blob<S: AsRef<Store> + Send + Sync + 'static>(
+        self: &Arc<Self>,
+        store: &Arc<S>,
+        name: &str,
+        d: &Digest,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<BlobAnswer> {
+        let fetch = match self.join_or_start(store, name, d).await? {
+            Some(f) => f,
+            None => return Ok(BlobAnswer::Stored),
+        };
+        let mut rx = fetch.state.clone();
+        let st = loop {
+            let st = rx.borrow_and_update().clone();
+            if let Some(Err(e)) = &st.done {
+                return Err(upstream_blob_error(d, e));
+            }
+            if st.started || st.done.is_some() {
+                break st;
+            }
+            if rx.changed().await.is_err() {
+                return Err(upstream_blob_error(d, "the fetch stopped"));
+            }
+        };
+        let len = st.len;
+        let stop = match (end, len) {
+            (Some(e), _) => Some(e + 1),
+            (None, l) => l,
+        };
+        Ok(BlobAnswer::Streaming(Streaming {
+            len: stop.map(|s| s.saturating_sub(start)),
+            body: reader(fetch, start, stop),
+        }))
+    }
+
+    async fn join_or_start<S: AsRef<Store> + Send + Sync + 'static>(
+        self: &Arc<Self>,
+        owner: &Arc<S>,
+        name: &str,
+        d: &Digest,
+    ) -> Result<Option<Arc<Fetch>>> {
+        let store = (**owner).as_ref();
+        if let Some(f) = lock(&self.fetches).get(d) {
+            return Ok(Some(f.clone()));
+        }
+        // Stored since the caller looked (a fetch that just ended)?
+        if store.blob_size(d).await?.is_some() {
+            return Ok(None);
+        }
+        let (up, urepo) = self
+            .route(name)
+            .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
+        let dir = store.spool_dir()?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".pull-")
+            .tempfile_in(&dir)?;
+        let (file, path) = tmp.keep().map_err(|e| Error::Io(e.error))?;
+        let file = Arc::new(file);
+        let (tx, rx) = watch::channel(FetchState::default());
+        let fetch = Arc::new(Fetch {
+            file: file.clone(),
+            state: rx,
+        });
+        {
+            let mut map = lock(&self.fetches);
+            if let Some(f) = map.get(d) {
+                // Another request started it meanwhile: use theirs.
+                let _ = std::fs::remove_file(&path);
+                return Ok(Some(f.clone()));
+            }
+            map.insert(d.clone(), fetch.clone());
+        }
+        let (me, owner, d) = (self.clone(), owner.clone(), d.clone());
+        self.counters.blob_fetches.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let store = (*owner).as_ref();
+            let res = run_fetch(&up, &urepo, store, &d, file, path.clone(), &tx).await;
+            if res.is_err() {
+                let _ = tokio::fs::remove_file(&path).await;
+            }
+            // Out of the map before readers hear the end: a request after this finds the blob
+            // stored, or starts afresh after a failure.
+            lock(&me.fetches).remove(&d);
+            match res {
+                Ok(()) => {
+                    tracing::info!(upstream = %up.name, repo = %urepo, digest = %d, "blob pulled through");
+                    tx.send_modify(|s| s.done = Some(Ok(())));
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %up.name, repo = %urepo, digest = %d, error = %e,
+                        "pull-through of a blob failed; nothing stored");
+                    tx.send_modify(|s| s.done = Some(Err(e.to_string())));
+                }
+            }
+        });
+        Ok(Some(fetch))
+    }
+}
+
+fn upstream_blob_error(d: &Digest, why: impl std::fmt::Display) -> Error {
+    Error::Remote {
+        registry: "upstream".into(),
+        message: format!("{d}: {why}"),
+    }
+}
+
+/// Stream the upstream's body into the spool file, hashing it; commit it if it is the blob.
+async fn run_fetch(
+    up: &Upstream,
+    urepo: &str,
+    store: &Store,
+    d: &Digest,
+    file: Arc<std::fs::File>,
+    path: PathBuf,
+    tx: &watch::Sender<FetchState>,
+) -> Result<()> {
+    let blob = up.registry.blob(urepo, d, 0).await?;
+    tx.send_modify(|s| {
+        s.started = true;
+        s.len = blob.len;
+    });
+    let mut hasher = d.algorithm().hasher();
+    let mut stream = blob.stream;
+    let mut written = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| upstream_blob_error(d, format!("after {written} bytes: {e}")))?;
+        if let Some(len) = blob.len {
+            if written + chunk.len() as u64 > len {
+                return Err(upstream_blob_error(
+                    d,
+                    format!("the upstream sent more than the {len} bytes it announced"),
+                ));
+            }
+        }
+        hasher.update(&chunk);
+        let f = file.clone();
+        let at = written;
+        let n = chunk.len() as u64;
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&chunk, at)
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        written += n;
+        tx.send_modify(|s| s.written = written);
+    }
+    if let Some(len) = blob.len {
+        if written != len {
+            return Err(upstream_blob_error(
+                d,
+                format!("the upstream's body ended after {written} of {len} bytes"),
+            ));
+        }
+    }
+    store
+        .adopt_blob(path, hasher.finish(), d)
+        .await
+        .map_err(|e| match e {
+            Error::DigestInvalid(detail) => Error::Corrupt {
+                digest: d.clone(),
+                detail: format!("from the upstream: {detail}"),
+            },
+            e => e,
+        })
+}
+
+/// A client's view of a fetch: bytes `start..stop` of the spool file as they arrive; an error
+/// (never a clean end) if the fetch fails or ends short.
+fn reader(
+    fetch: Arc<Fetch>,
+    start: u64,
+    stop: Option<u64>,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
+    let rx = fetch.state.clone();
+    futures_util::stream::unfold(
+        (fetch, rx, start, false),
+        move |(fetch, mut rx, pos, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let st = rx.borrow_and_update().clone();
+                let limit = match stop {
+                    Some(s) => st.written.min(s),
+                    None => st.written,
+                };
+                if stop.is_some_and(|s| pos >= s) {
+                    return None;
+                }
+                if pos < limit {
+                    let want = ((limit - pos) as usize).min(READ_CHUNK);
+                    let f = fetch.file.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        use std::os::unix::fs::FileExt;
+                        let mut buf = vec![0u8; want];
+                        let mut got = 0;
+                        while got < want {
+                            let n = f.read_at(&mut buf[got..], pos + got as u64)?;
+                            if n == 0 {
+                                break;
+                            }
+                            got += n;
+                        }
+                        buf.truncate(got);
+                        Ok::<_, std::io::Error>(buf)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
+                    return match read {
+                        Ok(buf) if !buf.is_empty() => {
+                            let n = buf.len() as u64;
+                            Some((Ok(Bytes::from(buf)), (fetch, rx, pos + n, false)))
+                        }
+                        Ok(_) => Some((
+                            Err(std::io::Error::other("the spool file ended early")),
+                            (fetch, rx, pos, true),
+                        )),
+                        Err(e) => Some((Err(e), (fetch, rx, pos, true))),
+                    };
+                }
+                match &st.done {
+                    Some(Ok(())) => {
+                        return if stop.is_none() || stop == Some(st.written) {
+                            None
+                        } else {
+                            Some((
+                                Err(std::io::Error::other("the blob is shorter than asked")),
+                                (fetch, rx, pos, true),
+                            ))
+                        };
+                    }
+                    Some(Err(e)) => {
+                        return Some((
+                            Err(std::io::Error::other(format!("pull-through failed: {e}"))),
+                            (fetch, rx, pos, true),
+                        ))
+                    }
+                    None => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Some((
+                        Err(std::io::Error::other("the fetch stopped")),
+                        (fetch, rx, pos, true),
+                    ));
+                }
+            }
+        },
+    )
+    .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_as_mirrors_send_them() {
+        assert_eq!(
+            candidates("library/alpine", None),
+            ["library/alpine", "docker.io/library/alpine"]
+        );
+        assert_eq!(
+            candidates("alpine", Some("docker.io")),
+            ["docker.io/library/alpine", "alpine"]
+        );
+        assert_eq!(
+            candidates("org/app", Some("ghcr.io")),
+            ["ghcr.io/org/app", "org/app", "docker.io/org/app"]
+        );
+        assert_eq!(
+            candidates("docker.io/library/alpine", Some("docker.io")),
+            ["docker.io/library/alpine"]
+        );
+        assert_eq!(candidates("ghcr.io/org/app", None), ["ghcr.io/org/app"]);
+        assert_eq!(
+            miss_name("library/busybox", None),
+            "docker.io/library/busybox"
+        );
+        assert_eq!(miss_name("app", None), "app");
+        assert_eq!(miss_name("org/app", Some("ghcr.io")), "ghcr.io/org/app");
+    }
+
+    #[test]
+    fn upstream_specs_are_checked() {
+        for bad in [
+            "docker.io",
+            "docker.io=ftp://x",
+            "Docker.io=https://x",
+            "a/b=https://x",
+            "docker.io=https://x/path",
+        ] {
+            assert!(Upstream::parse(bad, None, None).is_err(), "{bad}");
+        }
+    }
+}
