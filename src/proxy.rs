@@ -526,9 +526,17 @@ fn reader(
             }
             loop {
                 let st = rx.borrow_and_update().clone();
+                // The last byte is held back until the blob is verified: a client that got
+                // every byte it was promised would take a wrong blob for a whole one.
+                let verified = matches!(st.done, Some(Ok(())));
+                let avail = if verified {
+                    st.written
+                } else {
+                    st.written.saturating_sub(1)
+                };
                 let limit = match stop {
-                    Some(s) => st.written.min(s),
-                    None => st.written,
+                    Some(s) => avail.min(s),
+                    None => avail,
                 };
                 if stop.is_some_and(|s| pos >= s) {
                     return None;

@@ -88,23 +88,21 @@ fn evict<V>(map: &mut BTreeMap<Key, V>, last: impl Fn(&V) -> u64) {
 }
 
 impl Recorder {
-    /// Read what an earlier run recorded (a state file that does not parse is named and set
-    /// aside: recording starts afresh rather than refusing to serve).
-    pub fn load(store: &Store) -> Recorder {
-        let r = Recorder::default();
+    /// Add what an earlier run recorded (a state file that does not parse is named and set
+    /// aside: recording starts afresh rather than refusing to serve). Blocking.
+    pub fn load_sync(&self, store: &Store) {
         if let Some(list) = read_list::<Used>(store, USED_FILE) {
-            let mut m = lock(&r.used);
+            let mut m = lock(&self.used);
             for u in list.into_iter().take(MAX_ENTRIES) {
                 m.insert((u.repository.clone(), u.reference.clone()), u);
             }
         }
         if let Some(list) = read_list::<Miss>(store, MISSES_FILE) {
-            let mut m = lock(&r.misses);
+            let mut m = lock(&self.misses);
             for u in list.into_iter().take(MAX_ENTRIES) {
                 m.insert((u.repository.clone(), u.reference.clone()), u);
             }
         }
-        r
     }
 
     pub fn used(

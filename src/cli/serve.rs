@@ -193,10 +193,6 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         idle_timeout,
         ..Default::default()
     };
-    let recorder = {
-        let s = &store;
-        tokio::task::block_in_place(|| ferry::record::Recorder::load(s))
-    };
     if let Some(p) = &pull {
         for u in p.upstreams() {
             tracing::info!(name = %u.name, url = %u.url, "pull-through upstream");
@@ -206,9 +202,12 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         ferry::server::App::new(store, auth)
             .with_limits(limits)
             .with_redirect(a.redirect)
-            .with_pull_through(pull)
-            .with_recorder(recorder),
+            .with_pull_through(pull),
     );
+    {
+        let a = app.clone();
+        tokio::task::spawn_blocking(move || a.record.load_sync(&a.store)).await?;
+    }
     if !a.read_only {
         let (a2, expiry) = (app.clone(), schedule.upload_expiry);
         tokio::task::spawn_blocking(move || {

@@ -509,11 +509,15 @@ async fn resolve_manifest(
             Err(e) => return Err(e.into()),
         }
     }
+    let mut failed = None;
     if found.is_none() {
         if let Some(p) = &app.pull {
             if let Some(n) = names.iter().find(|n| p.route(n.as_str()).is_some()) {
-                if let Some(m) = p.fetch_manifest(&app.store, n, reference).await? {
-                    found = Some((m, n.clone()));
+                match p.fetch_manifest(&app.store, n, reference).await {
+                    Ok(Some(m)) => found = Some((m, n.clone())),
+                    Ok(None) => {}
+                    // Not answered is a miss, whoever is to blame.
+                    Err(e) => failed = Some(e),
                 }
             }
         }
@@ -539,7 +543,9 @@ async fn resolve_manifest(
                 &crate::proxy::miss_name(asked.name.as_str(), asked.ns),
                 &reference.to_string(),
             );
-            Err(Error::ManifestUnknown(format!("{}:{reference}", asked.name)).into())
+            Err(failed
+                .unwrap_or_else(|| Error::ManifestUnknown(format!("{}:{reference}", asked.name)))
+                .into())
         }
     }
 }

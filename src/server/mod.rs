@@ -76,12 +76,6 @@ impl App {
         self
     }
 
-    /// Start from what an earlier run recorded.
-    pub fn with_recorder(mut self, record: crate::record::Recorder) -> App {
-        self.record = Arc::new(record);
-        self
-    }
-
     /// Answer blob GETs with a 307 to the store (see [`crate::layout::Store::blob_url`]).
     pub fn with_redirect(mut self, redirect: bool) -> App {
         self.redirect = redirect;

@@ -20,6 +20,8 @@ pub struct ServerOpts {
     pub bind: Option<String>,
     /// `--redirect`.
     pub redirect: bool,
+    /// `--upstream …`.
+    pub pull: Option<ferry::proxy::PullThrough>,
 }
 
 pub struct TestServer {
@@ -32,6 +34,8 @@ pub struct TestServer {
     _tmp: Option<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The running registry's state (its recorder, its pull-through counters).
+    pub app: Arc<App>,
 }
 
 impl TestServer {
@@ -191,12 +195,27 @@ impl TestServer {
         let app = Arc::new(
             App::new(store, opts.auth)
                 .with_limits(opts.limits)
-                .with_redirect(opts.redirect),
+                .with_redirect(opts.redirect)
+                .with_pull_through(opts.pull),
         );
+        {
+            let a = app.clone();
+            tokio::task::spawn_blocking(move || a.record.load_sync(&a.store))
+                .await
+                .unwrap();
+        }
         let scheme = if opts.tls.is_some() { "https" } else { "http" };
-        let task = tokio::spawn(ferry::server::run(listener, app, opts.tls, async {
-            let _ = rx.await;
-        }));
+        let a2 = app.clone();
+        let task = tokio::spawn(async move {
+            let res = ferry::server::run(listener, a2.clone(), opts.tls, async {
+                let _ = rx.await;
+            })
+            .await;
+            // As `ferry serve` does on its way out.
+            let a3 = a2.clone();
+            let _ = tokio::task::spawn_blocking(move || a3.record.flush_sync(&a3.store)).await;
+            res
+        });
         TestServer {
             url: format!("{scheme}://{addr}"),
             addr,
@@ -205,6 +224,7 @@ impl TestServer {
             _tmp: None,
             stop: Some(tx),
             task: Some(task),
+            app,
         }
     }
 

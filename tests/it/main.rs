@@ -22,6 +22,7 @@ mod limits;
 mod load;
 mod oci_client;
 mod process;
+mod pull_through;
 mod replicas;
 mod s3_faults;
 mod s3_lb;

@@ -1,0 +1,427 @@
+//! Pull-through (`serve --upstream`): one upstream fetch per blob however many clients ask,
+//! streamed to them as it arrives; wrong or short upstream bodies stored never; names as
+//! mirrors send them; what was used and what was missed, recorded.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use ferry::digest::Digest;
+
+use crate::common::*;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Fault {
+    None,
+    /// Same length, one byte changed.
+    WrongBytes,
+    /// The announced length, then the connection dropped half-way.
+    Truncated,
+    /// Every request answered 503 (down for maintenance, or a proxy with no way through).
+    Down,
+}
+
+/// A registry that serves one image (`library/big:1`): its layer in two halves, the second
+/// only once the test opens the gate. Counts every request per path.
+struct Upstream {
+    addr: std::net::SocketAddr,
+    gets: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    gate: Arc<tokio::sync::Semaphore>,
+    fault: Arc<Mutex<Fault>>,
+    config: Vec<u8>,
+    layer: Vec<u8>,
+    manifest: Vec<u8>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    async fn start(layer_len: usize) -> Upstream {
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+                .to_vec();
+        let layer = bytes(layer_len, 77);
+        let manifest = image_manifest(&config, &[&layer]);
+        let gets: Arc<Mutex<std::collections::HashMap<String, usize>>> = Default::default();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let fault = Arc::new(Mutex::new(Fault::None));
+        let (g2, gate2, f2) = (gets.clone(), gate.clone(), fault.clone());
+        let (c2, l2, m2) = (
+            Bytes::from(config.clone()),
+            Bytes::from(layer.clone()),
+            Bytes::from(manifest.clone()),
+        );
+        let (cd, ld, md) = (sha256(&c2), sha256(&l2), sha256(&m2));
+        let app = axum::Router::new().fallback(move |req: Request| {
+            let (gets, gate, fault) = (g2.clone(), gate2.clone(), f2.clone());
+            let (c, l, m) = (c2.clone(), l2.clone(), m2.clone());
+            let (cd, ld, md) = (cd.clone(), ld.clone(), md.clone());
+            async move {
+                let path = req.uri().path().to_owned();
+                *gets
+                    .lock()
+                    .unwrap()
+                    .entry(format!("{} {path}", req.method()))
+                    .or_default() += 1;
+                let head = req.method() == axum::http::Method::HEAD;
+                let ok = |ct: &str, body: Bytes, d: &Digest| {
+                    Response::builder()
+                        .status(StatusCode::OK)
+                        .header(header::CONTENT_TYPE, ct)
+                        .header(header::CONTENT_LENGTH, body.len())
+                        .header("Docker-Content-Digest", d.to_string())
+                        .body(if head {
+                            Body::empty()
+                        } else {
+                            Body::from(body)
+                        })
+                        .unwrap()
+                };
+                if *fault.lock().unwrap() == Fault::Down {
+                    return Response::builder()
+                        .status(StatusCode::SERVICE_UNAVAILABLE)
+                        .body(Body::empty())
+                        .unwrap();
+                }
+                if path == "/v2/" {
+                    return ok("application/json", Bytes::from_static(b"{}"), &md);
+                }
+                if path == "/v2/library/big/manifests/1"
+                    || path == format!("/v2/library/big/manifests/{md}")
+                {
+                    return ok(OCI_MANIFEST, m, &md);
+                }
+                if path == format!("/v2/library/big/blobs/{cd}") {
+                    return ok("application/octet-stream", c, &cd);
+                }
+                if path == format!("/v2/library/big/blobs/{ld}") {
+                    let f = *fault.lock().unwrap();
+                    let half = l.len() / 2;
+                    let first = l.slice(..half);
+                    let mut second = l.slice(half..).to_vec();
+                    if f == Fault::WrongBytes {
+                        second[10] ^= 0xff;
+                    }
+                    let len = l.len();
+                    let body = futures_util::stream::unfold(0u8, move |step| {
+                        let (gate, first, second) = (gate.clone(), first.clone(), second.clone());
+                        async move {
+                            match step {
+                                0 => Some((Ok::<_, std::io::Error>(first), 1)),
+                                1 => {
+                                    // Hold the rest until the test says so.
+                                    gate.acquire().await.unwrap().forget();
+                                    if f == Fault::Truncated {
+                                        Some((Err(std::io::Error::other("upstream dropped")), 2))
+                                    } else {
+                                        Some((Ok(Bytes::from(second)), 2))
+                                    }
+                                }
+                                _ => None,
+                            }
+                        }
+                    });
+                    return Response::builder()
+                        .status(StatusCode::OK)
+                        .header(header::CONTENT_TYPE, "application/octet-stream")
+                        .header(header::CONTENT_LENGTH, len)
+                        .body(Body::from_stream(body))
+                        .unwrap();
+                }
+                Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(
+                        r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown"}]}"#,
+                    ))
+                    .unwrap()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Upstream {
+            addr,
+            gets,
+            gate,
+            fault,
+            config,
+            layer,
+            manifest,
+            _task: task,
+        }
+    }
+
+    fn count(&self, method_path: &str) -> usize {
+        self.gets
+            .lock()
+            .unwrap()
+            .get(method_path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn layer_digest(&self) -> Digest {
+        sha256(&self.layer)
+    }
+}
+
+async fn mirror(up: &Upstream, ttl: std::time::Duration) -> TestServer {
+    let tmp = tempfile::tempdir().unwrap().keep();
+    let pull = ferry::proxy::PullThrough::new(
+        vec![
+            ferry::proxy::Upstream::parse(&format!("docker.io=http://{}", up.addr), None, None)
+                .unwrap(),
+        ],
+        ttl,
+    )
+    .unwrap();
+    TestServer::start_opts(
+        &tmp.join("data"),
+        ServerOpts {
+            pull: Some(pull),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Fail rather than hang when something never arrives.
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing after 60 s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_clients_one_upstream_fetch_first_bytes_before_the_blob_is_complete() {
+    let up = Upstream::start(8 << 20).await;
+    let srv = mirror(&up, std::time::Duration::from_secs(600)).await;
+    let c = http();
+    // As dockerd's registry-mirrors asks: no registry in the name.
+    let m = c
+        .get(format!("{}/v2/library/big/manifests/1", srv.url))
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 200);
+    assert_eq!(
+        m.bytes().await.unwrap(),
+        up.manifest,
+        "manifest bytes as the upstream sent them"
+    );
+    let ld = up.layer_digest();
+    let url = format!("{}/v2/library/big/blobs/{ld}", srv.url);
+    let (a, b) = tokio::join!(c.get(&url).send(), c.get(&url).send());
+    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.status(), 200);
+    assert_eq!(b.status(), 200);
+    assert_eq!(a.content_length(), Some(up.layer.len() as u64));
+    // Both get bytes while the upstream still holds back the second half.
+    let fa = within("client a's first bytes", a.chunk())
+        .await
+        .unwrap()
+        .unwrap();
+    let fb = within("client b's first bytes", b.chunk())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!fa.is_empty() && !fb.is_empty());
+    let stored = srv.dir.join("blobs/sha256").join(ld.hex());
+    assert!(!stored.exists(), "stored before it was complete");
+    up.gate.add_permits(1);
+    let rest = |mut r: reqwest::Response, first: Bytes| async move {
+        let mut all = first.to_vec();
+        while let Some(ch) = r.chunk().await.unwrap() {
+            all.extend_from_slice(&ch);
+        }
+        all
+    };
+    let (ba, bb) = within("both bodies", async {
+        tokio::join!(rest(a, fa), rest(b, fb))
+    })
+    .await;
+    assert_eq!(sha256(&ba), ld);
+    assert_eq!(sha256(&bb), ld);
+    assert_eq!(
+        up.count(&format!("GET /v2/library/big/blobs/{ld}")),
+        1,
+        "one upstream fetch"
+    );
+    assert!(stored.exists());
+    // A third client is served from the store: still one upstream fetch.
+    let third = c.get(&url).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(sha256(&third), ld);
+    assert_eq!(up.count(&format!("GET /v2/library/big/blobs/{ld}")), 1);
+    // The config too, by the upstream's name for it.
+    let cd = sha256(&up.config);
+    let cfg = c
+        .get(format!("{}/v2/docker.io/library/big/blobs/{cd}", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cfg.bytes().await.unwrap(), up.config);
+    // What was used is recorded under the pull-through name.
+    let used = srv.app.record.used_list();
+    assert_eq!(used.len(), 1, "{used:?}");
+    assert_eq!(used[0].repository, "docker.io/library/big");
+    assert_eq!(used[0].reference, "1");
+    assert_eq!(used[0].upstream.as_deref(), Some("docker.io"));
+    assert_eq!(used[0].digest, sha256(&up.manifest));
+    assert_eq!(used[0].clients, ["127.0.0.1"]);
+    assert!(
+        srv.leftovers().await.is_empty(),
+        "{:?}",
+        srv.leftovers().await
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_or_short_upstream_bodies_reach_no_client_whole_and_are_never_stored() {
+    for fault in [Fault::WrongBytes, Fault::Truncated] {
+        let up = Upstream::start(1 << 20).await;
+        *up.fault.lock().unwrap() = fault;
+        let srv = mirror(&up, std::time::Duration::from_secs(600)).await;
+        let ld = up.layer_digest();
+        let url = format!("{}/v2/docker.io/library/big/blobs/{ld}", srv.url);
+        let r = http().get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        up.gate.add_permits(1);
+        let got = within("the body", r.bytes()).await;
+        match got {
+            Err(_) => {}
+            Ok(b) => panic!(
+                "{fault:?}: the client got a clean body of {} bytes",
+                b.len()
+            ),
+        }
+        let stored = srv.dir.join("blobs/sha256").join(ld.hex());
+        assert!(!stored.exists(), "{fault:?}: stored");
+        // Nothing half-done is left, and the next request tries the upstream again.
+        within("the fetch to end", async {
+            while !srv.leftovers().await.is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        *up.fault.lock().unwrap() = Fault::None;
+        let r = http().get(&url).send().await.unwrap();
+        up.gate.add_permits(1);
+        let b = within("the retry", r.bytes()).await.unwrap();
+        assert_eq!(sha256(&b), ld, "{fault:?}: retry");
+        assert_eq!(up.count(&format!("GET /v2/library/big/blobs/{ld}")), 2);
+        assert!(stored.exists());
+        srv.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_are_rechecked_after_the_ttl_and_served_when_the_upstream_is_gone() {
+    let up = Upstream::start(1000).await;
+    let srv = mirror(&up, std::time::Duration::ZERO).await;
+    let c = http();
+    let get = || async {
+        c.get(format!("{}/v2/docker.io/library/big/manifests/1", srv.url))
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(get().await.bytes().await.unwrap(), up.manifest);
+    assert_eq!(up.count("GET /v2/library/big/manifests/1"), 1);
+    // TTL 0: the next request re-checks with a HEAD (same digest: no new GET).
+    assert_eq!(get().await.status(), 200);
+    assert_eq!(up.count("HEAD /v2/library/big/manifests/1"), 1);
+    assert_eq!(up.count("GET /v2/library/big/manifests/1"), 1);
+    // The upstream goes away: the stored manifest is still served.
+    *up.fault.lock().unwrap() = Fault::Down;
+    let r = get().await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), up.manifest);
+    assert_eq!(
+        up.count("HEAD /v2/library/big/manifests/1"),
+        2,
+        "the re-check was tried"
+    );
+    // Something it never had: 404, recorded as a miss under the name asked.
+    let r = c
+        .get(format!("{}/v2/library/other/manifests/2", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error() || r.status().is_server_error());
+    let misses = srv.app.record.miss_list();
+    assert_eq!(misses.len(), 1, "{misses:?}");
+    assert_eq!(misses[0].repository, "docker.io/library/other");
+    assert_eq!(misses[0].reference, "2");
+    srv.stop().await;
+}
+
+/// The offline side: no upstream, the mirror serves `docker.io/…` names to requests as dockerd
+/// and containerd send them, and records what it lacks; the records outlive a restart and
+/// `ferry misses` / `ferry used` print them as refs files `ferry sync` takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_names_misses_and_used_survive_a_restart_as_refs_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let srv = TestServer::start_on(&dir, false).await;
+    let manifest = push_image(&srv.url, "docker.io/library/alpine", "3.19", 5).await;
+    let c = http();
+    for (path, ok) in [
+        ("/v2/library/alpine/manifests/3.19", true),
+        ("/v2/alpine/manifests/3.19?ns=docker.io", true),
+        ("/v2/docker.io/library/alpine/manifests/3.19", true),
+        ("/v2/library/alpine/manifests/3.20", false),
+        ("/v2/org/app/manifests/1?ns=ghcr.io", false),
+        ("/v2/org/app/manifests/1?ns=ghcr.io", false),
+    ] {
+        let r = c.get(format!("{}{path}", srv.url)).send().await.unwrap();
+        assert_eq!(r.status().is_success(), ok, "{path}");
+        if ok {
+            assert_eq!(r.bytes().await.unwrap(), manifest, "{path}");
+        }
+    }
+    srv.stop().await;
+    // After a restart, one more miss of the same ref is counted with the old ones.
+    let srv = TestServer::start_on(&dir, false).await;
+    let _ = c
+        .get(format!("{}/v2/org/app/manifests/1?ns=ghcr.io", srv.url))
+        .send()
+        .await
+        .unwrap();
+    srv.stop().await;
+    let ferry = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let misses = ferry(&["misses", "--data", &dir.display().to_string()]);
+    let refs = ferry::sync::parse_refs_file(&misses);
+    assert_eq!(
+        refs,
+        ["docker.io/library/alpine:3.20", "ghcr.io/org/app:1"],
+        "{misses}"
+    );
+    assert!(misses.contains("asked 3x"), "{misses}");
+    let used = ferry(&["used", &dir.display().to_string(), "--since", "1d"]);
+    assert_eq!(
+        ferry::sync::parse_refs_file(&used),
+        ["docker.io/library/alpine:3.19"],
+        "{used}"
+    );
+    assert!(used.contains("used 3x"), "{used}");
+}
