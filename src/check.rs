@@ -104,68 +104,127 @@ pub async fn check(
     }
     let mut out = Vec::new();
     for root in roots {
-        let mut rep = RefReport {
-            reference: root.to_string(),
-            ..Default::default()
+        out.push(check_root(&place, &root).await);
+    }
+    Ok(out)
+}
+
+/// Check one root: every manifest readable, every blob present and hashing to its digest.
+pub async fn check_root(place: &Place, root: &crate::sync::Root) -> RefReport {
+    let mut rep = RefReport {
+        reference: root.to_string(),
+        ..Default::default()
+    };
+    let g = match walk(place, &root.repo, &root.reference).await {
+        Ok(g) => g,
+        Err(e) => {
+            rep.error = Some(e.to_string());
+            return rep;
+        }
+    };
+    rep.manifests = g.manifests.len();
+    rep.blobs = g.blobs.len();
+    rep.bytes = g.blobs.iter().map(|b| b.size).sum::<u64>()
+        + g.manifests
+            .iter()
+            .map(|(_, b, _)| b.len() as u64)
+            .sum::<u64>();
+    let root_mt = g
+        .manifests
+        .last()
+        .map(|(_, _, mt)| mt.clone())
+        .unwrap_or_default();
+    let cache_cfg = g
+        .blobs
+        .iter()
+        .find(|b| b.media_type == media::BUILDKIT_CACHE_CONFIG);
+    rep.kind = if cache_cfg.is_some() {
+        "cache"
+    } else if media::is_index_type(&root_mt) {
+        "index"
+    } else {
+        "image"
+    }
+    .to_owned();
+    for b in &g.blobs {
+        match blob_state(place, &root.repo, &b.digest).await {
+            Ok(()) => {}
+            Err(Problem::Missing) => rep.missing.push(b.digest.to_string()),
+            Err(Problem::Corrupt(None)) => rep.corrupt.push(b.digest.to_string()),
+            Err(Problem::Corrupt(Some(why))) => rep.corrupt.push(format!("{}: {why}", b.digest)),
+        }
+    }
+    if let Some(cfg) = cache_cfg {
+        if let Ok((mut s, _)) = place.read_blob(&root.repo, &cfg.digest, 0).await {
+            let mut bytes = Vec::new();
+            while let Some(Ok(c)) = s.next().await {
+                bytes.extend_from_slice(&c);
+                if bytes.len() as u64 > media::MAX_MANIFEST_BYTES * 4 {
+                    break;
+                }
+            }
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                rep.cache_records = v["records"].as_array().map(Vec::len);
+                rep.cache_layers = v["layers"].as_array().map(Vec::len);
+            }
+        }
+    }
+    rep
+}
+
+/// `ferry check --dockerfile`: for each image the build needs, is it on the location (under
+/// the name a mirror holds it by, or as synced without its registry name) and intact?
+pub async fn check_needs(
+    loc: &Location,
+    needs: &[crate::dockerfile::Need],
+    opts: &RemoteOptions,
+) -> Result<Vec<(crate::dockerfile::Need, RefReport)>> {
+    let place = Place::open(loc, opts, false).await?;
+    let host = match loc {
+        Location::Registry { host, .. } => Some(host.as_str()),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for need in needs {
+        let reference = match need.reference.parse::<Digest>() {
+            Ok(d) => crate::reference::Reference::Digest(d),
+            Err(_) => crate::reference::Reference::Tag(need.reference.clone()),
         };
-        let g = match walk(&place, &root.repo, &root.reference).await {
-            Ok(g) => g,
-            Err(e) => {
-                rep.error = Some(e.to_string());
-                out.push(rep);
+        let mut names = Vec::new();
+        if let Some(rest) = host.and_then(|h| need.repository.strip_prefix(&format!("{h}/"))) {
+            names.push(rest.to_owned());
+        }
+        names.push(need.repository.clone());
+        // As synced without its registry's name (`library/alpine`, or `app` of
+        // `mirror:5000/app`).
+        if let Some((first, rest)) = need.repository.split_once('/') {
+            if crate::proxy::is_host(first) {
+                names.push(rest.to_owned());
+            }
+        }
+        names.dedup();
+        let mut found = None;
+        for n in &names {
+            if crate::reference::RepoName::parse(n).is_err() {
                 continue;
             }
+            if place.manifest(n, &reference).await.is_ok() {
+                found = Some(n.clone());
+                break;
+            }
+        }
+        let rep = match found {
+            Some(n) => check_root(&place, &crate::sync::Root::new(n, reference)).await,
+            None => RefReport {
+                reference: need.reference_string(),
+                error: Some(format!(
+                    "MISSING: not on {loc} (looked for {})",
+                    names.join(", ")
+                )),
+                ..Default::default()
+            },
         };
-        rep.manifests = g.manifests.len();
-        rep.blobs = g.blobs.len();
-        rep.bytes = g.blobs.iter().map(|b| b.size).sum::<u64>()
-            + g.manifests
-                .iter()
-                .map(|(_, b, _)| b.len() as u64)
-                .sum::<u64>();
-        let root_mt = g
-            .manifests
-            .last()
-            .map(|(_, _, mt)| mt.clone())
-            .unwrap_or_default();
-        let cache_cfg = g
-            .blobs
-            .iter()
-            .find(|b| b.media_type == media::BUILDKIT_CACHE_CONFIG);
-        rep.kind = if cache_cfg.is_some() {
-            "cache"
-        } else if media::is_index_type(&root_mt) {
-            "index"
-        } else {
-            "image"
-        }
-        .to_owned();
-        for b in &g.blobs {
-            match blob_state(&place, &root.repo, &b.digest).await {
-                Ok(()) => {}
-                Err(Problem::Missing) => rep.missing.push(b.digest.to_string()),
-                Err(Problem::Corrupt(None)) => rep.corrupt.push(b.digest.to_string()),
-                Err(Problem::Corrupt(Some(why))) => {
-                    rep.corrupt.push(format!("{}: {why}", b.digest))
-                }
-            }
-        }
-        if let Some(cfg) = cache_cfg {
-            if let Ok((mut s, _)) = place.read_blob(&root.repo, &cfg.digest, 0).await {
-                let mut bytes = Vec::new();
-                while let Some(Ok(c)) = s.next().await {
-                    bytes.extend_from_slice(&c);
-                    if bytes.len() as u64 > media::MAX_MANIFEST_BYTES * 4 {
-                        break;
-                    }
-                }
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                    rep.cache_records = v["records"].as_array().map(Vec::len);
-                    rep.cache_layers = v["layers"].as_array().map(Vec::len);
-                }
-            }
-        }
-        out.push(rep);
+        out.push((need.clone(), rep));
     }
     Ok(out)
 }

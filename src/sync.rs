@@ -339,7 +339,11 @@ impl Place {
         }
     }
 
-    async fn manifest(&self, repo: &str, reference: &Reference) -> Result<(Bytes, String, Digest)> {
+    pub(crate) async fn manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<(Bytes, String, Digest)> {
         match self {
             Place::Remote(r) => r.manifest(repo, reference).await,
             Place::Store(s) => {

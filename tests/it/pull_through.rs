@@ -425,3 +425,73 @@ async fn offline_names_misses_and_used_survive_a_restart_as_refs_files() {
     );
     assert!(used.contains("used 3x"), "{used}");
 }
+
+/// `ferry check --dockerfile` against a directory and a registry: exit 0 when everything the
+/// build needs is there and intact, 1 naming what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_dockerfile_reports_what_a_build_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let srv = TestServer::start_on(&dir, false).await;
+    push_image(&srv.url, "docker.io/library/alpine", "3.19", 5).await;
+    // Synced without the registry's name, as `ferry sync docker://docker.io/library/golang:1.22`
+    // would write it.
+    push_image(&srv.url, "library/golang", "1.22", 6).await;
+    push_image(&srv.url, "app", "cache", 7).await;
+    let df = tmp.path().join("Dockerfile");
+    let run = |text: &str, extra: &[&str], loc: &str| {
+        std::fs::write(&df, text).unwrap();
+        let mut args = vec!["check", "--dockerfile", df.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(loc);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let d = dir.display().to_string();
+    let reg = format!("docker://{}", srv.host());
+    let good = "ARG V=3.18\nFROM golang:1.22 AS build\nFROM alpine:${V}\nCOPY --from=build /x /x\n";
+    for loc in [&d, &reg] {
+        let (code, out) = run(good, &["--build-arg", "V=3.19"], loc);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("ok: 2 of 2 image(s)"), "{out}");
+        let cache = format!("{}/app:cache", srv.host());
+        let (code, out) = run(good, &["--build-arg", "V=3.19", "--cache-ref", &cache], loc);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("ok: 3 of 3 image(s)"), "{out}");
+        // Without the build arg the default 3.18 is needed, and missing.
+        let (code, out) = run(good, &[], loc);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(
+            out.contains("MISSING docker.io/library/alpine:3.18  (FROM (stage 1))"),
+            "{out}"
+        );
+    }
+    // A blob gone from the directory: named, exit 1.
+    let m: serde_json::Value = serde_json::from_slice(
+        &http()
+            .get(format!("{}/v2/library/golang/manifests/1.22", srv.url))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_owned();
+    srv.stop().await;
+    std::fs::remove_file(dir.join("blobs/sha256").join(&layer[7..])).unwrap();
+    let (code, out) = run(good, &["--build-arg", "V=3.19"], &d);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(&format!("MISSING {layer}")), "{out}");
+}
