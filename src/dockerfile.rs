@@ -465,7 +465,14 @@ mod tests {
     #[test]
     fn dockerfiles_need_what_buildkit_would_pull() {
         let d = format!("sha256:{}", "b".repeat(64));
-        let cases: Vec<(&str, String, Vec<(&str, &str)>, Option<&str>, Vec<String>)> = vec![
+        type Case<'a> = (
+            &'a str,
+            String,
+            Vec<(&'a str, &'a str)>,
+            Option<&'a str>,
+            Vec<String>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "plain",
                 "FROM alpine:3.19\nRUN echo hi\n".into(),

@@ -264,10 +264,9 @@ pub fn used_refs_file(
     out.push_str(header);
     let mut n = 0;
     for u in list.iter().filter(|u| u.last >= since) {
-        if u.reference.starts_with("sha256:") || u.reference.starts_with("sha512:") {
-            if carried(u) {
-                continue;
-            }
+        if (u.reference.starts_with("sha256:") || u.reference.starts_with("sha512:")) && carried(u)
+        {
+            continue;
         }
         let sep = if u.reference.contains(':') { '@' } else { ':' };
         out.push_str(&format!(

@@ -285,9 +285,7 @@ impl Registry {
         match pulled {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(self.err(format!("manifest {repo}:{reference}: {}", chain(&e)))),
-            Ok((bytes, digest)) => self
-                .checked(repo, reference, bytes.into(), &digest)
-                .map(Some),
+            Ok((bytes, digest)) => self.checked(repo, reference, bytes, &digest).map(Some),
         }
     }
 
