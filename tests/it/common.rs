@@ -468,6 +468,28 @@ pub struct Distribution {
 
 impl Distribution {
     pub fn start() -> Option<Distribution> {
+        Distribution::start_with("")
+    }
+
+    /// With `auth: htpasswd:` for one user (bcrypt), as a private upstream would be.
+    pub fn start_htpasswd(user: &str, pass: &str) -> Option<Distribution> {
+        let f = tempfile::NamedTempFile::new()
+            .expect("htpasswd")
+            .into_temp_path()
+            .keep()
+            .expect("keep");
+        std::fs::write(
+            &f,
+            format!("{user}:{}\n", bcrypt::hash(pass, 6).expect("bcrypt")),
+        )
+        .expect("write htpasswd");
+        Distribution::start_with(&format!(
+            "auth:\n  htpasswd:\n    realm: upstream\n    path: {}\n",
+            f.display()
+        ))
+    }
+
+    fn start_with(extra_config: &str) -> Option<Distribution> {
         let bin = tool("docker-registry", &["/usr/bin/docker-registry"])?;
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -475,7 +497,7 @@ impl Distribution {
             .expect("free port")
             .port();
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra_config}",
             dir.path().join("data").display()
         );
         std::fs::write(dir.path().join("config.yml"), config).expect("config");

@@ -495,3 +495,306 @@ async fn check_dockerfile_reports_what_a_build_needs() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains(&format!("MISSING {layer}")), "{out}");
 }
+
+fn mirror_with(
+    upstream: &str,
+    creds: Option<&str>,
+    ttl: std::time::Duration,
+) -> ferry::proxy::PullThrough {
+    ferry::proxy::PullThrough::new(
+        vec![ferry::proxy::Upstream::parse(
+            &format!("docker.io={upstream}"),
+            creds.map(str::to_owned),
+            None,
+        )
+        .unwrap()],
+        ttl,
+    )
+    .unwrap()
+}
+
+async fn dockerd(extra: Vec<String>) -> Option<std::sync::Arc<crate::interop_docker::Dockerd>> {
+    tokio::task::spawn_blocking(move || crate::interop_docker::Dockerd::start(&extra))
+        .await
+        .unwrap()
+        .map(std::sync::Arc::new)
+}
+
+/// Run docker on a blocking thread.
+async fn docker(
+    d: &std::sync::Arc<crate::interop_docker::Dockerd>,
+    cwd: Option<std::path::PathBuf>,
+    args: &[&str],
+) -> (bool, String) {
+    let d = d.clone();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = d.docker_in(cwd.as_deref(), &a);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// Put `busybox:TAG` (busybox-static) into the upstream as `library/busybox:TAG`, as Docker
+/// Hub holds it; returns the manifest digest the push reported.
+async fn seed_upstream(
+    dist: &Distribution,
+    login: Option<(&str, &str)>,
+    tag: &str,
+) -> Option<String> {
+    let a = dockerd(vec!["--insecure-registry".into(), dist.host.clone()]).await?;
+    let t = tag.to_owned();
+    let a2 = a.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::interop_docker::import_busybox(&a2, &format!("busybox:{t}"))
+    })
+    .await
+    .unwrap();
+    if let Some((u, p)) = login {
+        let (ok, out) = docker(&a, None, &["login", &dist.host, "-u", u, "-p", p]).await;
+        assert!(ok, "{out}");
+    }
+    let up = format!("{}/library/busybox:{tag}", dist.host);
+    let (ok, out) = docker(&a, None, &["tag", &format!("busybox:{tag}"), &up]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = docker(&a, None, &["push", &up]).await;
+    assert!(ok, "{out}");
+    let digest = out
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .expect("push names the digest")
+        .to_owned();
+    Some(digest)
+}
+
+/// The first test: a dockerd whose registry-mirrors is ferry pulls an image only the
+/// upstream (Distribution with htpasswd) has; it arrives byte-identical, the record names it;
+/// with the upstream gone a second dockerd still pulls it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerd_pulls_through_ferry_and_again_with_the_upstream_gone() {
+    let Some(dist) = Distribution::start_htpasswd("up", "secret") else {
+        assert!(!require_interop(), "docker-registry is required");
+        return;
+    };
+    let Some(pushed) = seed_upstream(&dist, Some(("up", "secret")), "pt").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // TTL 0: every use re-checks the tag, so the second pull meets the upstream gone.
+    let srv = TestServer::start_opts(
+        &tmp.path().join("data"),
+        ServerOpts {
+            pull: Some(mirror_with(
+                &dist.url,
+                Some("up:secret"),
+                std::time::Duration::ZERO,
+            )),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mirror = vec!["--registry-mirror".to_owned(), srv.url.clone()];
+    let b = dockerd(mirror.clone()).await.expect("dockerd");
+    let (ok, out) = docker(&b, None, &["pull", "busybox:pt"]).await;
+    assert!(ok, "{out}");
+    let (ok, digests) = docker(
+        &b,
+        None,
+        &[
+            "image",
+            "inspect",
+            "-f",
+            "{{json .RepoDigests}}",
+            "busybox:pt",
+        ],
+    )
+    .await;
+    assert!(
+        ok && digests.contains(&pushed),
+        "pushed {pushed}, pulled {digests}"
+    );
+    let (ok, out) = docker(
+        &b,
+        None,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "busybox:pt",
+            "busybox",
+            "echo",
+            "through ferry",
+        ],
+    )
+    .await;
+    assert!(ok && out.contains("through ferry"), "{out}");
+    let used = srv.app.record.used_list();
+    let rec = used
+        .iter()
+        .find(|u| u.repository == "docker.io/library/busybox" && u.reference == "pt")
+        .unwrap_or_else(|| panic!("{used:?}"));
+    assert_eq!(rec.digest.to_string(), pushed);
+    assert_eq!(rec.upstream.as_deref(), Some("docker.io"));
+    drop(b);
+    drop(dist);
+    let c = dockerd(mirror).await.expect("dockerd");
+    let (ok, out) = docker(&c, None, &["pull", "busybox:pt"]).await;
+    assert!(ok, "with the upstream gone: {out}");
+    let (_, digests) = docker(
+        &c,
+        None,
+        &[
+            "image",
+            "inspect",
+            "-f",
+            "{{json .RepoDigests}}",
+            "busybox:pt",
+        ],
+    )
+    .await;
+    assert!(digests.contains(&pushed), "{digests}");
+    srv.stop().await;
+}
+
+/// The loop: an offline build fails on a missing base image → `ferry misses` lists it → the
+/// connected side syncs the list (through its pull-through) → after the trip the same build
+/// succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_misses_loop_an_offline_build_fails_the_next_trip_fixes_it() {
+    let Some(dist) = Distribution::start() else {
+        assert!(!require_interop(), "docker-registry is required");
+        return;
+    };
+    let Some(_) = seed_upstream(&dist, None, "loop").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let offline_dir = tmp.path().join("offline");
+    let offline = TestServer::start_on(&offline_dir, false).await;
+    let d = dockerd(vec!["--registry-mirror".to_owned(), offline.url.clone()])
+        .await
+        .expect("dockerd");
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox:loop\nRUN busybox echo built > /built\n",
+    )
+    .unwrap();
+    let build = |d: std::sync::Arc<crate::interop_docker::Dockerd>, ctx: std::path::PathBuf| async move {
+        docker(
+            &d,
+            Some(ctx),
+            &[
+                "build",
+                "--network",
+                "none",
+                "--progress=plain",
+                "-t",
+                "app:1",
+                ".",
+            ],
+        )
+        .await
+    };
+    let (ok, out) = build(d.clone(), ctx.clone()).await;
+    assert!(!ok, "the build cannot succeed offline yet:\n{out}");
+    assert!(
+        out.contains("busybox:loop"),
+        "it fails on the base image:\n{out}"
+    );
+    let offline_addr = offline.addr;
+    offline.stop().await;
+    let ferry = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ferry {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .await
+        .unwrap()
+    };
+    let misses = tmp.path().join("misses.txt");
+    ferry(vec![
+        "misses".into(),
+        "--data".into(),
+        offline_dir.display().to_string(),
+        "-o".into(),
+        misses.display().to_string(),
+    ])
+    .await;
+    let text = std::fs::read_to_string(&misses).unwrap();
+    assert!(
+        ferry::sync::parse_refs_file(&text).contains(&"docker.io/library/busybox:loop".to_owned()),
+        "{text}"
+    );
+    // The connected side: a pull-through mirror of the upstream; the trip takes the list.
+    let connected = TestServer::start_opts(
+        &tmp.path().join("connected"),
+        ServerOpts {
+            pull: Some(mirror_with(
+                &dist.url,
+                None,
+                std::time::Duration::from_secs(600),
+            )),
+            ..Default::default()
+        },
+    )
+    .await;
+    let trip = tmp.path().join("usb");
+    ferry(vec![
+        "sync".into(),
+        "--refs-file".into(),
+        misses.display().to_string(),
+        format!("docker://{}", connected.host()),
+        trip.display().to_string(),
+    ])
+    .await;
+    connected.stop().await;
+    ferry(vec![
+        "sync".into(),
+        trip.display().to_string(),
+        offline_dir.display().to_string(),
+    ])
+    .await;
+    // The offline mirror again, on the same address the daemon was told.
+    let store = ferry::layout::Store::open(&offline_dir, false).unwrap();
+    let listener_bind = offline_addr.to_string();
+    let offline = TestServer::serve_store(
+        store,
+        offline_dir.clone(),
+        ServerOpts {
+            bind: Some(listener_bind),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (ok, out) = build(d.clone(), ctx.clone()).await;
+    assert!(ok, "after the trip the build succeeds:\n{out}");
+    offline.stop().await;
+    // What the build used is now recorded, not missed.
+    let misses_after = ferry(vec![
+        "misses".into(),
+        "--data".into(),
+        offline_dir.display().to_string(),
+    ])
+    .await;
+    assert!(!misses_after.contains("busybox:loop"), "{misses_after}");
+}
