@@ -218,7 +218,7 @@ pub async fn check_needs(
             None => RefReport {
                 reference: need.reference_string(),
                 error: Some(format!(
-                    "MISSING: not on {loc} (looked for {})",
+                    "not on {loc} (looked for {})",
                     names.join(", ")
                 )),
                 ..Default::default()

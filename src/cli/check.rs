@@ -106,20 +106,33 @@ async fn dockerfile(
                 .as_ref()
                 .map(|p| format!(" --platform={p}"))
                 .unwrap_or_default();
-            let word = match (&r.error, r.ok()) {
-                (_, true) => "ok     ",
-                (Some(e), _) if e.starts_with("MISSING") => "MISSING",
-                _ => "BROKEN ",
+            // A need found nowhere has no graph: say where it was looked for.
+            let absent =
+                r.manifests == 0 && r.error.as_ref().is_some_and(|e| e.starts_with("not on"));
+            let word = if r.ok() {
+                "ok     "
+            } else if absent {
+                "MISSING"
+            } else {
+                "BROKEN "
             };
             println!("{word} {}{platform}  ({})", n.reference_string(), n.used_by);
-            println!("        {r}");
+            match (&r.error, absent) {
+                (Some(e), true) => println!("        {e}"),
+                _ => println!("        {r}"),
+            }
         }
+        let good = results.iter().filter(|(_, r)| r.ok()).count();
         println!(
-            "{}: {} of {} image(s) needed by {} are on {loc}",
-            if ok { "ok" } else { "MISSING" },
-            results.iter().filter(|(_, r)| r.ok()).count(),
+            "{} of {} image(s) needed by {} are on {loc} and intact{}",
+            good,
             results.len(),
-            path.display()
+            path.display(),
+            if ok {
+                String::new()
+            } else {
+                format!("; {} are not", results.len() - good)
+            }
         );
     }
     Ok(if ok { 0 } else { super::EXIT_FAILED })
