@@ -217,10 +217,7 @@ pub async fn check_needs(
             Some(n) => check_root(&place, &crate::sync::Root::new(n, reference)).await,
             None => RefReport {
                 reference: need.reference_string(),
-                error: Some(format!(
-                    "not on {loc} (looked for {})",
-                    names.join(", ")
-                )),
+                error: Some(format!("not on {loc} (looked for {})", names.join(", "))),
                 ..Default::default()
             },
         };

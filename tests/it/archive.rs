@@ -402,7 +402,10 @@ async fn split_volumes_missing_or_corrupt_are_named_and_a_killed_write_resumes()
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let resumed = v["archive"]["resumed_bytes"].as_u64().unwrap();
-    assert!(resumed >= 2 * ((64 << 20) - 512), "{v}");
+    // `.001` under its final name means volume 0 was finished and recorded before it: at least
+    // that much is resumed, however soon after the kill landed (volume 1 may or may not have
+    // been recorded too).
+    assert!(resumed >= (64 << 20) - 512, "{v}");
     // The resumed archive is byte for byte the one written in one go.
     for (a, b) in volumes(&base2).iter().zip(volumes(&base).iter()) {
         assert_eq!(

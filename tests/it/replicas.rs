@@ -227,6 +227,8 @@ async fn pushes_racing_gc_on_another_replica_never_lose_a_promised_blob() {
             .map(|k| shared[(i * 7 + k * 5) % shared.len()].clone())
             .collect();
         layers.push(own[i].clone());
+        // A promise lasts the grace period from here on.
+        let promised_at = std::time::Instant::now();
         for l in &layers {
             let r = http()
                 .head(format!("{}/v2/race/app/blobs/{}", rs[0].url, sha256(l)))
@@ -235,7 +237,7 @@ async fn pushes_racing_gc_on_another_replica_never_lose_a_promised_blob() {
                 .unwrap();
             assert_eq!(r.status(), StatusCode::OK);
         }
-        plans.push(layers);
+        plans.push((layers, promised_at));
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let gc_store = open_s3(g, &prefix, false).await;
@@ -256,16 +258,17 @@ async fn pushes_racing_gc_on_another_replica_never_lose_a_promised_blob() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut pushes = Vec::new();
-    for (i, layers) in plans.into_iter().enumerate() {
+    for (i, (layers, promised_at)) in plans.into_iter().enumerate() {
         let url = rs[1 + i % 2].url.clone();
         pushes.push(tokio::spawn(async move {
             let config = format!("{{\"push\":{i}}}").into_bytes();
             push_blob(&url, "race/app", &config).await;
             let refs: Vec<&[u8]> = layers.iter().map(Vec::as_slice).collect();
             let m = image_manifest(&config, &refs);
-            put_manifest(&url, "race/app", &format!("p{i}"), OCI_MANIFEST, &m)
+            let st = put_manifest(&url, "race/app", &format!("p{i}"), OCI_MANIFEST, &m)
                 .await
-                .status()
+                .status();
+            (st, promised_at.elapsed())
         }));
     }
     let mut statuses = Vec::new();
@@ -275,8 +278,20 @@ async fn pushes_racing_gc_on_another_replica_never_lose_a_promised_blob() {
     // One more sweep after the last manifest: nothing it references may go.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // A promise is kept for the grace period: a push whose manifest came later than that after
+    // its HEADs (a machine loaded enough to stretch the HEAD phase past 20 s) may lose its blobs
+    // by design. Every push within the grace period must succeed, and there must be some.
+    let within: Vec<StatusCode> = statuses
+        .iter()
+        .filter(|(_, took)| *took + Duration::from_secs(1) < grace)
+        .map(|(s, _)| *s)
+        .collect();
     assert!(
-        statuses.iter().all(|s| *s == StatusCode::CREATED),
+        within.len() >= statuses.len() / 2,
+        "too few pushes finished within the grace period to test anything: {statuses:?}"
+    );
+    assert!(
+        within.iter().all(|s| *s == StatusCode::CREATED),
         "a manifest push lost a blob it was promised: {statuses:?}"
     );
     let runs = gc_loop.await.unwrap();

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Pull-through, cold and warm: ferry (serve --upstream) vs CNCF Distribution 2.8 in proxy mode,
+# both in front of the same upstream (a Distribution 2.8 holding the blobs), same client, same run.
+#
+#   bash bench/pull_through.sh            CONNS=200 SIZE_MIB=256 by default
+#
+# Rows: one client straight from the upstream (the reference for time to first byte); one client
+# through each mirror, cold (a blob the mirror has never seen); CONNS clients at once through each
+# mirror, cold, then again warm; CONNS clients from ferry's own store (a pushed blob) for the warm
+# reference. "upstream GETs" counts the blob GETs the upstream's access log shows for that row.
+# Peak RSS is each server's VmHWM, reset before the row. Needs: cargo, docker-registry.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+conns="${CONNS:-200}"
+mib="${SIZE_MIB:-256}"
+. bench/lib.sh
+bench_init ferry-pull
+
+cargo build --release --quiet --bin ferry --example pullbench
+registry=$(command -v docker-registry || true)
+[ -n "$registry" ] || { echo "docker-registry not installed (apt-get install docker-registry)" >&2; exit 1; }
+pb=./target/release/examples/pullbench
+
+wait_up() { for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$1/v2/" >/dev/null && return 0; sleep 0.1; done; echo "server on $1 did not start" >&2; exit 1; }
+peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+reset_peak() { sync; echo 5 > "/proc/$1/clear_refs" 2>/dev/null || true; }
+
+# The upstream: Distribution with its access log on (to count what the mirrors fetch).
+uport=$(free_port)
+cat > "$work/upstream.yml" <<YML
+version: 0.1
+log: {level: info, formatter: text}
+storage: {filesystem: {rootdirectory: $work/upstream}, delete: {enabled: true}}
+http:
+  addr: 127.0.0.1:$uport
+YML
+"$registry" serve "$work/upstream.yml" >"$work/upstream.log" 2>&1 &
+pids+=($!)
+wait_up "$uport"
+up="http://127.0.0.1:$uport"
+
+# Four blobs: one per cold single-client row, one per cold many-client row.
+d_one_f=$($pb push "$up" library/big "$mib" 1)
+d_one_d=$($pb push "$up" library/big "$mib" 2)
+d_many_f=$($pb push "$up" library/big "$mib" 3)
+d_many_d=$($pb push "$up" library/big "$mib" 4)
+
+fport=$(free_port)
+RUST_LOG=warn ./target/release/ferry serve --listen "127.0.0.1:$fport" --data "$work/ferry" \
+  --max-uploads 512 --max-uploads-per-client 512 --upstream "docker.io=$up" &
+fpid=$!; pids+=("$fpid")
+dport=$(free_port)
+distribution_yml "$work/proxy.yml" "$work/proxy" "$dport" "proxy: {remoteurl: $up}"
+"$registry" serve "$work/proxy.yml" 2>"$work/proxy.log" &
+dpid=$!; pids+=("$dpid")
+oport=$(free_port)
+RUST_LOG=warn ./target/release/ferry serve --listen "127.0.0.1:$oport" --data "$work/own" \
+  --max-uploads 512 --max-uploads-per-client 512 &
+opid=$!; pids+=("$opid")
+wait_up "$fport"; wait_up "$dport"; wait_up "$oport"
+d_own=$($pb push "http://127.0.0.1:$oport" library/big "$mib" 5)
+
+upstream_gets() { grep -c "\"GET /v2/library/big/blobs/$1 " "$work/upstream.log" || true; }
+
+echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, one blob of $mib MiB, $conns clients at once"
+echo "# $($registry --version 2>/dev/null | head -1)"
+printf '| %-38s | %5s | %6s | %7s | %9s | %9s | %7s | %8s | %9s |\n' row clients errors "wall s" "TTFB p50" "TTFB p99" "MB/s" "upstream GETs" "peak RSS"
+printf '|%s|\n' "---|---|---|---|---|---|---|---|---"
+row() { # NAME URL DIGEST CONNS PID
+  local name=$1 url=$2 digest=$3 n=$4 pid=$5 before after out
+  before=$(upstream_gets "$digest")
+  [ "$pid" != - ] && reset_peak "$pid"
+  sync
+  out=$($pb pull "$url" library/big "$digest" "$n")
+  after=$(upstream_gets "$digest")
+  read -r c ok err wall p50 p99 pmax mbs <<<"$out"
+  local rss=-
+  [ "$pid" != - ] && rss="$(( $(peak_kib "$pid") / 1024 )) MiB"
+  printf '| %-38s | %5s | %6s | %7s | %7s ms | %7s ms | %7s | %8s | %9s |\n' "$name" "$c" "$err" "$wall" "$p50" "$p99" "$mbs" "$((after - before))" "$rss"
+}
+row "upstream directly, 1 client"            "$up" "$d_one_f" 1 -
+row "ferry pull-through, cold, 1 client"       "http://127.0.0.1:$fport" "$d_one_f" 1 "$fpid"
+row "Distribution proxy, cold, 1 client"       "http://127.0.0.1:$dport" "$d_one_d" 1 "$dpid"
+row "ferry pull-through, cold"                 "http://127.0.0.1:$fport" "$d_many_f" "$conns" "$fpid"
+row "ferry pull-through, warm"                 "http://127.0.0.1:$fport" "$d_many_f" "$conns" "$fpid"
+row "Distribution proxy, cold"                 "http://127.0.0.1:$dport" "$d_many_d" "$conns" "$dpid"
+row "Distribution proxy, warm"                 "http://127.0.0.1:$dport" "$d_many_d" "$conns" "$dpid"
+row "ferry, own store (pushed blob)"           "http://127.0.0.1:$oport" "$d_own" "$conns" "$opid"
