@@ -156,6 +156,8 @@ struct FetchState {
     written: u64,
     /// `Some(Ok)`: verified and stored; `Some(Err)`: failed, nothing stored.
     done: Option<std::result::Result<(), String>>,
+    /// The upstream has no such blob (a 404 to pass on, not a failure).
+    absent: bool,
 }
 
 struct Fetch {
@@ -356,6 +358,9 @@ impl PullThrough {
         let mut rx = fetch.state.clone();
         let st = loop {
             let st = rx.borrow_and_update().clone();
+            if st.absent {
+                return Err(Error::BlobUnknown(d.clone()));
+            }
             if let Some(Err(e)) = &st.done {
                 return Err(upstream_blob_error(d, e));
             }
@@ -430,6 +435,12 @@ impl PullThrough {
                     tracing::info!(upstream = %up.name, repo = %urepo, digest = %d, "blob pulled through");
                     tx.send_modify(|s| s.done = Some(Ok(())));
                 }
+                Err(Error::BlobUnknown(_)) => {
+                    tx.send_modify(|s| {
+                        s.absent = true;
+                        s.done = Some(Err("the upstream has no such blob".into()));
+                    });
+                }
                 Err(e) => {
                     tracing::warn!(upstream = %up.name, repo = %urepo, digest = %d, error = %e,
                         "pull-through of a blob failed; nothing stored");
@@ -458,7 +469,11 @@ async fn run_fetch(
     path: PathBuf,
     tx: &watch::Sender<FetchState>,
 ) -> Result<()> {
-    let blob = up.registry.blob(urepo, d, 0).await?;
+    let blob = up
+        .registry
+        .blob_lookup(urepo, d)
+        .await?
+        .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
     tx.send_modify(|s| {
         s.started = true;
         s.len = blob.len;

@@ -349,6 +349,25 @@ impl Registry {
         })
     }
 
+    /// [`Registry::blob`] from its start, with "the registry has no such blob" as `None`.
+    pub async fn blob_lookup(&self, repo: &str, d: &Digest) -> Result<Option<RemoteBlob>> {
+        self.ensure_auth(repo, false).await?;
+        match self
+            .client
+            .pull_blob_stream_partial(&self.repo_ref(repo), d.to_string().as_str(), 0, None)
+            .await
+        {
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.err(format!("GET {d}: {}", chain(&e)))),
+            Ok(oci_client::client::BlobResponse::Partial(s))
+            | Ok(oci_client::client::BlobResponse::Full(s)) => Ok(Some(RemoteBlob {
+                len: s.content_length,
+                stream: s.stream,
+                partial: true,
+            })),
+        }
+    }
+
     /// Push a blob of known size from a stream (POST, then one streamed PUT ?digest=).
     pub async fn push_blob<S>(&self, repo: &str, d: &Digest, size: u64, body: S) -> Result<()>
     where

@@ -560,10 +560,20 @@ async fn pull_blob(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Option<Response>, ApiError> {
-    let Some(n) = crate::proxy::candidates(name, ns)
-        .into_iter()
-        .find(|n| pull.route(n).is_some())
-    else {
+    // A HEAD is how a pushing client asks "do you have it?": only a name that says which
+    // upstream it means (its first component, or `?ns=`) goes there, never a local repository
+    // that happens to lack the blob. A GET may be a dockerd mirror request (`library/…`).
+    let names = if head {
+        let mut v = Vec::new();
+        if ns.is_some() {
+            v.extend(crate::proxy::candidates(name, ns).into_iter().take(1));
+        }
+        v.push(name.to_owned());
+        v
+    } else {
+        crate::proxy::candidates(name, ns)
+    };
+    let Some(n) = names.into_iter().find(|n| pull.route(n).is_some()) else {
         return Ok(None);
     };
     // A Range is not honoured while the blob is still arriving: the whole blob comes with a

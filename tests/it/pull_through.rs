@@ -350,6 +350,32 @@ async fn tags_are_rechecked_after_the_ttl_and_served_when_the_upstream_is_gone()
         2,
         "the re-check was tried"
     );
+    // A client pushing its own repository asks "do you have it?" with HEADs: they never reach
+    // the upstream, and the push works beside pull-through.
+    *up.fault.lock().unwrap() = Fault::None;
+    let before = up.gets.lock().unwrap().values().sum::<usize>();
+    let missing = sha256(b"not here");
+    let r = c
+        .head(format!("{}/v2/local/app/blobs/{missing}", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    push_image(&srv.url, "local/app", "1", 9).await;
+    assert_eq!(
+        up.gets.lock().unwrap().values().sum::<usize>(),
+        before,
+        "the upstream was asked"
+    );
+    // A blob the upstream does not have either: 404 BLOB_UNKNOWN, not a gateway error.
+    let r = c
+        .get(format!("{}/v2/library/big/blobs/{missing}", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
+    *up.fault.lock().unwrap() = Fault::Down;
     // Something it never had: 404, recorded as a miss under the name asked.
     let r = c
         .get(format!("{}/v2/library/other/manifests/2", srv.url))
