@@ -197,7 +197,10 @@ pub enum BlobAnswer {
     Streaming(Streaming),
 }
 
-const READ_CHUNK: usize = 256 * 1024;
+/// A reader's read from the spool file: 200 clients on one blob hold 200 of these.
+const READ_CHUNK: usize = 64 * 1024;
+/// The most the fetch gathers before one write to the spool file.
+const WRITE_CHUNK: usize = 256 * 1024;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -481,9 +484,33 @@ async fn run_fetch(
     let mut hasher = d.algorithm().hasher();
     let mut stream = blob.stream;
     let mut written = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| upstream_blob_error(d, format!("after {written} bytes: {e}")))?;
+    let mut ended = false;
+    while !ended {
+        // What has arrived, up to WRITE_CHUNK, in one write: the network hands over 16 KiB
+        // pieces, and a thread hop per piece would cost more than the copy. Whatever is there
+        // when the network pauses goes out at once, so a slow upstream's bytes are not held.
+        let mut chunk = bytes::BytesMut::new();
+        match stream.next().await {
+            Some(c) => chunk.extend_from_slice(
+                &c.map_err(|e| upstream_blob_error(d, format!("after {written} bytes: {e}")))?,
+            ),
+            None => break,
+        }
+        while chunk.len() < WRITE_CHUNK {
+            match futures_util::FutureExt::now_or_never(stream.next()) {
+                Some(Some(c)) => {
+                    chunk.extend_from_slice(&c.map_err(|e| {
+                        upstream_blob_error(d, format!("after {written} bytes: {e}"))
+                    })?)
+                }
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let chunk = chunk.freeze();
         if let Some(len) = blob.len {
             if written + chunk.len() as u64 > len {
                 return Err(upstream_blob_error(

@@ -102,11 +102,6 @@ fn pull_through(a: &Args) -> anyhow::Result<Option<ferry::proxy::PullThrough>> {
         }
         return Ok(None);
     }
-    if a.read_only {
-        return Err(usage(
-            "--upstream stores what it fetches; it cannot go with --read-only".into(),
-        ));
-    }
     let mut creds = std::collections::HashMap::new();
     for c in &a.upstream_creds {
         let (name, up) = c
@@ -174,7 +169,15 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             "the data is the trip the key signed"
         );
     }
-    let store = open_store(&data, a.read_only).await?;
+    // With --upstream, --read-only refuses clients' writes; the store stays writable for what
+    // pull-through fetches.
+    let store_read_only = a.read_only && pull.is_none();
+    if pull.is_some() && matches!(data, ferry::location::Location::OciArchive { .. }) {
+        return Err(usage(format!(
+            "--upstream stores what it fetches; {data} is an archive, read-only"
+        )));
+    }
+    let store = open_store(&data, store_read_only).await?;
     if a.redirect && !store.can_redirect() {
         return Err(usage(format!(
             "--redirect hands downloads to an object store; {data} is a directory"
@@ -202,13 +205,14 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         ferry::server::App::new(store, auth)
             .with_limits(limits)
             .with_redirect(a.redirect)
-            .with_pull_through(pull),
+            .with_pull_through(pull)
+            .with_refuse_writes(a.read_only),
     );
     {
         let a = app.clone();
         tokio::task::spawn_blocking(move || a.record.load_sync(&a.store)).await?;
     }
-    if !a.read_only {
+    if !store_read_only {
         let (a2, expiry) = (app.clone(), schedule.upload_expiry);
         tokio::task::spawn_blocking(move || {
             ferry::server::maintenance::expire_uploads(&a2, expiry)

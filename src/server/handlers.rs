@@ -177,7 +177,7 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
     if let Err(denied) = authorize(&app, req.headers(), is_write(&method)).await {
         return Ok(denied);
     }
-    if app.store.read_only() && is_write(&method) {
+    if (app.store.read_only() || app.refuse_writes) && is_write(&method) {
         return Err(Error::Unsupported(
             "this registry is read-only (serving with --read-only); writes are refused".into(),
         )

@@ -53,6 +53,9 @@ pub struct App {
     pub pull: Option<Arc<crate::proxy::PullThrough>>,
     /// What builds used and what could not be answered.
     pub record: Arc<crate::record::Recorder>,
+    /// `--read-only` beside `--upstream`: clients' writes are refused while pull-through still
+    /// stores what it fetches (the store itself is writable).
+    pub refuse_writes: bool,
 }
 
 impl App {
@@ -67,7 +70,15 @@ impl App {
             ui: Default::default(),
             pull: None,
             record: Default::default(),
+            refuse_writes: false,
         }
+    }
+
+    /// Refuse every client write (pushes, deletes) while the store stays writable for
+    /// pull-through.
+    pub fn with_refuse_writes(mut self, refuse: bool) -> App {
+        self.refuse_writes = refuse;
+        self
     }
 
     /// Fetch what the store lacks from upstream registries.

@@ -22,6 +22,8 @@ pub struct ServerOpts {
     pub redirect: bool,
     /// `--upstream …`.
     pub pull: Option<ferry::proxy::PullThrough>,
+    /// `--read-only` beside `--upstream`: clients' writes refused, the store writable.
+    pub refuse_writes: bool,
 }
 
 pub struct TestServer {
@@ -196,7 +198,8 @@ impl TestServer {
             App::new(store, opts.auth)
                 .with_limits(opts.limits)
                 .with_redirect(opts.redirect)
-                .with_pull_through(opts.pull),
+                .with_pull_through(opts.pull)
+                .with_refuse_writes(opts.refuse_writes),
         );
         {
             let a = app.clone();

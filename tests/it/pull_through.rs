@@ -173,6 +173,10 @@ impl Upstream {
 }
 
 async fn mirror(up: &Upstream, ttl: std::time::Duration) -> TestServer {
+    mirror_opts(up, ttl, false).await
+}
+
+async fn mirror_opts(up: &Upstream, ttl: std::time::Duration, refuse_writes: bool) -> TestServer {
     let tmp = tempfile::tempdir().unwrap().keep();
     let pull = ferry::proxy::PullThrough::new(
         vec![
@@ -186,6 +190,7 @@ async fn mirror(up: &Upstream, ttl: std::time::Duration) -> TestServer {
         &tmp.join("data"),
         ServerOpts {
             pull: Some(pull),
+            refuse_writes,
             ..Default::default()
         },
     )
@@ -202,7 +207,8 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_clients_one_upstream_fetch_first_bytes_before_the_blob_is_complete() {
     let up = Upstream::start(8 << 20).await;
-    let srv = mirror(&up, std::time::Duration::from_secs(600)).await;
+    // `serve --read-only --upstream …`: pushes refused, pull-through still stores.
+    let srv = mirror_opts(&up, std::time::Duration::from_secs(600), true).await;
     let c = http();
     // As dockerd's registry-mirrors asks: no registry in the name.
     let m = c
@@ -276,6 +282,16 @@ async fn two_clients_one_upstream_fetch_first_bytes_before_the_blob_is_complete(
     assert_eq!(used[0].upstream.as_deref(), Some("docker.io"));
     assert_eq!(used[0].digest, sha256(&up.manifest));
     assert_eq!(used[0].clients, ["127.0.0.1"]);
+    let r = c
+        .post(format!("{}/v2/local/app/blobs/uploads/", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        405,
+        "a push to a --read-only pull-through mirror"
+    );
     assert!(
         srv.leftovers().await.is_empty(),
         "{:?}",

@@ -206,8 +206,8 @@ async fn wrong_bytes_are_named_and_not_stored() {
     assert!(text.contains(&d.to_string()), "{text}");
 }
 
-#[tokio::test]
-async fn bearer_token_flow_with_credentials() {
+/// A registry that wants a bearer token from its token endpoint, which wants `user:pass`.
+async fn bearer_upstream() -> (MockServer, Image) {
     let server = MockServer::start().await;
     let img = image();
     let realm = format!("http://{}/token", server.address());
@@ -258,6 +258,12 @@ async fn bearer_token_flow_with_credentials() {
         .mount(&server)
         .await;
 
+    (server, img)
+}
+
+#[tokio::test]
+async fn bearer_token_flow_with_credentials() {
+    let (server, img) = bearer_upstream().await;
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("d");
     // Without credentials the token endpoint refuses: a clear failure.
@@ -281,4 +287,65 @@ async fn bearer_token_flow_with_credentials() {
         std::fs::read(dst.join("blobs/sha256").join(sha256(&img.layer).hex())).unwrap(),
         img.layer
     );
+}
+
+/// Pull-through reuses the sync client's bearer-token flow: with `--upstream-creds` ferry gets a
+/// token and serves the image; without, the client is told the upstream refused (502), and
+/// nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_through_runs_the_bearer_token_flow() {
+    let (server, img) = bearer_upstream().await;
+    let up = format!("mock=http://{}", server.address());
+    for creds in [None, Some("user:pass")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let pull = ferry::proxy::PullThrough::new(
+            vec![ferry::proxy::Upstream::parse(&up, creds.map(str::to_owned), None).unwrap()],
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap();
+        let srv = TestServer::start_opts(
+            &tmp.path().join("data"),
+            ServerOpts {
+                pull: Some(pull),
+                ..Default::default()
+            },
+        )
+        .await;
+        let r = http()
+            .get(format!("{}/v2/mock/mock/app/manifests/1", srv.url))
+            .send()
+            .await
+            .unwrap();
+        if creds.is_none() {
+            assert_eq!(r.status(), 502);
+            let text = r.text().await.unwrap();
+            assert!(
+                text.contains("nauthorized")
+                    || text.contains("401")
+                    || text.contains("authentication"),
+                "{text}"
+            );
+            assert!(srv.index_json().await["manifests"]
+                .as_array()
+                .unwrap()
+                .is_empty());
+        } else {
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.bytes().await.unwrap(), img.manifest);
+            let b = http()
+                .get(format!(
+                    "{}/v2/mock/mock/app/blobs/{}",
+                    srv.url,
+                    sha256(&img.layer)
+                ))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert_eq!(b, img.layer);
+        }
+        srv.stop().await;
+    }
 }
