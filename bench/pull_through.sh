@@ -5,7 +5,8 @@
 #   bash bench/pull_through.sh            CONNS=200 SIZE_MIB=256 by default
 #
 # Rows: one client straight from the upstream (the reference for time to first byte); one client
-# through each mirror, cold (a blob the mirror has never seen); CONNS clients at once through each
+# through each mirror, cold (a blob the mirror has never seen; median of five blobs, all five
+# first bytes in the p99 column); CONNS clients at once through each
 # mirror, cold, then again warm; CONNS clients from ferry's own store (a pushed blob) for the warm
 # reference. "upstream GETs" counts the blob GETs the upstream's access log shows for that row.
 # Peak RSS is each server's VmHWM, reset before the row. Needs: cargo, docker-registry.
@@ -39,9 +40,13 @@ pids+=($!)
 wait_up "$uport"
 up="http://127.0.0.1:$uport"
 
-# Four blobs: one per cold single-client row, one per cold many-client row.
-d_one_f=$($pb push "$up" library/big "$mib" 1)
-d_one_d=$($pb push "$up" library/big "$mib" 2)
+# Blobs: five per mirror for the cold single-client rows (a first byte is a few milliseconds:
+# the median of five), one per mirror for the cold many-client rows.
+one_f=(); one_d=()
+for i in 1 2 3 4 5; do
+  one_f+=("$($pb push "$up" library/big "$mib" "$((10 + i))")")
+  one_d+=("$($pb push "$up" library/big "$mib" "$((20 + i))")")
+done
 d_many_f=$($pb push "$up" library/big "$mib" 3)
 d_many_d=$($pb push "$up" library/big "$mib" 4)
 
@@ -78,9 +83,27 @@ row() { # NAME URL DIGEST CONNS PID
   [ "$pid" != - ] && rss="$(( $(peak_kib "$pid") / 1024 )) MiB"
   printf '| %-38s | %5s | %6s | %7s | %7s ms | %7s ms | %7s | %8s | %9s |\n' "$name" "$c" "$err" "$wall" "$p50" "$p99" "$mbs" "$((after - before))" "$rss"
 }
-row "upstream directly, 1 client"            "$up" "$d_one_f" 1 -
-row "ferry pull-through, cold, 1 client"       "http://127.0.0.1:$fport" "$d_one_f" 1 "$fpid"
-row "Distribution proxy, cold, 1 client"       "http://127.0.0.1:$dport" "$d_one_d" 1 "$dpid"
+# One client, five blobs, the median first byte and rate (MB/s of that median row).
+median_row() { # NAME URL PID DIGEST...
+  local name=$1 url=$2 pid=$3; shift 3
+  local lines=() d out gets=0 before
+  [ "$pid" != - ] && reset_peak "$pid"
+  for d in "$@"; do
+    before=$(upstream_gets "$d")
+    out=$($pb pull "$url" library/big "$d" 1)
+    gets=$((gets + $(upstream_gets "$d") - before))
+    lines+=("$out")
+  done
+  out=$(printf '%s\n' "${lines[@]}" | sort -k5 -n | sed -n 3p)
+  read -r c ok err wall p50 p99 pmax mbs <<<"$out"
+  local all; all=$(printf '%s\n' "${lines[@]}" | awk '{printf "%s%s", sep, $5; sep="/"}')
+  local rss=-
+  [ "$pid" != - ] && rss="$(( $(peak_kib "$pid") / 1024 )) MiB"
+  printf '| %-38s | %5s | %6s | %7s | %7s ms | %9s | %7s | %8s | %9s |\n' "$name (median of 5)" 1 "$err" "$wall" "$p50" "($all)" "$mbs" "$gets/5" "$rss"
+}
+median_row "upstream directly, 1 client"      "$up" - "${one_f[@]}"
+median_row "ferry pull-through, cold, 1 client" "http://127.0.0.1:$fport" "$fpid" "${one_f[@]}"
+median_row "Distribution proxy, cold, 1 client" "http://127.0.0.1:$dport" "$dpid" "${one_d[@]}"
 row "ferry pull-through, cold"                 "http://127.0.0.1:$fport" "$d_many_f" "$conns" "$fpid"
 row "ferry pull-through, warm"                 "http://127.0.0.1:$fport" "$d_many_f" "$conns" "$fpid"
 row "Distribution proxy, cold"                 "http://127.0.0.1:$dport" "$d_many_d" "$conns" "$dpid"
