@@ -403,8 +403,10 @@ impl PullThrough {
             .route(name)
             .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
         let dir = store.spool_dir()?;
+        // Readable like every other blob once renamed into place (tempfile's default is 0600).
         let tmp = tempfile::Builder::new()
             .prefix(".pull-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .tempfile_in(&dir)?;
         let (file, path) = tmp.keep().map_err(|e| Error::Io(e.error))?;
         let file = Arc::new(file);

@@ -1519,3 +1519,55 @@ pub fn format_inventory(loc: &Location, digests: &[Digest]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_that_name_one_manifest_and_their_registry() {
+        let d = format!("sha256:{}", "c".repeat(64));
+        let r = explicit_ref("docker.io/library/alpine:3.19").unwrap();
+        assert_eq!(r.to_string(), "docker.io/library/alpine:3.19");
+        assert_eq!(
+            explicit_ref(&format!("app@{d}")).unwrap().to_string(),
+            format!("app@{d}")
+        );
+        // Patterns, not one manifest: a repository, a bare tag.
+        assert!(explicit_ref("org/app").is_none());
+        assert!(explicit_ref("latest").is_none());
+        // Read from Docker Hub as Docker Hub names it, written under the full name.
+        for (host, ref_, src, dst) in [
+            (
+                "docker.io",
+                "docker.io/library/alpine:3",
+                "library/alpine",
+                Some("docker.io/library/alpine"),
+            ),
+            (
+                "registry-1.docker.io",
+                "docker.io/alpine:3",
+                "library/alpine",
+                Some("docker.io/library/alpine"),
+            ),
+            (
+                "ghcr.io",
+                "ghcr.io/org/app:1",
+                "org/app",
+                Some("ghcr.io/org/app"),
+            ),
+            // A ref of another registry is a repository of this one, as before.
+            (
+                "mirror:5000",
+                "docker.io/library/alpine:3",
+                "docker.io/library/alpine",
+                None,
+            ),
+            ("docker.io", "org/app:1", "org/app", None),
+        ] {
+            let r = strip_source_host(explicit_ref(ref_).unwrap(), host);
+            assert_eq!(r.repo, src, "{host} {ref_}");
+            assert_eq!(r.dest_repo.as_deref(), dst, "{host} {ref_}");
+        }
+    }
+}

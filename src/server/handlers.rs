@@ -200,6 +200,7 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
                 name: &repo(&name)?,
                 ns: param(&params, "ns"),
                 client,
+                head,
             };
             get_manifest(&app, &asked, &reference, head).await
         }
@@ -476,6 +477,7 @@ struct Asked<'a> {
     /// `?ns=`: the registry the client means (containerd, BuildKit).
     ns: Option<&'a str>,
     client: Option<String>,
+    head: bool,
 }
 
 fn is_absent(e: &Error) -> bool {
@@ -512,7 +514,13 @@ async fn resolve_manifest(
     let mut failed = None;
     if found.is_none() {
         if let Some(p) = &app.pull {
-            if let Some(n) = names.iter().find(|n| p.route(n.as_str()).is_some()) {
+            // A HEAD without `?ns=` may be a pushing client's "is it there?" about its own
+            // repository: only a name that itself says which upstream it means goes out.
+            let fetchable = |n: &RepoName| {
+                p.route(n.as_str()).is_some()
+                    && (!asked.head || asked.ns.is_some() || n == asked.name)
+            };
+            if let Some(n) = names.iter().find(|n| fetchable(n)) {
                 match p.fetch_manifest(&app.store, n, reference).await {
                     Ok(Some(m)) => found = Some((m, n.clone())),
                     Ok(None) => {}
