@@ -4,7 +4,8 @@
 //!
 //! Kept in memory while serving and written to the store's state files (`.ferry/used.json`,
 //! `.ferry/misses.json`) every few seconds when something changed, and at shutdown; read back
-//! at start, so a restart loses at most the last few seconds. Both are bounded: a client asking
+//! at start, so a restart loses at most the last few seconds. A `--read-only` store is never
+//! written: its record lives as long as the process. Both are bounded: a client asking
 //! for random names cannot grow them past [`MAX_ENTRIES`] (the oldest entries make room).
 
 use std::collections::BTreeMap;
@@ -178,7 +179,9 @@ impl Recorder {
 
     /// Write both lists if anything changed since the last write. Blocking.
     pub fn flush_sync(&self, store: &Store) {
-        if !self.dirty.swap(false, Ordering::Relaxed) {
+        // `--read-only` writes nothing to the medium (a write-protected stick, a signed trip):
+        // the record is then kept in memory only (said once at start by `ferry serve`).
+        if store.read_only() || !self.dirty.swap(false, Ordering::Relaxed) {
             return;
         }
         let used = serde_json::to_vec_pretty(&self.used_list()).unwrap_or_default();

@@ -212,6 +212,11 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         let a = app.clone();
         tokio::task::spawn_blocking(move || a.record.load_sync(&a.store)).await?;
     }
+    if store_read_only {
+        tracing::warn!(
+            "--read-only: nothing is written to the data, so what builds use and miss is kept              in memory only (`ferry used` / `ferry misses` need a writable data directory)"
+        );
+    }
     if !store_read_only {
         let (a2, expiry) = (app.clone(), schedule.upload_expiry);
         tokio::task::spawn_blocking(move || {
