@@ -74,17 +74,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Make room for one more entry: drop the one used longest ago.
-fn evict<V>(map: &mut BTreeMap<Key, V>, last: impl Fn(&V) -> u64) {
-    if map.len() < MAX_ENTRIES {
-        return;
+/// The entry for `key`, made with `make` when new; a full map first drops the entry used
+/// longest ago.
+fn slot<V>(
+    map: &mut BTreeMap<Key, V>,
+    key: Key,
+    last: impl Fn(&V) -> u64,
+    make: impl FnOnce() -> V,
+) -> &mut V {
+    if !map.contains_key(&key) && map.len() >= MAX_ENTRIES {
+        if let Some(k) = map
+            .iter()
+            .min_by_key(|(_, v)| last(v))
+            .map(|(k, _)| k.clone())
+        {
+            map.remove(&k);
+        }
     }
-    if let Some(k) = map
-        .iter()
-        .min_by_key(|(_, v)| last(v))
-        .map(|(k, _)| k.clone())
-    {
-        map.remove(&k);
+    map.entry(key).or_insert_with(make)
+}
+
+/// Add a list read back from a state file.
+fn fill<V>(map: &Mutex<BTreeMap<Key, V>>, list: Option<Vec<V>>, key: impl Fn(&V) -> Key) {
+    let mut m = lock(map);
+    for v in list.into_iter().flatten().take(MAX_ENTRIES) {
+        m.insert(key(&v), v);
     }
 }
 
@@ -92,18 +106,12 @@ impl Recorder {
     /// Add what an earlier run recorded (a state file that does not parse is named and set
     /// aside: recording starts afresh rather than refusing to serve). Blocking.
     pub fn load_sync(&self, store: &Store) {
-        if let Some(list) = read_list::<Used>(store, USED_FILE) {
-            let mut m = lock(&self.used);
-            for u in list.into_iter().take(MAX_ENTRIES) {
-                m.insert((u.repository.clone(), u.reference.clone()), u);
-            }
-        }
-        if let Some(list) = read_list::<Miss>(store, MISSES_FILE) {
-            let mut m = lock(&self.misses);
-            for u in list.into_iter().take(MAX_ENTRIES) {
-                m.insert((u.repository.clone(), u.reference.clone()), u);
-            }
-        }
+        fill(&self.used, read_list::<Used>(store, USED_FILE), |u| {
+            (u.repository.clone(), u.reference.clone())
+        });
+        fill(&self.misses, read_list::<Miss>(store, MISSES_FILE), |m| {
+            (m.repository.clone(), m.reference.clone())
+        });
     }
 
     pub fn used(
@@ -117,19 +125,21 @@ impl Recorder {
         let now = now_secs();
         let key = (repository.to_owned(), reference.to_owned());
         let mut m = lock(&self.used);
-        if !m.contains_key(&key) {
-            evict(&mut m, |u| u.last);
-        }
-        let e = m.entry(key).or_insert_with(|| Used {
-            upstream: upstream.map(str::to_owned),
-            repository: repository.to_owned(),
-            reference: reference.to_owned(),
-            digest: digest.clone(),
-            first: now,
-            last: now,
-            count: 0,
-            clients: Vec::new(),
-        });
+        let e = slot(
+            &mut m,
+            key,
+            |u| u.last,
+            || Used {
+                upstream: upstream.map(str::to_owned),
+                repository: repository.to_owned(),
+                reference: reference.to_owned(),
+                digest: digest.clone(),
+                first: now,
+                last: now,
+                count: 0,
+                clients: Vec::new(),
+            },
+        );
         e.digest = digest.clone();
         e.last = now;
         e.count += 1;
@@ -154,16 +164,18 @@ impl Recorder {
         let now = now_secs();
         let key = (repository.to_owned(), reference.to_owned());
         let mut m = lock(&self.misses);
-        if !m.contains_key(&key) {
-            evict(&mut m, |u| u.last);
-        }
-        let e = m.entry(key).or_insert_with(|| Miss {
-            repository: repository.to_owned(),
-            reference: reference.to_owned(),
-            count: 0,
-            first: now,
-            last: now,
-        });
+        let e = slot(
+            &mut m,
+            key,
+            |u| u.last,
+            || Miss {
+                repository: repository.to_owned(),
+                reference: reference.to_owned(),
+                count: 0,
+                first: now,
+                last: now,
+            },
+        );
         e.count += 1;
         e.last = now;
         self.dirty.store(true, Ordering::Relaxed);
