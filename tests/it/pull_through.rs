@@ -777,8 +777,15 @@ async fn the_misses_loop_an_offline_build_fails_the_next_trip_fixes_it() {
         out.contains("busybox:loop"),
         "it fails on the base image:\n{out}"
     );
-    let offline_addr = offline.addr;
-    offline.stop().await;
+    // The mirror keeps serving (no restart on a port someone else could take meanwhile): its
+    // record is written out as its periodic flush would, and the trip lands in its directory
+    // beside it, as a second writer may.
+    {
+        let a = offline.app.clone();
+        tokio::task::spawn_blocking(move || a.record.flush_sync(&a.store))
+            .await
+            .unwrap();
+    }
     let ferry = |args: Vec<String>| async move {
         tokio::task::spawn_blocking(move || {
             let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -837,18 +844,6 @@ async fn the_misses_loop_an_offline_build_fails_the_next_trip_fixes_it() {
         trip.display().to_string(),
         offline_dir.display().to_string(),
     ])
-    .await;
-    // The offline mirror again, on the same address the daemon was told.
-    let store = ferry::layout::Store::open(&offline_dir, false).unwrap();
-    let listener_bind = offline_addr.to_string();
-    let offline = TestServer::serve_store(
-        store,
-        offline_dir.clone(),
-        ServerOpts {
-            bind: Some(listener_bind),
-            ..Default::default()
-        },
-    )
     .await;
     let (ok, out) = build(d.clone(), ctx.clone()).await;
     assert!(ok, "after the trip the build succeeds:\n{out}");
