@@ -2,11 +2,14 @@
 # Pull-through, cold and warm: ferry (serve --upstream) vs CNCF Distribution 2.8 in proxy mode,
 # both in front of the same upstream (a Distribution 2.8 holding the blobs), same client, same run.
 #
-#   bash bench/pull_through.sh            CONNS=200 SIZE_MIB=256 by default
+#   bash bench/pull_through.sh            CONNS=200 SIZE_MIB=256 ONES=9 by default
 #
 # Rows: one client straight from the upstream (the reference for time to first byte); one client
-# through each mirror, cold (a blob the mirror has never seen; median of five blobs, all five
-# first bytes in the p99 column); CONNS clients at once through each
+# through each mirror, cold (a blob the mirror has never seen). Those three are taken blob by
+# blob, interleaved (upstream, ferry, upstream, Distribution, next blob), ONES blobs each (9 by
+# default), so drift in the machine's state hits all alike; the TTFB columns give the median and
+# the min-max, and a line after the table the median of the per-blob ratios. CONNS clients at
+# once through each
 # mirror, cold, then again warm; CONNS clients from ferry's own store (a pushed blob) for the warm
 # reference. "upstream GETs" counts the blob GETs the upstream's access log shows for that row.
 # Peak RSS is each server's VmHWM, reset before the row. Needs: cargo, docker-registry.
@@ -14,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 conns="${CONNS:-200}"
 mib="${SIZE_MIB:-256}"
+ones="${ONES:-9}"
 . bench/lib.sh
 bench_init ferry-pull
 
@@ -40,12 +44,12 @@ pids+=($!)
 wait_up "$uport"
 up="http://127.0.0.1:$uport"
 
-# Blobs: five per mirror for the cold single-client rows (a first byte is a few milliseconds:
-# the median of five), one per mirror for the cold many-client rows.
+# Blobs: ONES per mirror for the cold single-client rows (a first byte is a few milliseconds and
+# varies by as much: the median of several), one per mirror for the cold many-client rows.
 one_f=(); one_d=()
-for i in 1 2 3 4 5; do
-  one_f+=("$($pb push "$up" library/big "$mib" "$((10 + i))")")
-  one_d+=("$($pb push "$up" library/big "$mib" "$((20 + i))")")
+for i in $(seq 1 "$ones"); do
+  one_f+=("$($pb push "$up" library/big "$mib" "$((100 + i))")")
+  one_d+=("$($pb push "$up" library/big "$mib" "$((200 + i))")")
 done
 d_many_f=$($pb push "$up" library/big "$mib" 3)
 d_many_d=$($pb push "$up" library/big "$mib" 4)
@@ -83,29 +87,50 @@ row() { # NAME URL DIGEST CONNS PID
   [ "$pid" != - ] && rss="$(( $(peak_kib "$pid") / 1024 )) MiB"
   printf '| %-38s | %5s | %6s | %7s | %7s ms | %7s ms | %7s | %8s | %9s |\n' "$name" "$c" "$err" "$wall" "$p50" "$p99" "$mbs" "$((after - before))" "$rss"
 }
-# One client, five blobs, the median first byte and rate (MB/s of that median row).
-median_row() { # NAME URL PID DIGEST...
-  local name=$1 url=$2 pid=$3; shift 3
-  local lines=() d out gets=0 before
-  [ "$pid" != - ] && reset_peak "$pid"
-  for d in "$@"; do
-    before=$(upstream_gets "$d")
-    out=$($pb pull "$url" library/big "$d" 1)
-    gets=$((gets + $(upstream_gets "$d") - before))
-    lines+=("$out")
-  done
-  out=$(printf '%s\n' "${lines[@]}" | sort -k5 -n | sed -n 3p)
+# One client, one blob at a time, interleaved: the upstream directly, then the same blob through
+# ferry cold; the upstream directly, then the same blob through Distribution cold.
+single_u=(); single_f=(); single_d=(); gets_f=0; gets_d=0
+reset_peak "$fpid"; reset_peak "$dpid"
+for i in $(seq 0 $((ones - 1))); do
+  f=${one_f[$i]}; d=${one_d[$i]}
+  single_u+=("$($pb pull "$up" library/big "$f" 1)")
+  before=$(upstream_gets "$f")
+  single_f+=("$($pb pull "http://127.0.0.1:$fport" library/big "$f" 1)")
+  gets_f=$((gets_f + $(upstream_gets "$f") - before))
+  single_u+=("$($pb pull "$up" library/big "$d" 1)")
+  before=$(upstream_gets "$d")
+  single_d+=("$($pb pull "http://127.0.0.1:$dport" library/big "$d" 1)")
+  gets_d=$((gets_d + $(upstream_gets "$d") - before))
+done
+rss_f="$(( $(peak_kib "$fpid") / 1024 )) MiB"; rss_d="$(( $(peak_kib "$dpid") / 1024 )) MiB"
+# NAME GETS RSS LINE...: the median row's wall and rate, the median and min-max first byte.
+single_row() {
+  local name=$1 gets=$2 rss=$3; shift 3
+  local n=$# out errs lo hi
+  out=$(printf '%s\n' "$@" | sort -k5 -g | sed -n "$(( (n + 1) / 2 ))p")
   read -r c ok err wall p50 p99 pmax mbs <<<"$out"
-  local all; all=$(printf '%s\n' "${lines[@]}" | awk '{printf "%s%s", sep, $5; sep="/"}')
-  local rss=-
-  [ "$pid" != - ] && rss="$(( $(peak_kib "$pid") / 1024 )) MiB"
-  printf '| %-38s | %5s | %6s | %7s | %7s ms | %9s | %7s | %8s | %9s |\n' "$name (median of 5)" 1 "$err" "$wall" "$p50" "($all)" "$mbs" "$gets/5" "$rss"
+  errs=$(printf '%s\n' "$@" | awk '{s += $3} END {print s}')
+  lo=$(printf '%s\n' "$@" | sort -k5 -g | head -1 | awk '{print $5}')
+  hi=$(printf '%s\n' "$@" | sort -k5 -g | tail -1 | awk '{print $5}')
+  printf '| %-38s | %5s | %6s | %7s | %7s ms | %9s | %7s | %8s | %9s |\n' "$name (median of $n)" 1 "$errs" "$wall" "$p50" "$lo-$hi" "$mbs" "$gets" "$rss"
 }
-median_row "upstream directly, 1 client"      "$up" - "${one_f[@]}"
-median_row "ferry pull-through, cold, 1 client" "http://127.0.0.1:$fport" "$fpid" "${one_f[@]}"
-median_row "Distribution proxy, cold, 1 client" "http://127.0.0.1:$dport" "$dpid" "${one_d[@]}"
+single_row "upstream directly, 1 client" "$((2 * ones))/$((2 * ones))" - "${single_u[@]}"
+single_row "ferry pull-through, cold, 1 client" "$gets_f/$ones" "$rss_f" "${single_f[@]}"
+single_row "Distribution proxy, cold, 1 client" "$gets_d/$ones" "$rss_d" "${single_d[@]}"
+# Per blob: the mirror's first byte over the upstream's for the same blob just before.
+ratio() { # MIRROR_LINES_VAR OFFSET (0: ferry's upstream pulls, 1: Distribution's)
+  local -n m=$1
+  local i r=()
+  for i in $(seq 0 $((ones - 1))); do
+    r+=("$(awk -v a="$(awk '{print $5}' <<<"${m[$i]}")" -v b="$(awk '{print $5}' <<<"${single_u[$((2 * i + $2))]}")" 'BEGIN {printf "%.2f", a / b}')")
+  done
+  printf '%s\n' "${r[@]}" | sort -g | sed -n "$(( (ones + 1) / 2 ))p"
+}
+ratio_f=$(ratio single_f 0); ratio_d=$(ratio single_d 1)
 row "ferry pull-through, cold"                 "http://127.0.0.1:$fport" "$d_many_f" "$conns" "$fpid"
 row "ferry pull-through, warm"                 "http://127.0.0.1:$fport" "$d_many_f" "$conns" "$fpid"
 row "Distribution proxy, cold"                 "http://127.0.0.1:$dport" "$d_many_d" "$conns" "$dpid"
 row "Distribution proxy, warm"                 "http://127.0.0.1:$dport" "$d_many_d" "$conns" "$dpid"
 row "ferry, own store (pushed blob)"           "http://127.0.0.1:$oport" "$d_own" "$conns" "$opid"
+echo
+echo "cold first byte over the upstream's, median of $ones per-blob ratios: ferry ${ratio_f}x, Distribution ${ratio_d}x"

@@ -49,8 +49,6 @@ const MAX_MEMBERS: usize = 1_000_000;
 pub const MIN_SPLIT: u64 = 1 << 20;
 /// `index.json` and `manifest.json` larger than this are refused unread.
 const MAX_META_BYTES: u64 = 64 << 20;
-/// Writeback of a volume is started every this many bytes.
-const KICK: u64 = 8 << 20;
 /// Bytes copied per write while streaming a blob into the tar.
 const WRITE_CHUNK: usize = 1 << 20;
 
@@ -320,21 +318,7 @@ impl Volumes {
                 h.update(&b[..n]);
                 let before = *written;
                 *written += n as u64;
-                // Start writing back every few MiB, so the disk works while the rest streams
-                // in and a volume's fsync finds little left to do.
-                if before / KICK != *written / KICK {
-                    let from = before / KICK * KICK;
-                    // SAFETY: a valid open descriptor and a byte range of it; the call only
-                    // starts writeback and touches no memory of ours.
-                    unsafe {
-                        libc::sync_file_range(
-                            std::os::fd::AsRawFd::as_raw_fd(f),
-                            from as libc::off64_t,
-                            (*written - from) as libc::off64_t,
-                            libc::SYNC_FILE_RANGE_WRITE,
-                        );
-                    }
-                }
+                crate::layout::write::writeback_after(f, before, *written);
             }
             self.pos += n as u64;
             b = &b[n..];

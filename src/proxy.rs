@@ -9,19 +9,22 @@
 //! offline side, which has no upstream at all.
 //!
 //! Blobs. One fetch per digest however many clients ask ([`PullThrough::blob`]): the first
-//! request starts a task that streams the upstream's body into a spool file in the store's temp
-//! directory, hashing it; every client reads that file as it grows, so none waits for a whole
-//! layer before its first byte. The task renames the file into place only when the digest
-//! matches; a wrong digest, a short body or a dropped upstream ends every reader's body with an
-//! error (the connection is cut, so no client takes a short blob for a whole one) and leaves
-//! nothing stored. The task runs on its own: a client that goes away does not stop it.
+//! request starts a task that streams the upstream's body to its readers and, on a thread of its
+//! own, into a spool file in the store's temp directory, hashing it. A reader that keeps up gets
+//! each chunk from memory as it arrives (the fetch keeps the newest few MiB); one that lags or
+//! joins late reads the spool file, so none waits for a whole layer before its first byte and
+//! memory stays bounded. Every reader's last byte waits until the digest matches; the file is
+//! then made durable and renamed into place. A wrong digest, a short body or a dropped upstream
+//! ends every reader's body with an error (the connection is cut, so no client takes a short
+//! blob for a whole one) and leaves nothing stored. The task runs on its own: a client that goes
+//! away does not stop it.
 //!
 //! Manifests are small: fetched whole, checked against their digest, stored exactly as sent
 //! (before their blobs, which the store then fetches on demand). A tag is re-checked against the
 //! upstream (one HEAD) when it was last checked more than `--upstream-ttl` ago; an upstream that
 //! cannot be asked leaves the stored manifest served, and the log says so.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -147,17 +150,42 @@ impl Upstream {
 }
 
 /// Where a fetch stands, as every reader of it sees it.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 struct FetchState {
     /// The upstream answered (`len` is then its Content-Length, if it sent one).
     started: bool,
     len: Option<u64>,
-    /// Bytes in the spool file so far.
+    /// Bytes received from the upstream so far, and how many of them are in the spool file.
+    received: u64,
     written: u64,
+    /// The newest bytes received, oldest first, each with its offset. A reader that keeps up is
+    /// served from here as soon as the bytes arrive, without waiting for the disk or reading it
+    /// back; a chunk leaves once it is in the spool file and the tail holds more than
+    /// [`TAIL_BYTES`]. So every byte below `received` is here or in the file (or both).
+    tail: VecDeque<(u64, Bytes)>,
+    tail_bytes: usize,
+    /// Every byte is in and the digest matches: readers may have the last byte. Storing it
+    /// (fsync, rename) comes after and takes what the disk takes; a client does not wait for it.
+    verified: bool,
     /// `Some(Ok)`: verified and stored; `Some(Err)`: failed, nothing stored.
     done: Option<std::result::Result<(), String>>,
     /// The upstream has no such blob (a 404 to pass on, not a failure).
     absent: bool,
+}
+
+impl FetchState {
+    /// Drop what the file holds from the front of the tail while the tail is over its size.
+    fn trim(&mut self) {
+        while self.tail_bytes > TAIL_BYTES {
+            match self.tail.front() {
+                Some((at, b)) if at + b.len() as u64 <= self.written => {
+                    self.tail_bytes -= b.len();
+                    self.tail.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
 }
 
 struct Fetch {
@@ -197,10 +225,16 @@ pub enum BlobAnswer {
     Streaming(Streaming),
 }
 
-/// A reader's read from the spool file: 200 clients on one blob hold 200 of these.
+/// A lagging reader's read from the spool file: 200 clients on one blob hold 200 of these.
 const READ_CHUNK: usize = 64 * 1024;
-/// The most the fetch gathers before one write to the spool file.
+/// The most the fetch gathers into one chunk (one write to the spool file, one wake of the
+/// readers).
 const WRITE_CHUNK: usize = 256 * 1024;
+/// Bytes already in the spool file that a fetch keeps in memory for readers that keep up.
+const TAIL_BYTES: usize = 2 * 1024 * 1024;
+/// Chunks received but not yet written: when the disk is slower than the upstream, the fetch
+/// stops reading the upstream. With [`TAIL_BYTES`] this bounds a fetch's memory.
+const UNWRITTEN_CHUNKS: usize = 8;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -359,22 +393,23 @@ impl PullThrough {
             None => return Ok(BlobAnswer::Stored),
         };
         let mut rx = fetch.state.clone();
-        let st = loop {
-            let st = rx.borrow_and_update().clone();
-            if st.absent {
-                return Err(Error::BlobUnknown(d.clone()));
-            }
-            if let Some(Err(e)) = &st.done {
-                return Err(upstream_blob_error(d, e));
-            }
-            if st.started || st.done.is_some() {
-                break st;
+        let len = loop {
+            {
+                let st = rx.borrow_and_update();
+                if st.absent {
+                    return Err(Error::BlobUnknown(d.clone()));
+                }
+                if let Some(Err(e)) = &st.done {
+                    return Err(upstream_blob_error(d, e));
+                }
+                if st.started || st.done.is_some() {
+                    break st.len;
+                }
             }
             if rx.changed().await.is_err() {
                 return Err(upstream_blob_error(d, "the fetch stopped"));
             }
         };
-        let len = st.len;
         let stop = match (end, len) {
             (Some(e), _) => Some(e + 1),
             (None, l) => l,
@@ -411,6 +446,7 @@ impl PullThrough {
         let (file, path) = tmp.keep().map_err(|e| Error::Io(e.error))?;
         let file = Arc::new(file);
         let (tx, rx) = watch::channel(FetchState::default());
+        let tx = Arc::new(tx);
         let fetch = Arc::new(Fetch {
             file: file.clone(),
             state: rx,
@@ -464,7 +500,8 @@ fn upstream_blob_error(d: &Digest, why: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Stream the upstream's body into the spool file, hashing it; commit it if it is the blob.
+/// Stream the upstream's body to the readers and, on a thread of its own, into the spool file,
+/// hashing it; commit it if it is the blob.
 async fn run_fetch(
     up: &Upstream,
     urepo: &str,
@@ -472,7 +509,7 @@ async fn run_fetch(
     d: &Digest,
     file: Arc<std::fs::File>,
     path: PathBuf,
-    tx: &watch::Sender<FetchState>,
+    tx: &Arc<watch::Sender<FetchState>>,
 ) -> Result<()> {
     let blob = up
         .registry
@@ -483,18 +520,42 @@ async fn run_fetch(
         s.started = true;
         s.len = blob.len;
     });
+    // The disk's side: writes and hashes the chunks in order while the upstream is read and
+    // the readers are fed from memory. A bounded channel: a slow disk slows the fetch.
+    let (wtx, mut wrx) = tokio::sync::mpsc::channel::<Bytes>(UNWRITTEN_CHUNKS);
     let mut hasher = d.algorithm().hasher();
+    let progress = tx.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut at = 0u64;
+        while let Some(chunk) = wrx.blocking_recv() {
+            hasher.update(&chunk);
+            file.write_all_at(&chunk, at)?;
+            let before = at;
+            at += chunk.len() as u64;
+            crate::layout::write::writeback_after(&file, before, at);
+            // No reader waits for this (one that lags reads below the tail, which is always
+            // on disk): no wake.
+            progress.send_if_modified(|s| {
+                s.written = at;
+                s.trim();
+                false
+            });
+        }
+        Ok::<_, std::io::Error>((hasher, at))
+    });
     let mut stream = blob.stream;
-    let mut written = 0u64;
+    let mut received = 0u64;
     let mut ended = false;
     while !ended {
-        // What has arrived, up to WRITE_CHUNK, in one write: the network hands over 16 KiB
-        // pieces, and a thread hop per piece would cost more than the copy. Whatever is there
-        // when the network pauses goes out at once, so a slow upstream's bytes are not held.
+        // What has arrived, up to WRITE_CHUNK, as one chunk: the network hands over 16 KiB
+        // pieces, and a wake of every reader per piece would cost more than the copy. Whatever
+        // is there when the network pauses goes out at once, so a slow upstream's bytes are
+        // not held.
         let mut chunk = bytes::BytesMut::new();
         match stream.next().await {
             Some(c) => chunk.extend_from_slice(
-                &c.map_err(|e| upstream_blob_error(d, format!("after {written} bytes: {e}")))?,
+                &c.map_err(|e| upstream_blob_error(d, format!("after {received} bytes: {e}")))?,
             ),
             None => break,
         }
@@ -502,7 +563,7 @@ async fn run_fetch(
             match futures_util::FutureExt::now_or_never(stream.next()) {
                 Some(Some(c)) => {
                     chunk.extend_from_slice(&c.map_err(|e| {
-                        upstream_blob_error(d, format!("after {written} bytes: {e}"))
+                        upstream_blob_error(d, format!("after {received} bytes: {e}"))
                     })?)
                 }
                 Some(None) => {
@@ -513,49 +574,69 @@ async fn run_fetch(
             }
         }
         let chunk = chunk.freeze();
+        let n = chunk.len() as u64;
         if let Some(len) = blob.len {
-            if written + chunk.len() as u64 > len {
+            if received + n > len {
                 return Err(upstream_blob_error(
                     d,
                     format!("the upstream sent more than the {len} bytes it announced"),
                 ));
             }
         }
-        hasher.update(&chunk);
-        let f = file.clone();
-        let at = written;
-        let n = chunk.len() as u64;
-        tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            f.write_all_at(&chunk, at)
-        })
+        if wtx.send(chunk.clone()).await.is_err() {
+            break; // the writer failed: its error is the one to report
+        }
+        tx.send_modify(|s| {
+            s.tail.push_back((received, chunk));
+            s.tail_bytes += n as usize;
+            s.received = received + n;
+            s.trim();
+        });
+        received += n;
+    }
+    drop(wtx);
+    let (hasher, written) = writer
         .await
         .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        written += n;
-        tx.send_modify(|s| s.written = written);
+    if written != received {
+        return Err(upstream_blob_error(
+            d,
+            format!("the spool file holds {written} of the {received} bytes received"),
+        ));
     }
     if let Some(len) = blob.len {
-        if written != len {
+        if received != len {
             return Err(upstream_blob_error(
                 d,
-                format!("the upstream's body ended after {written} of {len} bytes"),
+                format!("the upstream's body ended after {received} of {len} bytes"),
             ));
         }
     }
-    store
-        .adopt_blob(path, hasher.finish(), d)
-        .await
-        .map_err(|e| match e {
-            Error::DigestInvalid(detail) => Error::Corrupt {
-                digest: d.clone(),
-                detail: format!("from the upstream: {detail}"),
-            },
-            e => e,
-        })
+    let computed = hasher.finish();
+    if &computed != d {
+        return Err(Error::Corrupt {
+            digest: d.clone(),
+            detail: format!("from the upstream: the body hashes to {computed}"),
+        });
+    }
+    tx.send_modify(|s| s.verified = true);
+    store.adopt_blob(path, computed, d).await
 }
 
-/// A client's view of a fetch: bytes `start..stop` of the spool file as they arrive; an error
-/// (never a clean end) if the fetch fails or ends short.
+/// What a reader does next, decided under the state's lock.
+enum Step {
+    /// Bytes from the tail, in memory.
+    Mem(Bytes),
+    /// Read the spool file from the reader's position up to here.
+    File(u64),
+    End,
+    Fail(String),
+    Wait,
+}
+
+/// A client's view of a fetch: bytes `start..stop` as they arrive, from memory while it keeps
+/// up and from the spool file when it lags; an error (never a clean end) if the fetch fails or
+/// ends short.
 fn reader(
     fetch: Arc<Fetch>,
     start: u64,
@@ -569,78 +650,96 @@ fn reader(
                 return None;
             }
             loop {
-                let st = rx.borrow_and_update().clone();
-                // The last byte is held back until the blob is verified: a client that got
-                // every byte it was promised would take a wrong blob for a whole one.
-                let verified = matches!(st.done, Some(Ok(())));
-                let avail = if verified {
-                    st.written
-                } else {
-                    st.written.saturating_sub(1)
-                };
-                let limit = match stop {
-                    Some(s) => avail.min(s),
-                    None => avail,
-                };
                 if stop.is_some_and(|s| pos >= s) {
                     return None;
                 }
-                if pos < limit {
-                    let want = ((limit - pos) as usize).min(READ_CHUNK);
-                    let f = fetch.file.clone();
-                    let read = tokio::task::spawn_blocking(move || {
-                        use std::os::unix::fs::FileExt;
-                        let mut buf = vec![0u8; want];
-                        let mut got = 0;
-                        while got < want {
-                            let n = f.read_at(&mut buf[got..], pos + got as u64)?;
-                            if n == 0 {
-                                break;
-                            }
-                            got += n;
-                        }
-                        buf.truncate(got);
-                        Ok::<_, std::io::Error>(buf)
-                    })
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|r| r);
-                    return match read {
-                        Ok(buf) if !buf.is_empty() => {
-                            let n = buf.len() as u64;
-                            Some((Ok(Bytes::from(buf)), (fetch, rx, pos + n, false)))
-                        }
-                        Ok(_) => Some((
-                            Err(std::io::Error::other("the spool file ended early")),
-                            (fetch, rx, pos, true),
-                        )),
-                        Err(e) => Some((Err(e), (fetch, rx, pos, true))),
+                let step = {
+                    let st = rx.borrow_and_update();
+                    // The last byte is held back until the blob is verified: a client that got
+                    // every byte it was promised would take a wrong blob for a whole one.
+                    let verified = st.verified;
+                    let avail = if verified {
+                        st.received
+                    } else {
+                        st.received.saturating_sub(1)
                     };
-                }
-                match &st.done {
-                    Some(Ok(())) => {
-                        return if stop.is_none() || stop == Some(st.written) {
-                            None
-                        } else {
-                            Some((
-                                Err(std::io::Error::other("the blob is shorter than asked")),
+                    let limit = stop.map_or(avail, |s| avail.min(s));
+                    let tail_start = st.tail.front().map_or(st.received, |(at, _)| *at);
+                    if pos < limit && pos >= tail_start {
+                        let i = st
+                            .tail
+                            .partition_point(|(at, b)| at + b.len() as u64 <= pos);
+                        match st.tail.get(i) {
+                            Some((at, b)) => {
+                                let end = limit.min(at + b.len() as u64);
+                                Step::Mem(b.slice((pos - at) as usize..(end - at) as usize))
+                            }
+                            None => Step::Fail("the fetch's memory lost its place".into()),
+                        }
+                    } else if pos < limit {
+                        // Below the tail: on disk (the tail only lets go of written bytes).
+                        Step::File(limit.min(tail_start))
+                    } else {
+                        // A verified blob is whole for its readers even if storing it fails.
+                        match &st.done {
+                            _ if verified && (stop.is_none() || stop == Some(st.received)) => {
+                                Step::End
+                            }
+                            _ if verified => Step::Fail("the blob is shorter than asked".into()),
+                            Some(Err(e)) => Step::Fail(format!("pull-through failed: {e}")),
+                            _ => Step::Wait,
+                        }
+                    }
+                };
+                match step {
+                    Step::Mem(b) => {
+                        let n = b.len() as u64;
+                        return Some((Ok(b), (fetch, rx, pos + n, false)));
+                    }
+                    Step::File(upto) => {
+                        let want = ((upto - pos) as usize).min(READ_CHUNK);
+                        let f = fetch.file.clone();
+                        let read = tokio::task::spawn_blocking(move || {
+                            use std::os::unix::fs::FileExt;
+                            let mut buf = vec![0u8; want];
+                            let mut got = 0;
+                            while got < want {
+                                let n = f.read_at(&mut buf[got..], pos + got as u64)?;
+                                if n == 0 {
+                                    break;
+                                }
+                                got += n;
+                            }
+                            buf.truncate(got);
+                            Ok::<_, std::io::Error>(buf)
+                        })
+                        .await
+                        .map_err(std::io::Error::other)
+                        .and_then(|r| r);
+                        return match read {
+                            Ok(buf) if !buf.is_empty() => {
+                                let n = buf.len() as u64;
+                                Some((Ok(Bytes::from(buf)), (fetch, rx, pos + n, false)))
+                            }
+                            Ok(_) => Some((
+                                Err(std::io::Error::other("the spool file ended early")),
                                 (fetch, rx, pos, true),
-                            ))
+                            )),
+                            Err(e) => Some((Err(e), (fetch, rx, pos, true))),
                         };
                     }
-                    Some(Err(e)) => {
-                        return Some((
-                            Err(std::io::Error::other(format!("pull-through failed: {e}"))),
-                            (fetch, rx, pos, true),
-                        ))
+                    Step::End => return None,
+                    Step::Fail(e) => {
+                        return Some((Err(std::io::Error::other(e)), (fetch, rx, pos, true)))
                     }
-                    None => {}
-                }
-                if rx.changed().await.is_err() {
-                    return Some((
-                        Err(std::io::Error::other("the fetch stopped")),
-                        (fetch, rx, pos, true),
-                    ));
+                    Step::Wait => {
+                        if rx.changed().await.is_err() {
+                            return Some((
+                                Err(std::io::Error::other("the fetch stopped")),
+                                (fetch, rx, pos, true),
+                            ));
+                        }
+                    }
                 }
             }
         },

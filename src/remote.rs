@@ -32,6 +32,12 @@ pub struct RemoteOptions {
 pub struct Registry {
     host: String,
     client: Client,
+    /// The same client without credentials stored, for a registry that turned out to need none:
+    /// oci-client asks `/v2/` again before every request to such a registry when it holds
+    /// (anonymous) credentials for it, which added a round trip to every blob fetch.
+    bare: Client,
+    /// Anonymous access and `/v2/` answered without a challenge: requests go out on `bare`.
+    open: std::sync::atomic::AtomicBool,
     auth: RegistryAuth,
     /// When the token flow last ran per repository and direction. Tokens expire (Docker Hub's
     /// after 300 s), so a long-running pull-through runs it again after [`AUTH_FOR`].
@@ -111,13 +117,13 @@ impl Registry {
                 data,
             });
         }
-        let config = ClientConfig {
-            protocol,
+        let config = || ClientConfig {
+            protocol: protocol.clone(),
             // Blob sizes are always known from their descriptors, so a push is one streamed
             // request (POST, then PUT with the body) instead of a PATCH per 4 MiB chunk.
             use_monolithic_push: true,
             accept_invalid_certificates: opts.insecure,
-            extra_root_certificates: extra,
+            extra_root_certificates: extra.clone(),
             ..Default::default()
         };
         let auth = match &opts.creds {
@@ -131,10 +137,23 @@ impl Registry {
         };
         Ok(Registry {
             host: host.to_owned(),
-            client: Client::new(config),
+            client: Client::new(config()),
+            bare: Client::new(config()),
+            open: Default::default(),
             auth,
             authed: Default::default(),
         })
+    }
+
+    /// The client for requests that take no credentials of their own (blobs, pushes): `bare`
+    /// for an open registry. Manifest requests stay on `client`: oci-client stores credentials
+    /// for them on whichever client runs them.
+    fn c(&self) -> &Client {
+        if self.open.load(std::sync::atomic::Ordering::Relaxed) {
+            &self.bare
+        } else {
+            &self.client
+        }
     }
 
     pub fn host(&self) -> &str {
@@ -178,10 +197,13 @@ impl Registry {
             .await;
         // Also for anonymous access: registries like Docker Hub hand out anonymous bearer tokens.
         // A registry that needs no auth answers /v2/ with 200 and this is one request.
-        self.client
+        let token = self
+            .client
             .auth(&self.repo_ref(repo), &self.auth, op)
             .await
             .map_err(|e| self.err(format!("authentication for {repo}: {}", chain(&e))))?;
+        let open = token.is_none() && matches!(self.auth, RegistryAuth::Anonymous);
+        self.open.store(open, std::sync::atomic::Ordering::Relaxed);
         done.insert(key, std::time::Instant::now());
         Ok(())
     }
@@ -320,7 +342,7 @@ impl Registry {
 
     pub async fn has_blob(&self, repo: &str, d: &Digest) -> Result<bool> {
         self.ensure_auth(repo, false).await?;
-        self.client
+        self.c()
             .blob_exists(&self.repo_ref(repo), &d.to_string())
             .await
             .map_err(|e| self.err(format!("HEAD {d}: {}", chain(&e))))
@@ -331,7 +353,7 @@ impl Registry {
     pub async fn blob(&self, repo: &str, d: &Digest, offset: u64) -> Result<RemoteBlob> {
         self.ensure_auth(repo, false).await?;
         let resp = self
-            .client
+            .c()
             .pull_blob_stream_partial(&self.repo_ref(repo), d.to_string().as_str(), offset, None)
             .await
             .map_err(|e| self.err(format!("GET {d}: {}", chain(&e))))?;
@@ -353,7 +375,7 @@ impl Registry {
     pub async fn blob_lookup(&self, repo: &str, d: &Digest) -> Result<Option<RemoteBlob>> {
         self.ensure_auth(repo, false).await?;
         match self
-            .client
+            .c()
             .pull_blob_stream_partial(&self.repo_ref(repo), d.to_string().as_str(), 0, None)
             .await
         {
@@ -375,7 +397,7 @@ impl Registry {
     {
         self.ensure_auth(repo, true).await?;
         let body = body.map(|r| r.map_err(oci_client::errors::OciDistributionError::from));
-        self.client
+        self.c()
             .push_blob_stream(&self.repo_ref(repo), body, &d.to_string(), Some(size))
             .await
             .map_err(|e| self.err(format!("push {d}: {}", chain(&e))))?;
@@ -387,7 +409,7 @@ impl Registry {
         if self.ensure_auth(repo, true).await.is_err() {
             return false;
         }
-        self.client
+        self.c()
             .mount_blob(&self.repo_ref(repo), &self.repo_ref(from), &d.to_string())
             .await
             .is_ok()
@@ -403,7 +425,7 @@ impl Registry {
         self.ensure_auth(repo, true).await?;
         let ct = axum::http::HeaderValue::from_str(media_type)
             .map_err(|e| Error::ManifestInvalid(e.to_string()))?;
-        self.client
+        self.c()
             .push_manifest_raw(&self.oref(repo, reference), bytes, ct)
             .await
             .map_err(|e| self.err(format!("put manifest {repo}:{reference}: {}", chain(&e))))?;
