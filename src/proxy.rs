@@ -189,7 +189,10 @@ impl FetchState {
 }
 
 struct Fetch {
-    file: Arc<std::fs::File>,
+    /// The spool file, once the writer has made it (off the path to the upstream's first byte:
+    /// creating a file waits for the filesystem's journal). Readers only need it for bytes
+    /// below the tail, which are written, so it is there by then.
+    file: std::sync::OnceLock<Arc<std::fs::File>>,
     state: watch::Receiver<FetchState>,
 }
 
@@ -438,36 +441,26 @@ impl PullThrough {
             .route(name)
             .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
         let dir = store.spool_dir()?;
-        // Readable like every other blob once renamed into place (tempfile's default is 0600).
-        let tmp = tempfile::Builder::new()
-            .prefix(".pull-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .tempfile_in(&dir)?;
-        let (file, path) = tmp.keep().map_err(|e| Error::Io(e.error))?;
-        let file = Arc::new(file);
         let (tx, rx) = watch::channel(FetchState::default());
         let tx = Arc::new(tx);
         let fetch = Arc::new(Fetch {
-            file: file.clone(),
+            file: Default::default(),
             state: rx,
         });
         {
             let mut map = lock(&self.fetches);
             if let Some(f) = map.get(d) {
                 // Another request started it meanwhile: use theirs.
-                let _ = std::fs::remove_file(&path);
                 return Ok(Some(f.clone()));
             }
             map.insert(d.clone(), fetch.clone());
         }
         let (me, owner, d) = (self.clone(), owner.clone(), d.clone());
         self.counters.blob_fetches.fetch_add(1, Ordering::Relaxed);
+        let spool = fetch.clone();
         tokio::spawn(async move {
             let store = (*owner).as_ref();
-            let res = run_fetch(&up, &urepo, store, &d, file, path.clone(), &tx).await;
-            if res.is_err() {
-                let _ = tokio::fs::remove_file(&path).await;
-            }
+            let res = run_fetch(&up, &urepo, store, &d, spool, dir, &tx).await;
             // Out of the map before readers hear the end: a request after this finds the blob
             // stored, or starts afresh after a failure.
             lock(&me.fetches).remove(&d);
@@ -501,16 +494,113 @@ fn upstream_blob_error(d: &Digest, why: impl std::fmt::Display) -> Error {
 }
 
 /// Stream the upstream's body to the readers and, on a thread of its own, into the spool file,
-/// hashing it; commit it if it is the blob.
+/// hashing it; commit it if it is the blob. Whatever fails, no spool file is left behind.
 async fn run_fetch(
     up: &Upstream,
     urepo: &str,
     store: &Store,
     d: &Digest,
-    file: Arc<std::fs::File>,
-    path: PathBuf,
+    fetch: Arc<Fetch>,
+    dir: PathBuf,
     tx: &Arc<watch::Sender<FetchState>>,
 ) -> Result<()> {
+    // The disk's side starts at once, beside the request to the upstream. A bounded channel: a
+    // slow disk slows the fetch.
+    let (wtx, wrx) = tokio::sync::mpsc::channel::<Bytes>(UNWRITTEN_CHUNKS);
+    let (hasher, progress) = (d.algorithm().hasher(), tx.clone());
+    let writer = tokio::task::spawn_blocking(move || spool(&fetch, &dir, hasher, wrx, &progress));
+    let streamed = stream_upstream(up, urepo, d, wtx, tx).await;
+    let spooled = writer
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let (hasher, written, path) = match spooled {
+        Ok(t) => t,
+        // The upstream's "no such blob" is the answer to pass on, whatever the disk did.
+        Err(e) => {
+            return Err(match streamed {
+                Err(u @ Error::BlobUnknown(_)) => u,
+                _ => e,
+            })
+        }
+    };
+    let checked = streamed.and_then(|received| {
+        if written != received {
+            return Err(upstream_blob_error(
+                d,
+                format!("the spool file holds {written} of the {received} bytes received"),
+            ));
+        }
+        let computed = hasher.finish();
+        if &computed != d {
+            return Err(Error::Corrupt {
+                digest: d.clone(),
+                detail: format!("from the upstream: the body hashes to {computed}"),
+            });
+        }
+        Ok(computed)
+    });
+    let computed = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(e);
+        }
+    };
+    tx.send_modify(|s| s.verified = true);
+    let res = store.adopt_blob(path.clone(), computed, d).await;
+    if res.is_err() {
+        let _ = tokio::fs::remove_file(&path).await;
+    }
+    res
+}
+
+/// The spool writer (a blocking thread): makes the spool file, then writes and hashes the
+/// chunks in order. Returns the hash, the bytes written and the file, or removes the file.
+fn spool(
+    fetch: &Fetch,
+    dir: &std::path::Path,
+    mut hasher: crate::digest::Hasher,
+    mut chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    progress: &watch::Sender<FetchState>,
+) -> Result<(crate::digest::Hasher, u64, PathBuf)> {
+    use std::os::unix::fs::FileExt;
+    // Readable like every other blob once renamed into place (tempfile's default is 0600).
+    let (file, path) = tempfile::Builder::new()
+        .prefix(".pull-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(dir)?
+        .keep()
+        .map_err(|e| Error::Io(e.error))?;
+    let file = Arc::new(file);
+    let _ = fetch.file.set(file.clone());
+    let mut at = 0u64;
+    while let Some(chunk) = chunks.blocking_recv() {
+        hasher.update(&chunk);
+        if let Err(e) = file.write_all_at(&chunk, at) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
+        at += chunk.len() as u64;
+        // No reader waits for this (one that lags reads below the tail, which is always on
+        // disk): no wake.
+        progress.send_if_modified(|s| {
+            s.written = at;
+            s.trim();
+            false
+        });
+    }
+    Ok((hasher, at, path))
+}
+
+/// The network's side: the upstream's body, in chunks, to the tail and the spool writer.
+/// Returns the bytes received (all of them, when it returns `Ok`, unless the writer stopped).
+async fn stream_upstream(
+    up: &Upstream,
+    urepo: &str,
+    d: &Digest,
+    spool: tokio::sync::mpsc::Sender<Bytes>,
+    tx: &watch::Sender<FetchState>,
+) -> Result<u64> {
     let blob = up
         .registry
         .blob_lookup(urepo, d)
@@ -519,30 +609,6 @@ async fn run_fetch(
     tx.send_modify(|s| {
         s.started = true;
         s.len = blob.len;
-    });
-    // The disk's side: writes and hashes the chunks in order while the upstream is read and
-    // the readers are fed from memory. A bounded channel: a slow disk slows the fetch.
-    let (wtx, mut wrx) = tokio::sync::mpsc::channel::<Bytes>(UNWRITTEN_CHUNKS);
-    let mut hasher = d.algorithm().hasher();
-    let progress = tx.clone();
-    let writer = tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut at = 0u64;
-        while let Some(chunk) = wrx.blocking_recv() {
-            hasher.update(&chunk);
-            file.write_all_at(&chunk, at)?;
-            let before = at;
-            at += chunk.len() as u64;
-            crate::layout::write::writeback_after(&file, before, at);
-            // No reader waits for this (one that lags reads below the tail, which is always
-            // on disk): no wake.
-            progress.send_if_modified(|s| {
-                s.written = at;
-                s.trim();
-                false
-            });
-        }
-        Ok::<_, std::io::Error>((hasher, at))
     });
     let mut stream = blob.stream;
     let mut received = 0u64;
@@ -583,8 +649,9 @@ async fn run_fetch(
                 ));
             }
         }
-        if wtx.send(chunk.clone()).await.is_err() {
-            break; // the writer failed: its error is the one to report
+        if spool.send(chunk.clone()).await.is_err() {
+            // The writer failed: its error is the one to report.
+            return Ok(received);
         }
         tx.send_modify(|s| {
             s.tail.push_back((received, chunk));
@@ -594,16 +661,6 @@ async fn run_fetch(
         });
         received += n;
     }
-    drop(wtx);
-    let (hasher, written) = writer
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-    if written != received {
-        return Err(upstream_blob_error(
-            d,
-            format!("the spool file holds {written} of the {received} bytes received"),
-        ));
-    }
     if let Some(len) = blob.len {
         if received != len {
             return Err(upstream_blob_error(
@@ -612,15 +669,7 @@ async fn run_fetch(
             ));
         }
     }
-    let computed = hasher.finish();
-    if &computed != d {
-        return Err(Error::Corrupt {
-            digest: d.clone(),
-            detail: format!("from the upstream: the body hashes to {computed}"),
-        });
-    }
-    tx.send_modify(|s| s.verified = true);
-    store.adopt_blob(path, computed, d).await
+    Ok(received)
 }
 
 /// What a reader does next, decided under the state's lock.
@@ -698,7 +747,10 @@ fn reader(
                     }
                     Step::File(upto) => {
                         let want = ((upto - pos) as usize).min(READ_CHUNK);
-                        let f = fetch.file.clone();
+                        let Some(f) = fetch.file.get().cloned() else {
+                            let e = std::io::Error::other("the spool file is missing");
+                            return Some((Err(e), (fetch, rx, pos, true)));
+                        };
                         let read = tokio::task::spawn_blocking(move || {
                             use std::os::unix::fs::FileExt;
                             let mut buf = vec![0u8; want];
