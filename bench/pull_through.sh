@@ -8,9 +8,9 @@
 # through each mirror, cold (a blob the mirror has never seen). Those three are taken blob by
 # blob, interleaved (upstream, ferry, upstream, Distribution, next blob), ONES blobs each (9 by
 # default), so drift in the machine's state hits all alike; the TTFB columns give the median and
-# the min-max, and a line after the table the median of the per-blob ratios. CONNS clients at
-# once through each
-# mirror, cold, then again warm; CONNS clients from ferry's own store (a pushed blob) for the warm
+# the min-max, and a line after the table the median of the per-blob ratios. Each of those pulls
+# starts after a `sync`, so no mirror's write-back of the blob before is still on the disk. CONNS
+# clients at once through each mirror, cold, then again warm; CONNS clients from ferry's own store (a pushed blob) for the warm
 # reference. "upstream GETs" counts the blob GETs the upstream's access log shows for that row.
 # Peak RSS is each server's VmHWM, reset before the row. Needs: cargo, docker-registry.
 set -euo pipefail
@@ -93,13 +93,13 @@ single_u=(); single_f=(); single_d=(); gets_f=0; gets_d=0
 reset_peak "$fpid"; reset_peak "$dpid"
 for i in $(seq 0 $((ones - 1))); do
   f=${one_f[$i]}; d=${one_d[$i]}
-  single_u+=("$($pb pull "$up" library/big "$f" 1)")
+  sync; single_u+=("$($pb pull "$up" library/big "$f" 1)")
   before=$(upstream_gets "$f")
-  single_f+=("$($pb pull "http://127.0.0.1:$fport" library/big "$f" 1)")
+  sync; single_f+=("$($pb pull "http://127.0.0.1:$fport" library/big "$f" 1)")
   gets_f=$((gets_f + $(upstream_gets "$f") - before))
-  single_u+=("$($pb pull "$up" library/big "$d" 1)")
+  sync; single_u+=("$($pb pull "$up" library/big "$d" 1)")
   before=$(upstream_gets "$d")
-  single_d+=("$($pb pull "http://127.0.0.1:$dport" library/big "$d" 1)")
+  sync; single_d+=("$($pb pull "http://127.0.0.1:$dport" library/big "$d" 1)")
   gets_d=$((gets_d + $(upstream_gets "$d") - before))
 done
 rss_f="$(( $(peak_kib "$fpid") / 1024 )) MiB"; rss_d="$(( $(peak_kib "$dpid") / 1024 )) MiB"

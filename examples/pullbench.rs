@@ -127,7 +127,7 @@ async fn pull(url: String, repo: String, digest: String, conns: usize) {
         ttfb[i].as_secs_f64() * 1000.0
     };
     println!(
-        "{conns} {} {errors} {wall:.2} {:.1} {:.1} {:.1} {:.0}",
+        "{conns} {} {errors} {wall:.2} {:.2} {:.2} {:.2} {:.0}",
         ttfb.len(),
         pct(0.5),
         pct(0.99),

@@ -610,6 +610,11 @@ async fn stream_upstream(
         s.started = true;
         s.len = blob.len;
     });
+    // Let the woken readers run now. A task woken by this one waits in the worker's LIFO slot,
+    // which no other worker steals, until this task yields; with a fast upstream the body is
+    // always ready, so without this it yields only when its budget runs out (0.1-0.3 ms later,
+    // a fifth of a loopback upstream's first byte).
+    tokio::task::yield_now().await;
     let mut stream = blob.stream;
     let mut received = 0u64;
     let mut ended = false;
@@ -660,6 +665,8 @@ async fn stream_upstream(
             s.trim();
         });
         received += n;
+        // As above: the readers take this chunk before the next is gathered.
+        tokio::task::yield_now().await;
     }
     if let Some(len) = blob.len {
         if received != len {
