@@ -190,6 +190,10 @@ pub async fn run(
     let router = router(app.clone());
     crate::ui::Ui::warm(app.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Set when the shutdown starts: a connection that has not sent its first byte yet has no
+    // request in flight and is closed then, instead of holding the drain for the header
+    // timeout (a client's pool may hold such a connection, opened and never used).
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     let mut refused = AcceptFailures::default();
     loop {
@@ -219,8 +223,12 @@ pub async fn run(
             watcher: graceful.watcher(),
         };
         let tls = tls.clone();
+        let mut closing = closing.clone();
         tokio::spawn(async move {
-            let first = first_byte(&stream, conn.limits.header_timeout).await;
+            let first = tokio::select! {
+                f = first_byte(&stream, conn.limits.header_timeout) => f,
+                _ = closing.wait_for(|c| *c) => None,
+            };
             match (first, tls) {
                 (None, _) => {}
                 (Some(0x16), None) => {
@@ -251,6 +259,7 @@ pub async fn run(
         });
     }
     drop(listener);
+    closing_tx.send_replace(true);
     tracing::info!("shutting down: waiting for in-flight requests");
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await

@@ -308,6 +308,47 @@ async fn slowloris_headers_silent_and_idle_connections_are_closed() {
     srv.stop().await;
 }
 
+/// A shutdown drains requests, not connections that have none: a connection a client's pool
+/// opened and never used, or one kept alive after its request, does not hold the stop for the
+/// header or idle timeout (an hour here; the stop took the whole 30 s default before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_does_not_wait_for_connections_without_a_request() {
+    let hour = Duration::from_secs(3600);
+    let (srv, _tmp) = server(Limits {
+        header_timeout: hour,
+        idle_timeout: hour,
+        ..Limits::default()
+    })
+    .await;
+    let mut silent = TcpStream::connect(srv.addr).await.unwrap();
+    let mut kept = TcpStream::connect(srv.addr).await.unwrap();
+    kept.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // The server has accepted the silent one (it answered a later connection).
+    assert_eq!(
+        http()
+            .get(format!("{}/v2/", srv.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    tokio::time::timeout(Duration::from_secs(60), srv.stop())
+        .await
+        .expect("the stop waited for connections with no request in flight");
+    for c in [&mut silent, &mut kept] {
+        let n = tokio::time::timeout(Duration::from_secs(60), c.read(&mut buf))
+            .await
+            .expect("a connection left open after the stop");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_a_download_is_dropped() {
     let (srv, _tmp) = server(short()).await;
