@@ -305,6 +305,9 @@ async fn two_clients_one_upstream_fetch_first_bytes_before_the_blob_is_complete(
         .await
         .unwrap();
     assert_eq!(cfg.bytes().await.unwrap(), up.config);
+    // Its spool file is renamed into place after its client has the bytes: wait for that
+    // before looking for leftovers.
+    stored_soon(&srv.dir.join("blobs/sha256").join(cd.hex())).await;
     // What was used is recorded under the pull-through name.
     let used = srv.app.record.used_list();
     assert_eq!(used.len(), 1, "{used:?}");
