@@ -204,6 +204,10 @@ pub struct Counters {
     /// Manifests requested from upstreams (GET), and tag re-checks (HEAD).
     pub manifest_fetches: AtomicU64,
     pub tag_checks: AtomicU64,
+    /// Blob fetches that failed (unreachable, wrong or short body, disk); nothing was stored.
+    pub blob_fetch_failures: AtomicU64,
+    /// Tag re-checks answered from the store because the upstream could not be asked or read.
+    pub served_stale: AtomicU64,
 }
 
 pub struct PullThrough {
@@ -325,6 +329,7 @@ impl PullThrough {
                 Err(e) => {
                     tracing::warn!(upstream = %up.name, repo = %name, %tag, error = %e,
                         "the upstream moved this tag but could not be read: serving what is stored");
+                    self.counters.served_stale.fetch_add(1, Ordering::Relaxed);
                     Ok(stored)
                 }
             },
@@ -337,6 +342,7 @@ impl PullThrough {
             Err(e) => {
                 tracing::warn!(upstream = %up.name, repo = %name, %tag, error = %e,
                     "upstream unreachable: serving the stored manifest");
+                self.counters.served_stale.fetch_add(1, Ordering::Relaxed);
                 Ok(stored)
             }
         }
@@ -461,6 +467,12 @@ impl PullThrough {
         tokio::spawn(async move {
             let store = (*owner).as_ref();
             let res = run_fetch(&up, &urepo, store, &d, spool, dir, &tx).await;
+            // Counted before anyone can see the end, so /metrics never lags what clients saw.
+            if matches!(&res, Err(e) if !matches!(e, Error::BlobUnknown(_))) {
+                me.counters
+                    .blob_fetch_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             // Out of the map before readers hear the end: a request after this finds the blob
             // stored, or starts afresh after a failure.
             lock(&me.fetches).remove(&d);

@@ -64,7 +64,12 @@ impl Metrics {
     }
 
     /// Blocking: counting what is stored lists the store (cached for a minute).
-    pub fn render(&self, store: &crate::layout::Store, uploads_in_flight: usize) -> String {
+    pub fn render(
+        &self,
+        store: &crate::layout::Store,
+        uploads_in_flight: usize,
+        pull: Option<&crate::proxy::Counters>,
+    ) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -150,6 +155,43 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
+        }
+        // Pull-through (`serve --upstream`): absent without an upstream.
+        if let Some(c) = pull {
+            let counters: [(&str, &str, &AtomicU64); 5] = [
+                (
+                    "ferry_pull_through_blob_fetches_total",
+                    "Blob bodies fetched from upstreams (one per blob, however many clients wait).",
+                    &c.blob_fetches,
+                ),
+                (
+                    "ferry_pull_through_blob_fetch_failures_total",
+                    "Blob fetches that failed; nothing was stored.",
+                    &c.blob_fetch_failures,
+                ),
+                (
+                    "ferry_pull_through_manifest_fetches_total",
+                    "Manifests fetched from upstreams.",
+                    &c.manifest_fetches,
+                ),
+                (
+                    "ferry_pull_through_tag_checks_total",
+                    "Tags re-checked against their upstream after --upstream-ttl.",
+                    &c.tag_checks,
+                ),
+                (
+                    "ferry_pull_through_served_stale_total",
+                    "Tag re-checks answered from the store because the upstream could not be reached or read.",
+                    &c.served_stale,
+                ),
+            ];
+            for (name, help, v) in counters {
+                let v = v.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+                );
+            }
         }
         out
     }

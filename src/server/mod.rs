@@ -126,7 +126,8 @@ pub fn router(app: Arc<App>) -> Router {
                 // Counting stored blobs lists the store: on the blocking pool.
                 let a = a2.clone();
                 let text = tokio::task::spawn_blocking(move || {
-                    a.metrics.render(&a.store, a.uploads.in_flight())
+                    let pull = a.pull.as_ref().map(|p| &p.counters);
+                    a.metrics.render(&a.store, a.uploads.in_flight(), pull)
                 })
                 .await
                 .unwrap_or_default();

@@ -46,21 +46,6 @@ async fn start_session(url: &str) -> String {
     format!("{url}{loc}")
 }
 
-async fn metric(url: &str, name: &str) -> u64 {
-    let text = http()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in metrics:\n{text}"))
-}
-
 /// Read until the server closes the connection (or `limit` passes); returns what came and when.
 async fn read_until_closed(c: &mut TcpStream, limit: Duration) -> (String, Option<Duration>) {
     let start = Instant::now();

@@ -331,6 +331,15 @@ async fn two_clients_one_upstream_fetch_first_bytes_before_the_blob_is_complete(
         "{:?}",
         srv.leftovers().await
     );
+    // What an operator sees: two blobs (layer, config) and one manifest fetched, no failure.
+    for (name, n) in [
+        ("ferry_pull_through_blob_fetches_total", 2),
+        ("ferry_pull_through_manifest_fetches_total", 1),
+        ("ferry_pull_through_blob_fetch_failures_total", 0),
+        ("ferry_pull_through_served_stale_total", 0),
+    ] {
+        assert_eq!(metric(&srv.url, name).await, n, "{name}");
+    }
     srv.stop().await;
 }
 
@@ -355,6 +364,12 @@ async fn wrong_or_short_upstream_bodies_reach_no_client_whole_and_are_never_stor
         }
         let stored = srv.dir.join("blobs/sha256").join(ld.hex());
         assert!(!stored.exists(), "{fault:?}: stored");
+        // Counted before the client hears of it.
+        assert_eq!(
+            metric(&srv.url, "ferry_pull_through_blob_fetch_failures_total").await,
+            1,
+            "{fault:?}"
+        );
         // Nothing half-done is left, and the next request tries the upstream again.
         within("the fetch to end", async {
             while !srv.leftovers().await.is_empty() {
@@ -399,6 +414,14 @@ async fn tags_are_rechecked_after_the_ttl_and_served_when_the_upstream_is_gone()
         up.count("HEAD /v2/library/big/manifests/1"),
         2,
         "the re-check was tried"
+    );
+    assert_eq!(
+        metric(&srv.url, "ferry_pull_through_served_stale_total").await,
+        1
+    );
+    assert_eq!(
+        metric(&srv.url, "ferry_pull_through_tag_checks_total").await,
+        2
     );
     // A client pushing its own repository asks "do you have it?" with HEADs: they never reach
     // the upstream, and the push works beside pull-through.
