@@ -216,6 +216,8 @@ pub struct PullThrough {
     /// When a (repository, tag) was last checked against its upstream.
     checked: Mutex<HashMap<(String, String), Instant>>,
     fetches: Mutex<HashMap<Digest, Arc<Fetch>>>,
+    /// Fetches that have left `fetches` (stored or failed), counted under its lock.
+    ended: AtomicU64,
     pub counters: Counters,
 }
 
@@ -263,6 +265,7 @@ impl PullThrough {
             ttl,
             checked: Default::default(),
             fetches: Default::default(),
+            ended: AtomicU64::new(0),
             counters: Default::default(),
         })
     }
@@ -387,17 +390,25 @@ impl PullThrough {
         store.manifest(name, reference).await.map(Some)
     }
 
-    /// A blob the store lacks, from `name`'s upstream: joins the fetch already running for it or
-    /// starts one, and answers once the upstream has (with its length, if it sent one).
+    /// How many fetches have ended so far. Read it before looking in the store: [`Self::blob`]
+    /// then knows whether a fetch may have stored the blob since.
+    pub fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// A blob the store lacked when the caller looked (after reading [`Self::ended`] as `seen`),
+    /// from `name`'s upstream: joins the fetch already running for it or starts one, and answers
+    /// once the upstream has sent its first bytes (with its length, if it sent one).
     pub async fn blob<S: AsRef<Store> + Send + Sync + 'static>(
         self: &Arc<Self>,
         store: &Arc<S>,
         name: &str,
         d: &Digest,
+        seen: u64,
         start: u64,
         end: Option<u64>,
     ) -> Result<BlobAnswer> {
-        let fetch = match self.join_or_start(store, name, d).await? {
+        let fetch = match self.join_or_start(store, name, d, seen).await? {
             Some(f) => f,
             None => return Ok(BlobAnswer::Stored),
         };
@@ -434,33 +445,42 @@ impl PullThrough {
         owner: &Arc<S>,
         name: &str,
         d: &Digest,
+        seen: u64,
     ) -> Result<Option<Arc<Fetch>>> {
         let store = (**owner).as_ref();
-        if let Some(f) = lock(&self.fetches).get(d) {
-            return Ok(Some(f.clone()));
-        }
-        // Stored since the caller looked (a fetch that just ended)?
-        if store.blob_size(d).await?.is_some() {
-            return Ok(None);
-        }
         let (up, urepo) = self
             .route(name)
             .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
         let dir = store.spool_dir()?;
-        let (tx, rx) = watch::channel(FetchState::default());
-        let tx = Arc::new(tx);
-        let fetch = Arc::new(Fetch {
-            file: Default::default(),
-            state: rx,
-        });
-        {
-            let mut map = lock(&self.fetches);
-            if let Some(f) = map.get(d) {
-                // Another request started it meanwhile: use theirs.
-                return Ok(Some(f.clone()));
+        // A fetch leaves the map (and is counted in `ended`) after its blob is stored. So when
+        // no fetch has ended since the caller looked, the store still lacks the blob, and a
+        // second look would only cost the first byte a round trip to the disk (or the bucket).
+        // When one has, look again; a few rounds, then fetch anyway (a stream of other blobs'
+        // fetches ending must not keep this one waiting; the worst is a second fetch).
+        let mut seen = seen;
+        let mut looks = 0;
+        let (tx, fetch) = loop {
+            let (tx, rx) = watch::channel(FetchState::default());
+            let fetch = Arc::new(Fetch {
+                file: Default::default(),
+                state: rx,
+            });
+            {
+                let mut map = lock(&self.fetches);
+                if let Some(f) = map.get(d) {
+                    return Ok(Some(f.clone()));
+                }
+                if self.ended.load(Ordering::Acquire) == seen || looks == 3 {
+                    map.insert(d.clone(), fetch.clone());
+                    break (Arc::new(tx), fetch);
+                }
             }
-            map.insert(d.clone(), fetch.clone());
-        }
+            looks += 1;
+            seen = self.ended();
+            if store.blob_size(d).await?.is_some() {
+                return Ok(None);
+            }
+        };
         let (me, owner, d) = (self.clone(), owner.clone(), d.clone());
         self.counters.blob_fetches.fetch_add(1, Ordering::Relaxed);
         let spool = fetch.clone();
@@ -475,7 +495,11 @@ impl PullThrough {
             }
             // Out of the map before readers hear the end: a request after this finds the blob
             // stored, or starts afresh after a failure.
-            lock(&me.fetches).remove(&d);
+            {
+                let mut map = lock(&me.fetches);
+                map.remove(&d);
+                me.ended.fetch_add(1, Ordering::Release);
+            }
             match res {
                 Ok(()) => {
                     tracing::info!(upstream = %up.name, repo = %urepo, digest = %d, "blob pulled through");
@@ -516,12 +540,29 @@ async fn run_fetch(
     dir: PathBuf,
     tx: &Arc<watch::Sender<FetchState>>,
 ) -> Result<()> {
-    // The disk's side starts at once, beside the request to the upstream. A bounded channel: a
-    // slow disk slows the fetch.
+    // The disk's side (a blocking thread that makes the spool file, then writes and hashes)
+    // starts once the first chunk is out to the readers: waking a thread costs the first byte
+    // as much as the rest of ferry's share of it. A bounded channel: a slow disk slows the
+    // fetch, and what arrives before the writer runs waits in it.
     let (wtx, wrx) = tokio::sync::mpsc::channel::<Bytes>(UNWRITTEN_CHUNKS);
     let (hasher, progress) = (d.algorithm().hasher(), tx.clone());
-    let writer = tokio::task::spawn_blocking(move || spool(&fetch, &dir, hasher, wrx, &progress));
-    let streamed = stream_upstream(up, urepo, d, wtx, tx).await;
+    let mut parts = Some((fetch, dir, hasher, wrx, progress));
+    let mut writer = None;
+    let mut start_writer = || {
+        if let Some((fetch, dir, hasher, wrx, progress)) = parts.take() {
+            writer = Some(tokio::task::spawn_blocking(move || {
+                spool(&fetch, &dir, hasher, wrx, &progress)
+            }));
+        }
+    };
+    let streamed = stream_upstream(up, urepo, d, wtx, tx, &mut start_writer).await;
+    // Started here when no chunk came (an empty blob, or a failure before the body).
+    start_writer();
+    let Some(writer) = writer else {
+        return Err(Error::Io(std::io::Error::other(
+            "the spool writer did not start",
+        )));
+    };
     let spooled = writer
         .await
         .map_err(|e| Error::Io(std::io::Error::other(e)))?;
@@ -604,50 +645,53 @@ fn spool(
     Ok((hasher, at, path))
 }
 
-/// The network's side: the upstream's body, in chunks, to the tail and the spool writer.
-/// Returns the bytes received (all of them, when it returns `Ok`, unless the writer stopped).
+/// The network's side: the upstream's body, in chunks, to the tail and the spool writer, which
+/// `start_writer` starts after the first chunk. Returns the bytes received (all of them, when it
+/// returns `Ok`, unless the writer stopped).
 async fn stream_upstream(
     up: &Upstream,
     urepo: &str,
     d: &Digest,
     spool: tokio::sync::mpsc::Sender<Bytes>,
     tx: &watch::Sender<FetchState>,
+    start_writer: &mut (dyn FnMut() + Send),
 ) -> Result<u64> {
     let blob = up
         .registry
         .blob_lookup(urepo, d)
         .await?
         .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
-    tx.send_modify(|s| {
-        s.started = true;
-        s.len = blob.len;
-    });
-    // Let the woken readers run now. A task woken by this one waits in the worker's LIFO slot,
-    // which no other worker steals, until this task yields; with a fast upstream the body is
-    // always ready, so without this it yields only when its budget runs out (0.1-0.3 ms later,
-    // a fifth of a loopback upstream's first byte).
-    tokio::task::yield_now().await;
+    let len = blob.len;
     let mut stream = blob.stream;
     let mut received = 0u64;
     let mut ended = false;
+    let failed = |received: u64, e: &dyn std::fmt::Display| {
+        upstream_blob_error(d, format!("after {received} bytes: {e}"))
+    };
     while !ended {
-        // What has arrived, up to WRITE_CHUNK, as one chunk: the network hands over 16 KiB
-        // pieces, and a wake of every reader per piece would cost more than the copy. Whatever
-        // is there when the network pauses goes out at once, so a slow upstream's bytes are
-        // not held.
-        let mut chunk = bytes::BytesMut::new();
-        match stream.next().await {
-            Some(c) => chunk.extend_from_slice(
-                &c.map_err(|e| upstream_blob_error(d, format!("after {received} bytes: {e}")))?,
-            ),
+        let first = match stream.next().await {
+            Some(c) => c.map_err(|e| failed(received, &e))?,
             None => break,
-        }
-        while chunk.len() < WRITE_CHUNK {
+        };
+        // The first chunk goes out as it came. After it, what has arrived, up to WRITE_CHUNK,
+        // as one chunk: the network may hand over 16 KiB pieces, and a wake of every reader per
+        // piece costs more than a copy. A piece that is big enough is passed on, not copied
+        // (hyper reads up to ~500 KiB at a time from a fast upstream). Whatever is there when
+        // the network pauses goes out at once, so a slow upstream's bytes are not held.
+        let mut gathered: Option<bytes::BytesMut> = None;
+        let mut size = first.len();
+        while received > 0 && size < WRITE_CHUNK {
             match futures_util::FutureExt::now_or_never(stream.next()) {
                 Some(Some(c)) => {
-                    chunk.extend_from_slice(&c.map_err(|e| {
-                        upstream_blob_error(d, format!("after {received} bytes: {e}"))
-                    })?)
+                    let c = c.map_err(|e| failed(received, &e))?;
+                    size += c.len();
+                    gathered
+                        .get_or_insert_with(|| {
+                            let mut b = bytes::BytesMut::with_capacity(WRITE_CHUNK.max(size));
+                            b.extend_from_slice(&first);
+                            b
+                        })
+                        .extend_from_slice(&c);
                 }
                 Some(None) => {
                     ended = true;
@@ -656,9 +700,12 @@ async fn stream_upstream(
                 None => break,
             }
         }
-        let chunk = chunk.freeze();
+        let chunk = match gathered {
+            Some(b) => b.freeze(),
+            None => first,
+        };
         let n = chunk.len() as u64;
-        if let Some(len) = blob.len {
+        if let Some(len) = len {
             if received + n > len {
                 return Err(upstream_blob_error(
                     d,
@@ -670,17 +717,31 @@ async fn stream_upstream(
             // The writer failed: its error is the one to report.
             return Ok(received);
         }
+        // The readers hear that the upstream answered with its first bytes: a response's
+        // headers and first body bytes then leave in one write.
         tx.send_modify(|s| {
+            s.started = true;
+            s.len = len;
             s.tail.push_back((received, chunk));
             s.tail_bytes += n as usize;
             s.received = received + n;
             s.trim();
         });
         received += n;
-        // As above: the readers take this chunk before the next is gathered.
+        // Let the woken readers run now. A task woken by this one waits in the worker's LIFO
+        // slot, which no other worker steals, until this task yields; with a fast upstream the
+        // body is always ready, so without this it yields only when its budget runs out
+        // (0.1-0.3 ms later, a fifth of a loopback upstream's first byte).
         tokio::task::yield_now().await;
+        start_writer();
     }
-    if let Some(len) = blob.len {
+    tx.send_if_modified(|s| {
+        let was = s.started;
+        s.started = true;
+        s.len = len;
+        !was
+    });
+    if let Some(len) = len {
         if received != len {
             return Err(upstream_blob_error(
                 d,

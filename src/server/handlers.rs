@@ -224,13 +224,14 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
             let d = blob_name(&d)?;
             if let Some(pull) = &app.pull {
                 let params = query_params(&req);
+                let seen = pull.ended();
                 if app.store.blob_size(&d).await?.is_none() {
                     if let Some(res) = pull_blob(
                         &app,
                         pull,
                         &name,
                         param(&params, "ns"),
-                        &d,
+                        (&d, seen),
                         req.headers(),
                         head,
                     )
@@ -564,7 +565,7 @@ async fn pull_blob(
     pull: &Arc<crate::proxy::PullThrough>,
     name: &str,
     ns: Option<&str>,
-    d: &Digest,
+    (d, seen): (&Digest, u64),
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Option<Response>, ApiError> {
@@ -587,7 +588,7 @@ async fn pull_blob(
     // A Range is not honoured while the blob is still arriving: the whole blob comes with a
     // 200, which HTTP allows and every client handles (it is stored, and ranged, by the next).
     let _ = headers;
-    match pull.blob(app, &n, d, 0, None).await? {
+    match pull.blob(app, &n, d, seen, 0, None).await? {
         crate::proxy::BlobAnswer::Stored => Ok(None),
         crate::proxy::BlobAnswer::Streaming(s) => {
             let body = if head {

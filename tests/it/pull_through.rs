@@ -343,6 +343,84 @@ async fn two_clients_one_upstream_fetch_first_bytes_before_the_blob_is_complete(
     srv.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_blob_is_pulled_through_and_stored() {
+    // The spool writer starts after the first chunk; an empty body has none.
+    let up = Upstream::start(0).await;
+    up.gate.add_permits(1);
+    let srv = mirror(&up, std::time::Duration::from_secs(600)).await;
+    let ld = up.layer_digest();
+    let url = format!("{}/v2/docker.io/library/big/blobs/{ld}", srv.url);
+    let r = within("the empty blob", http().get(&url).send())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.content_length(), Some(0));
+    assert!(r.bytes().await.unwrap().is_empty());
+    let stored = srv.dir.join("blobs/sha256").join(ld.hex());
+    stored_soon(&stored).await;
+    assert_eq!(std::fs::metadata(&stored).unwrap().len(), 0);
+    assert!(
+        srv.leftovers().await.is_empty(),
+        "{:?}",
+        srv.leftovers().await
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_looked_before_a_fetch_ended_is_served_from_the_store() {
+    // A request looks in the store, then asks the pull-through. When a fetch ended in between,
+    // the store is looked at again instead of fetching a second time; when none did, it is not.
+    let up = Upstream::start(1024).await;
+    let srv = mirror(&up, std::time::Duration::from_secs(600)).await;
+    let pull = srv.app.pull.clone().unwrap();
+    let cd = sha256(&up.config);
+    let before = pull.ended();
+    let url = format!("{}/v2/docker.io/library/big/blobs/{cd}", srv.url);
+    let got = http()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got, up.config);
+    stored_soon(&srv.dir.join("blobs/sha256").join(cd.hex())).await;
+    within("the fetch to end", async {
+        while pull.ended() == before {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let answer = pull
+        .blob(&srv.app, "docker.io/library/big", &cd, before, 0, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer, ferry::proxy::BlobAnswer::Stored),
+        "a fetch ended since the look: the store has it"
+    );
+    let path = format!("GET /v2/library/big/blobs/{cd}");
+    assert_eq!(up.count(&path), 1, "no second fetch");
+    // With no fetch ended since the look, the caller's "not stored" is taken as it is.
+    let answer = pull
+        .blob(
+            &srv.app,
+            "docker.io/library/big",
+            &cd,
+            pull.ended(),
+            0,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(answer, ferry::proxy::BlobAnswer::Streaming(_)));
+    assert_eq!(up.count(&path), 2);
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wrong_or_short_upstream_bodies_reach_no_client_whole_and_are_never_stored() {
     for fault in [Fault::WrongBytes, Fault::Truncated] {
