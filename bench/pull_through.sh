@@ -2,13 +2,16 @@
 # Pull-through, cold and warm: ferry (serve --upstream) vs CNCF Distribution 2.8 in proxy mode,
 # both in front of the same upstream (a Distribution 2.8 holding the blobs), same client, same run.
 #
-#   bash bench/pull_through.sh            CONNS=200 SIZE_MIB=256 ONES=9 by default
+#   bash bench/pull_through.sh            CONNS=200 SIZE_MIB=256 ONES=16 by default
 #
 # Rows: one client straight from the upstream (the reference for time to first byte); one client
 # through each mirror, cold (a blob the mirror has never seen). Those three are taken blob by
-# blob, interleaved (upstream, ferry, upstream, Distribution, next blob), ONES blobs each (9 by
-# default), so drift in the machine's state hits all alike; the TTFB columns give the median and
-# the min-max, and a line after the table the median of the per-blob ratios. Each of those pulls
+# blob, interleaved (upstream and ferry on one blob, upstream and Distribution on the next), ONES
+# blobs each (16 by default), so drift in the machine's state hits all alike. Which of a pair goes
+# first alternates: the upstream answers the second request for a blob faster than the first
+# (about 0.8x here, the same with no mirror in between), so a fixed order would flatter or
+# penalise the mirror. The TTFB columns give the median and the min-max, and lines after the
+# table the median of the per-blob ratios, overall and for each order. Each of those pulls
 # starts after a `sync`, so no mirror's write-back of the blob before is still on the disk. CONNS
 # clients at once through each mirror, cold, then again warm; CONNS clients from ferry's own store (a pushed blob) for the warm
 # reference. "upstream GETs" counts the blob GETs the upstream's access log shows for that row.
@@ -17,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 conns="${CONNS:-200}"
 mib="${SIZE_MIB:-256}"
-ones="${ONES:-9}"
+ones="${ONES:-16}"
 . bench/lib.sh
 bench_init ferry-pull
 
@@ -87,20 +90,26 @@ row() { # NAME URL DIGEST CONNS PID
   [ "$pid" != - ] && rss="$(( $(peak_kib "$pid") / 1024 )) MiB"
   printf '| %-38s | %5s | %6s | %7s | %7s ms | %7s ms | %7s | %8s | %9s |\n' "$name" "$c" "$err" "$wall" "$p50" "$p99" "$mbs" "$((after - before))" "$rss"
 }
-# One client, one blob at a time, interleaved: the upstream directly, then the same blob through
-# ferry cold; the upstream directly, then the same blob through Distribution cold.
+# One client, one blob at a time, interleaved: the upstream directly and the same blob through
+# ferry cold; the upstream directly and the same blob through Distribution cold. Even blobs: the
+# upstream first; odd ones: the mirror first.
 single_u=(); single_f=(); single_d=(); gets_f=0; gets_d=0
+# pair UPSTREAM_FIRST DIGEST MIRROR_URL: sets $pu, $pm and $pg (the mirror's upstream GETs).
+pair() {
+  local before
+  if [ "$1" = 1 ]; then sync; pu=$($pb pull "$up" library/big "$2" 1); fi
+  before=$(upstream_gets "$2")
+  sync; pm=$($pb pull "$3" library/big "$2" 1)
+  pg=$(( $(upstream_gets "$2") - before ))
+  if [ "$1" = 0 ]; then sync; pu=$($pb pull "$up" library/big "$2" 1); fi
+}
 reset_peak "$fpid"; reset_peak "$dpid"
 for i in $(seq 0 $((ones - 1))); do
-  f=${one_f[$i]}; d=${one_d[$i]}
-  sync; single_u+=("$($pb pull "$up" library/big "$f" 1)")
-  before=$(upstream_gets "$f")
-  sync; single_f+=("$($pb pull "http://127.0.0.1:$fport" library/big "$f" 1)")
-  gets_f=$((gets_f + $(upstream_gets "$f") - before))
-  sync; single_u+=("$($pb pull "$up" library/big "$d" 1)")
-  before=$(upstream_gets "$d")
-  sync; single_d+=("$($pb pull "http://127.0.0.1:$dport" library/big "$d" 1)")
-  gets_d=$((gets_d + $(upstream_gets "$d") - before))
+  first=$(( (i + 1) % 2 ))
+  pair "$first" "${one_f[$i]}" "http://127.0.0.1:$fport"
+  single_u+=("$pu"); single_f+=("$pm"); gets_f=$((gets_f + pg))
+  pair "$first" "${one_d[$i]}" "http://127.0.0.1:$dport"
+  single_u+=("$pu"); single_d+=("$pm"); gets_d=$((gets_d + pg))
 done
 rss_f="$(( $(peak_kib "$fpid") / 1024 )) MiB"; rss_d="$(( $(peak_kib "$dpid") / 1024 )) MiB"
 # NAME GETS RSS LINE...: the median row's wall and rate, the median and min-max first byte.
@@ -117,16 +126,19 @@ single_row() {
 single_row "upstream directly, 1 client" "$((2 * ones))/$((2 * ones))" - "${single_u[@]}"
 single_row "ferry pull-through, cold, 1 client" "$gets_f/$ones" "$rss_f" "${single_f[@]}"
 single_row "Distribution proxy, cold, 1 client" "$gets_d/$ones" "$rss_d" "${single_d[@]}"
-# Per blob: the mirror's first byte over the upstream's for the same blob just before.
-ratio() { # MIRROR_LINES_VAR OFFSET (0: ferry's upstream pulls, 1: Distribution's)
+# Per blob: the mirror's first byte over the upstream's for the same blob.
+ratio() { # MIRROR_LINES_VAR OFFSET (0: ferry's upstream pulls, 1: Distribution's) [PARITY]
   local -n m=$1
   local i r=()
   for i in $(seq 0 $((ones - 1))); do
+    [ -n "${3:-}" ] && [ $((i % 2)) != "$3" ] && continue
     r+=("$(awk -v a="$(awk '{print $5}' <<<"${m[$i]}")" -v b="$(awk '{print $5}' <<<"${single_u[$((2 * i + $2))]}")" 'BEGIN {printf "%.2f", a / b}')")
   done
-  printf '%s\n' "${r[@]}" | sort -g | sed -n "$(( (ones + 1) / 2 ))p"
+  printf '%s\n' "${r[@]}" | sort -g | sed -n "$(( (${#r[@]} + 1) / 2 ))p"
 }
 ratio_f=$(ratio single_f 0); ratio_d=$(ratio single_d 1)
+ratio_f_u=$(ratio single_f 0 0); ratio_d_u=$(ratio single_d 1 0)
+ratio_f_m=$(ratio single_f 0 1); ratio_d_m=$(ratio single_d 1 1)
 row "ferry pull-through, cold"                 "http://127.0.0.1:$fport" "$d_many_f" "$conns" "$fpid"
 row "ferry pull-through, warm"                 "http://127.0.0.1:$fport" "$d_many_f" "$conns" "$fpid"
 row "Distribution proxy, cold"                 "http://127.0.0.1:$dport" "$d_many_d" "$conns" "$dpid"
@@ -134,3 +146,4 @@ row "Distribution proxy, warm"                 "http://127.0.0.1:$dport" "$d_man
 row "ferry, own store (pushed blob)"           "http://127.0.0.1:$oport" "$d_own" "$conns" "$opid"
 echo
 echo "cold first byte over the upstream's, median of $ones per-blob ratios: ferry ${ratio_f}x, Distribution ${ratio_d}x"
+echo "  upstream asked first: ferry ${ratio_f_u}x, Distribution ${ratio_d_u}x; mirror asked first: ferry ${ratio_f_m}x, Distribution ${ratio_d_m}x"
