@@ -700,9 +700,12 @@ async fn stream_upstream(
                 None => break,
             }
         }
+        // A piece is a slice of hyper's read buffer and keeps all of it alive: a small one that
+        // came alone (a slow upstream) is copied, so the tail's bytes bound its memory.
         let chunk = match gathered {
             Some(b) => b.freeze(),
-            None => first,
+            None if received == 0 || first.len() >= WRITE_CHUNK / 2 => first,
+            None => Bytes::copy_from_slice(&first),
         };
         let n = chunk.len() as u64;
         if let Some(len) = len {
