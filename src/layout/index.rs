@@ -137,8 +137,40 @@ impl NewEntry {
 }
 
 impl IndexFile {
+    /// Parse an `index.json`, refusing one that names a tag twice with different manifests: which
+    /// of the two is "the" tag would depend on who reads it (a signed trip's check and the copy
+    /// must never disagree), so the file is wrong, and said so wherever it is read.
     pub fn parse(bytes: &[u8]) -> Result<IndexFile, Error> {
-        serde_json::from_slice(bytes).map_err(|e| Error::Layout(format!("index.json: {e}")))
+        let f: IndexFile =
+            serde_json::from_slice(bytes).map_err(|e| Error::Layout(format!("index.json: {e}")))?;
+        f.check_unique_tags()?;
+        Ok(f)
+    }
+
+    /// Every (repository, tag) names one manifest. The same descriptor twice is harmless and kept.
+    pub fn check_unique_tags(&self) -> Result<(), Error> {
+        let mut seen: HashMap<(&str, &str), (usize, &Digest)> = HashMap::new();
+        for (i, d) in self.manifests.iter().enumerate() {
+            let (Some(repo), Some(tag)) = d.repo_and_tag() else {
+                continue;
+            };
+            match seen.get(&(repo, tag)) {
+                Some((j, first)) if *first != &d.digest => {
+                    return Err(Error::Layout(format!(
+                        "index.json names {}:{} twice, entry {j} as {first} and entry {i} as {}; \
+                         a layout must name each tag once",
+                        truncate(repo),
+                        truncate(tag),
+                        d.digest
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert((repo, tag), (i, &d.digest));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -380,6 +412,26 @@ mod tests {
         assert_eq!(f.manifests.len(), 1, "manifest stays by digest");
         assert_eq!(f.delete_manifest("r", &Digest::sha256_of(&[1])), 1);
         assert!(f.manifests.is_empty());
+    }
+
+    #[test]
+    fn a_tag_named_twice_is_refused_and_named() {
+        let mut f = IndexFile::default();
+        f.put(&entry("app", Some("1.4"), 1));
+        f.put(&entry("app", Some("1.3"), 2));
+        let mut dup = f.manifests[1].clone();
+        dup.annotations
+            .as_mut()
+            .unwrap()
+            .insert(REF_NAME.into(), "app:1.4".into());
+        f.manifests.insert(0, dup);
+        let err = IndexFile::parse(&f.to_bytes()).unwrap_err().to_string();
+        assert!(err.contains("app:1.4 twice"), "{err}");
+        // The same descriptor twice names one manifest: not ambiguous.
+        let again = f.manifests[1].clone();
+        f.manifests.remove(0);
+        f.manifests.push(again);
+        IndexFile::parse(&f.to_bytes()).unwrap();
     }
 
     #[test]

@@ -278,3 +278,100 @@ async fn signed_trips_verify_and_every_tampering_is_refused_before_anything_is_p
     assert!(err.contains("tag app:1 names"), "{err}");
     srv.stop().await;
 }
+
+/// A rollback inside a signed trip: a second `app:1.4` entry, prepended to `index.json`, names
+/// `app:1.3`'s manifest. The statement is untouched (minisign itself still verifies it), so a
+/// reader that kept the last entry saw what was signed while the copy took the first. Refused,
+/// named, in a directory and in an archive, and nothing is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_named_twice_in_a_signed_trip_is_refused_not_rolled_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let keys = t.join("keys");
+    ok(&["key", "generate", "--out", &s(&keys)]);
+    let (key, pubkey) = (s(&keys.join("ferry.key")), s(&keys.join("ferry.pub")));
+    let srv = TestServer::start().await;
+    push_image(&srv.url, "app", "1.3", 13).await;
+    push_image(&srv.url, "app", "1.4", 14).await;
+    let trip = t.join("trip");
+    ok(&[
+        "sync",
+        "--sign",
+        &key,
+        &format!("docker://{}", srv.host()),
+        &s(&trip),
+    ]);
+    srv.stop().await;
+
+    let evil = t.join("evil");
+    copy_dir(&trip, &evil);
+    let mut idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(evil.join("index.json")).unwrap()).unwrap();
+    let entries = idx["manifests"].as_array_mut().unwrap();
+    let old = entries
+        .iter()
+        .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == "app:1.3")
+        .unwrap()
+        .clone();
+    let mut dup = old.clone();
+    dup["annotations"]["org.opencontainers.image.ref.name"] = "app:1.4".into();
+    entries.insert(0, dup);
+    std::fs::write(evil.join("index.json"), serde_json::to_vec(&idx).unwrap()).unwrap();
+
+    // The signature over the statement is still good: only the layout lies.
+    let minisign = tool("minisign", &["/usr/bin/minisign"]);
+    if let Some(minisign) = &minisign {
+        let out = Command::new(minisign)
+            .args(["-V", "-m", &s(&evil.join("ferry-trip.json")), "-p", &pubkey])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "minisign -V: {out:?}");
+    }
+
+    let old_digest = old["digest"].as_str().unwrap();
+    let dst = t.join("dst-dir");
+    let err = refused(&["sync", "--verify-key", &pubkey, &s(&evil), &s(&dst)]);
+    assert!(err.contains("app:1.4 twice"), "{err}");
+    assert!(err.contains(old_digest), "the entry is named: {err}");
+    assert!(!dst.exists(), "the destination was touched");
+    let err = refused(&["check", "--verify-key", &pubkey, &s(&evil)]);
+    assert!(err.contains("app:1.4 twice"), "{err}");
+    // Without a key too: a duplicate tag is an error everywhere, not only in signed trips.
+    let err = refused(&["sync", &s(&evil), &s(&t.join("dst-unsigned"))]);
+    assert!(err.contains("app:1.4 twice"), "{err}");
+    // (Unsigned, the destination may be created, but nothing is published in it.)
+    let published = std::fs::read(t.join("dst-unsigned/index.json")).unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&published).contains("app:"),
+        "published: {published:?}"
+    );
+
+    // The same as one archive file, as the review built it.
+    let tar = t.join("evil.tar");
+    let st = Command::new("tar")
+        .args(["-cf", &s(&tar), "-C", &s(&evil)])
+        .args([
+            "oci-layout",
+            "index.json",
+            "blobs",
+            "ferry-trip.json",
+            "ferry-trip.json.minisig",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let dst = t.join("dst-archive");
+    let err = refused(&[
+        "sync",
+        "--verify-key",
+        &pubkey,
+        &format!("oci-archive:{}", s(&tar)),
+        &s(&dst),
+    ]);
+    assert!(err.contains("app:1.4 twice"), "{err}");
+    assert!(!dst.exists(), "the destination was touched");
+    // The honest trip still goes through, with the tag the statement names.
+    let good = t.join("good");
+    let out = ok(&["sync", "--verify-key", &pubkey, &s(&trip), &s(&good)]);
+    assert!(out.contains("2 tag(s) published"), "{out}");
+}
