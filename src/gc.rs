@@ -21,7 +21,7 @@ use crate::digest::Digest;
 use crate::error::Result;
 use crate::layout::Store;
 use crate::progress::Tally;
-use crate::verify::reachable;
+use crate::verify::Graph;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -62,12 +62,13 @@ impl std::fmt::Display for GcReport {
 fn mark(store: &Store, tally: &Tally) -> Result<BTreeSet<Digest>> {
     let idx = store.index_sync()?;
     tally.phase("marking", idx.file.manifests.len() as u64, 0);
-    let mut live = BTreeSet::new();
-    for d in &idx.file.manifests {
-        let (reach, _) = reachable(store, &d.digest, &d.media_type)?;
-        live.extend(reach);
-        tally.done(1, 0);
-    }
+    let live = Graph::new(store).mark(
+        idx.file
+            .manifests
+            .iter()
+            .map(|d| (&d.digest, d.media_type.as_str())),
+    )?;
+    tally.done(idx.file.manifests.len() as u64, 0);
     Ok(live)
 }
 
@@ -86,6 +87,7 @@ pub fn gc_with(store: &Store, grace: Duration, dry_run: bool, tally: &Tally) -> 
     // (however long the sweep itself takes).
     let marked_at = SystemTime::now();
     live.extend(mark(store, tally)?);
+    store.pause_sync("gc:marked");
     tally.phase("sweeping", files.len() as u64, 0);
     let mut r = GcReport {
         blobs: files.len(),

@@ -34,7 +34,6 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout::Store;
-use crate::verify::reachable;
 
 /// What to keep in the repositories `repo` matches (all, when `None`).
 #[derive(Clone, Debug, Default)]
@@ -225,11 +224,12 @@ pub fn plan(store: &Store, policy: &Policy) -> Result<Plan> {
     let idx = store.index_sync()?;
     let now = SystemTime::now();
     let mut tags: Vec<TagInfo> = Vec::new();
+    let mut graph = crate::verify::Graph::new(store);
     for d in &idx.file.manifests {
         let (Some(repo), Some(tag)) = d.repo_and_tag() else {
             continue;
         };
-        let (reach, _) = reachable(store, &d.digest, &d.media_type)?;
+        let (reach, _) = graph.reachable(&d.digest, &d.media_type)?;
         let tagged = d
             .tagged_at()
             .unwrap_or_else(|| store.stored_at(&d.digest).map_or(0, millis));

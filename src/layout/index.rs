@@ -136,6 +136,84 @@ impl NewEntry {
     }
 }
 
+/// What a manifest PUT changed in the records, to take it back: a PUT one of whose references
+/// was swept while it was being recorded is undone and refused (`Store::put_manifest_checked`).
+/// Only what the PUT did is undone: a tag someone else moved since is left alone.
+#[derive(Clone, Debug)]
+pub struct Undo {
+    /// The tag's descriptor before, when the tag named another manifest.
+    prev_tag: Option<Descriptor>,
+    /// Whether the tag named the new manifest already (then the PUT changed nothing to undo).
+    had_tag: bool,
+    /// Whether the repository recorded the new manifest (tagged or not) before.
+    had_digest: bool,
+    /// Whether the repository recorded the previous tag's manifest by digest before.
+    had_prev_digest: bool,
+}
+
+impl Undo {
+    pub fn before(f: &IndexFile, e: &NewEntry) -> Undo {
+        let prev_tag = e.tag.as_ref().and_then(|t| {
+            f.manifests
+                .iter()
+                .find(|d| d.repo_and_tag() == (Some(&e.repo), Some(t)) && d.digest != e.digest)
+                .cloned()
+        });
+        let had_prev_digest = prev_tag.as_ref().is_some_and(|p| {
+            f.manifests
+                .iter()
+                .any(|d| d.digest == p.digest && d.repo_and_tag() == (Some(&e.repo), None))
+        });
+        let had_tag = e.tag.as_ref().is_some_and(|t| {
+            f.manifests
+                .iter()
+                .any(|d| d.repo_and_tag() == (Some(&e.repo), Some(t)) && d.digest == e.digest)
+        });
+        Undo {
+            had_tag,
+            had_digest: f.has_repo_digest(&e.repo, &e.digest),
+            prev_tag,
+            had_prev_digest,
+        }
+    }
+
+    /// Take the PUT of `e` back. Returns whether anything changed.
+    pub fn apply(&self, f: &mut IndexFile, e: &NewEntry) -> bool {
+        let before = f.manifests.len();
+        let mut changed = false;
+        if self.had_tag {
+            return false;
+        }
+        if let Some(tag) = &e.tag {
+            let ours = |d: &Descriptor| {
+                d.repo_and_tag() == (Some(&e.repo), Some(tag.as_str())) && d.digest == e.digest
+            };
+            if f.manifests.iter().any(ours) {
+                f.manifests.retain(|d| !ours(d));
+                changed = true;
+                if let Some(prev) = &self.prev_tag {
+                    if !self.had_prev_digest {
+                        f.manifests.retain(|d| {
+                            !(d.digest == prev.digest && d.repo_and_tag() == (Some(&e.repo), None))
+                        });
+                    }
+                    f.manifests.push(prev.clone());
+                }
+            }
+        }
+        if self.had_digest {
+            if !f.has_repo_digest(&e.repo, &e.digest) {
+                f.manifests.push(e.descriptor(None));
+                changed = true;
+            }
+        } else {
+            f.manifests
+                .retain(|d| !(d.digest == e.digest && d.repo_and_tag() == (Some(&e.repo), None)));
+        }
+        changed || f.manifests.len() != before
+    }
+}
+
 impl IndexFile {
     /// Parse an `index.json`, refusing one that names a tag twice with different manifests: which
     /// of the two is "the" tag would depend on who reads it (a signed trip's check and the copy
@@ -412,6 +490,36 @@ mod tests {
         assert_eq!(f.manifests.len(), 1, "manifest stays by digest");
         assert_eq!(f.delete_manifest("r", &Digest::sha256_of(&[1])), 1);
         assert!(f.manifests.is_empty());
+    }
+
+    #[test]
+    fn an_undone_put_leaves_the_records_as_they_were() {
+        let mut f = IndexFile::default();
+        f.put(&entry("r", Some("t"), 1));
+        f.put(&entry("r", None, 3));
+        let start = f.to_bytes();
+        for e in [
+            entry("r", Some("t"), 2),
+            entry("r", Some("u"), 3),
+            entry("r", Some("t"), 3),
+            entry("r", None, 4),
+            entry("r", Some("t"), 1),
+        ] {
+            let mut g = f.clone();
+            let undo = Undo::before(&g, &e);
+            g.put(&e);
+            undo.apply(&mut g, &e);
+            let norm = |f: &IndexFile| {
+                let mut v: Vec<String> = f
+                    .manifests
+                    .iter()
+                    .map(|d| serde_json::to_string(d).unwrap())
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(norm(&g), norm(&IndexFile::parse(&start).unwrap()), "{e:?}");
+        }
     }
 
     #[test]

@@ -168,7 +168,13 @@ pub struct Store {
     last_records: Mutex<Option<Arc<Index>>>,
     index_write: tokio::sync::Mutex<()>,
     uploads: Uploads,
+    pause: Mutex<Option<PauseHook>>,
+    /// Whole small objects (manifests) read by blocking callers: what a walk of the graph costs.
+    small_reads: std::sync::atomic::AtomicU64,
 }
+
+/// See [`Store::set_pause_hook`].
+pub type PauseHook = Arc<dyn Fn(&'static str) + Send + Sync>;
 
 fn blocking_err(e: tokio::task::JoinError) -> Error {
     Error::Io(io::Error::other(format!("blocking task failed: {e}")))
@@ -233,6 +239,8 @@ impl Store {
             cache: Mutex::new(None),
             last_records: Mutex::new(None),
             index_write: tokio::sync::Mutex::new(()),
+            pause: Mutex::new(None),
+            small_reads: Default::default(),
         })
     }
 
@@ -264,6 +272,8 @@ impl Store {
                     cache: Mutex::new(None),
                     last_records: Mutex::new(None),
                     index_write: tokio::sync::Mutex::new(()),
+                    pause: Mutex::new(None),
+            small_reads: Default::default(),
                     uploads: Uploads::new(PathBuf::new()),
                 })
             }
@@ -285,6 +295,8 @@ impl Store {
                     cache: Mutex::new(None),
                     last_records: Mutex::new(None),
                     index_write: tokio::sync::Mutex::new(()),
+                    pause: Mutex::new(None),
+            small_reads: Default::default(),
                     uploads: Uploads::new(PathBuf::new()),
                 })
             }
@@ -524,6 +536,8 @@ impl Store {
     /// A whole manifest (or another small blob), refused past `limit` bytes (a directory reads
     /// it through [`read::read_regular`]).
     pub fn read_small_sync(&self, d: &Digest, limit: u64) -> Result<Vec<u8>> {
+        self.small_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match &self.backend {
             Backend::Dir(files) => files.read_small_sync(d, limit),
             Backend::Bucket(b) => b
@@ -532,6 +546,12 @@ impl Store {
                 .ok_or_else(|| Error::BlobUnknown(d.clone())),
             Backend::Archive(a, _) => a.read_blob_small(d, limit),
         }
+    }
+
+    /// How many whole small objects blocking callers read so far (GC's and verify's walks read
+    /// each manifest once; tests hold them to it).
+    pub fn small_reads(&self) -> u64 {
+        self.small_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A stored manifest's bytes (at most [`media::MAX_MANIFEST_BYTES`]).
@@ -1433,9 +1453,83 @@ impl Store {
             }
             Reference::Tag(_) => Digest::sha256_of(&bytes),
         };
-        // Invariant 2: everything the manifest references exists before it is stored.
-        for edge in info.edges.iter().filter(|_| check_references) {
-            match self.blob_size(&edge.digest).await? {
+        // Invariant 2: everything the manifest references exists before it is stored, and
+        // invariant 8: it stays. A check alone is not enough: GC may have read the records
+        // before this PUT and sweep a referenced blob (or this manifest's own stored bytes,
+        // when a manifest no tag names any more is put again) after it. So every reference is
+        // *promised* — checked and refreshed under the same ordering against sweeps as a HEAD
+        // (module `gc`) — before the records are written, and again after: a sweep that slipped
+        // in between (a PUT slower than GC's grace period) is seen, and the PUT is undone and
+        // refused as if GC had finished first. The second round is what makes a 201 a promise:
+        // a blob promised after the commit was promised after GC's last reading of the records,
+        // so no sweep of that GC removes it, and a later GC sees the manifest.
+        let edges: Vec<&media::Edge> = if check_references {
+            info.edges.iter().collect()
+        } else {
+            Vec::new()
+        };
+        self.promise_references(&edges).await?;
+        self.promise_manifest_bytes(&digest, &bytes).await?;
+        self.pause("manifest:promised").await;
+        let entry = NewEntry {
+            repo: repo.as_str().to_owned(),
+            tag: match reference {
+                Reference::Tag(t) => Some(t.clone()),
+                Reference::Digest(_) => None,
+            },
+            digest: digest.clone(),
+            media_type: info.media_type.clone(),
+            size: bytes.len() as u64,
+            artifact_type: info.subject.as_ref().and(info.artifact_type.clone()),
+            subject: info.subject.clone(),
+            tagged_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let e2 = entry.clone();
+        let undo = self
+            .update_index(move |f| {
+                let undo = index::Undo::before(f, &e2);
+                let before = f.manifests.len();
+                let snapshot = serde_json::to_value(&f.manifests).ok();
+                f.put(&e2);
+                let changed = f.manifests.len() != before
+                    || serde_json::to_value(&f.manifests).ok() != snapshot;
+                Ok((undo, changed))
+            })
+            .await?;
+        self.pause("manifest:recorded").await;
+        // The second round (above). The manifest's own bytes are in hand: written again if a
+        // sweep took them, rather than undoing the PUT.
+        let again = self.promise_references(&edges).await;
+        let again = match again {
+            Ok(()) => self.promise_manifest_bytes(&digest, &bytes).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = again {
+            tracing::warn!(repo = %repo, reference = %reference, "a reference of this manifest was swept while it was being recorded: the PUT is undone ({e})");
+            self.update_index(move |f| Ok(((), undo.apply(f, &entry))))
+                .await?;
+            return Err(e);
+        }
+        Ok(PutManifest {
+            digest,
+            subject: info.subject,
+        })
+    }
+
+    /// Promise every reference of a manifest (see [`Store::put_manifest_checked`]): each exists,
+    /// with the size the manifest gives, and is kept by any sweep that has not happened yet.
+    async fn promise_references(&self, edges: &[&media::Edge]) -> Result<()> {
+        use futures_util::StreamExt;
+        let digests: Vec<Digest> = edges.iter().map(|e| e.digest.clone()).collect();
+        let sizes: Vec<Result<Option<u64>>> = futures_util::stream::iter(digests)
+            .map(|d| async move { self.promise_blob(&d).await })
+            .buffered(16)
+            .collect()
+            .await;
+        for (edge, size) in edges.iter().zip(sizes) {
+            match size? {
                 None => return Err(Error::ManifestBlobUnknown(edge.digest.clone())),
                 Some(size) if size != edge.size => {
                     return Err(Error::ManifestInvalid(format!(
@@ -1452,45 +1546,48 @@ impl Store {
                 Some(_) => {}
             }
         }
-        if self.blob_size(&digest).await? != Some(bytes.len() as u64) {
-            match &self.backend {
-                Backend::Dir(files) => {
-                    let (tmp, target) = (files.tmp_dir(), files.blob_path(&digest));
-                    let b = bytes.clone();
-                    blocking(move || Ok(write::write_atomic(&tmp, &target, &b)?)).await?;
-                }
-                Backend::Bucket(b) => b.put_blob_bytes(&digest, bytes.clone()).await?,
-                Backend::Archive(..) => return Err(archive_read_only()),
-            }
+        Ok(())
+    }
+
+    /// A manifest's own bytes, stored under its digest and promised like a reference: written
+    /// when missing (or swept meanwhile: each write is new, so younger than any GC's mark).
+    async fn promise_manifest_bytes(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
+        if self.promise_blob(digest).await? == Some(bytes.len() as u64) {
+            return Ok(());
         }
-        let entry = NewEntry {
-            repo: repo.as_str().to_owned(),
-            tag: match reference {
-                Reference::Tag(t) => Some(t.clone()),
-                Reference::Digest(_) => None,
-            },
-            digest: digest.clone(),
-            media_type: info.media_type.clone(),
-            size: bytes.len() as u64,
-            artifact_type: info.subject.as_ref().and(info.artifact_type.clone()),
-            subject: info.subject.clone(),
-            tagged_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-        };
-        self.update_index(move |f| {
-            let before = f.manifests.len();
-            let snapshot = serde_json::to_value(&f.manifests).ok();
-            f.put(&entry);
-            let changed =
-                f.manifests.len() != before || serde_json::to_value(&f.manifests).ok() != snapshot;
-            Ok(((), changed))
-        })
-        .await?;
-        Ok(PutManifest {
-            digest,
-            subject: info.subject,
-        })
+        match &self.backend {
+            Backend::Dir(files) => {
+                let (tmp, target) = (files.tmp_dir(), files.blob_path(digest));
+                let b = bytes.clone();
+                blocking(move || Ok(write::write_atomic(&tmp, &target, &b)?)).await
+            }
+            Backend::Bucket(b) => b.put_blob_bytes(digest, bytes.clone()).await,
+            Backend::Archive(..) => Err(archive_read_only()),
+        }
+    }
+
+    /// Let a test hold the store at a named step of an operation (`Store::set_pause_hook`).
+    async fn pause(&self, point: &'static str) {
+        let hook = self.pause.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(h) = hook {
+            let _ = tokio::task::spawn_blocking(move || h(point)).await;
+        }
+    }
+
+    /// [`Store::pause`] for blocking callers (GC).
+    pub fn pause_sync(&self, point: &'static str) {
+        let hook = self.pause.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(h) = hook {
+            h(point);
+        }
+    }
+
+    /// For tests that stage a race step by step instead of hoping for it: `hook` is called, on
+    /// a blocking thread, at each named step (`"manifest:promised"` and `"manifest:recorded"`
+    /// in a manifest PUT, `"gc:marked"` between GC's last mark and its sweep) and may block to
+    /// hold the operation there. Nothing outside the tests sets one.
+    pub fn set_pause_hook(&self, hook: PauseHook) {
+        *self.pause.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     /// Find a manifest by tag or digest.

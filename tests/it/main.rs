@@ -16,6 +16,7 @@ mod faults;
 mod fixtures;
 mod hostile;
 mod hostile_media;
+mod integrity;
 mod interop_docker;
 mod interop_skopeo;
 mod limits;
