@@ -201,7 +201,13 @@ async fn slow_manifest_put_across_a_whole_gc(backend: Backend) {
                 .send()
                 .await
                 .unwrap();
-            (r.status(), error_code(r).await)
+            let st = r.status();
+            let code = if st.is_success() {
+                String::new()
+            } else {
+                error_code(r).await
+            };
+            (st, code)
         })
     };
     let go = stage.reached("the manifest PUT").await;
