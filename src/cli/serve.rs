@@ -52,6 +52,10 @@ pub struct Args {
     /// still need them).
     #[arg(long, requires = "htpasswd")]
     anonymous_read: bool,
+    /// With --htpasswd: serve /metrics without credentials (by default it needs them as pulls
+    /// do: it tells what the mirror holds and who uses it).
+    #[arg(long, requires = "htpasswd")]
+    metrics_public: bool,
     /// Serve HTTPS with this certificate (PEM, chain allowed); re-read on SIGHUP.
     #[arg(
         long,
@@ -206,7 +210,8 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             .with_limits(limits)
             .with_redirect(a.redirect)
             .with_pull_through(pull)
-            .with_refuse_writes(a.read_only),
+            .with_refuse_writes(a.read_only)
+            .with_metrics_public(a.metrics_public),
     );
     {
         let a = app.clone();

@@ -1,17 +1,45 @@
 //! htpasswd authentication (bcrypt entries, as Distribution accepts them).
 //!
-//! Every request with credentials is checked with bcrypt; nothing is cached. A cache of successes
-//! would answer a right password in microseconds and a wrong one in bcrypt time, which tells an
-//! attacker which is which; without it both take one bcrypt at the entry's cost. An unknown user is
-//! checked against a dummy hash of the same cost, so it is not answered faster either. The file is
-//! re-read when it changes (checked by mtime and size on each request; a stat is cheap).
+//! bcrypt is slow on purpose, so it is rationed (a review saw 16 clients sending wrong passwords
+//! take both cores and a good user's request go from 70 ms to 773 ms):
+//! - a header whose check succeeded is remembered for [`GOOD_FOR`] by its SHA-256 (never the
+//!   password itself) and for the version of the file it was checked against, so a client that
+//!   sends the same credentials with every request costs one bcrypt a minute. (A hit answers
+//!   faster than a miss, but it tells nothing the 200 itself does not: only the right
+//!   credentials are ever remembered.)
+//! - at most [`bcrypt_slots`] checks run at once, whoever sends them: the other core serves;
+//! - an address whose checks failed waits before its next one, longer with each failure in a
+//!   row (up to [`MAX_PENALTY`]), so guessing from one address is slow and costs little.
+//!
+//! An unknown user is checked against a dummy hash of the same cost, so it is not answered faster
+//! than a known one. The file is re-read when it changes (checked by mtime and size on each
+//! request; a stat is cheap), and what was remembered from the old file is forgotten.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
+use sha2::Digest as _;
+
+/// How long a header whose check succeeded is taken without another bcrypt.
+pub const GOOD_FOR: Duration = Duration::from_secs(60);
+/// Headers remembered at most (then the oldest half is forgotten).
+const GOOD_MAX: usize = 4096;
+/// The longest an address waits before a check after failures in a row.
+pub const MAX_PENALTY: Duration = Duration::from_secs(2);
+/// A failure older than this no longer slows its address down.
+const FAILURES_FORGOTTEN: Duration = Duration::from_secs(300);
+
+/// bcrypt checks at once: half the cores, at least one.
+pub fn bcrypt_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+type Stamp = Option<(SystemTime, u64)>;
 
 /// What a request may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +52,26 @@ pub struct Htpasswd {
     path: PathBuf,
     anonymous_read: bool,
     state: Mutex<Loaded>,
+    /// SHA-256 of a header whose check succeeded → when, and against which file version.
+    good: Mutex<HashMap<[u8; 32], (Instant, Stamp)>>,
+    slots: tokio::sync::Semaphore,
+    /// Per address: failures in a row, and when the last one was.
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// bcrypt checks run, running now, and the most that ever ran at once (for tests and
+    /// `/metrics`).
+    pub bcrypt_runs: AtomicU64,
+    running: AtomicUsize,
+    pub bcrypt_peak: AtomicUsize,
+}
+
+/// What a request's credentials need: an answer now, or a bcrypt check.
+pub enum Pending {
+    Decided(Verdict),
+    Check {
+        user: String,
+        password: String,
+        key: [u8; 32],
+    },
 }
 
 /// The users as last read, and which version of the file (mtime, size) they came from.
@@ -81,6 +129,12 @@ impl Htpasswd {
                 stamp: None,
                 users: Arc::new(Users::default()),
             }),
+            good: Mutex::new(HashMap::new()),
+            slots: tokio::sync::Semaphore::new(bcrypt_slots()),
+            failures: Mutex::new(HashMap::new()),
+            bcrypt_runs: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+            bcrypt_peak: AtomicUsize::new(0),
         };
         h.users()?;
         Ok(h)
@@ -99,14 +153,62 @@ impl Htpasswd {
         Ok(st.users.clone())
     }
 
-    /// Decide on a request. `authorization` is the raw header, if any.
-    pub fn check(&self, access: Access, authorization: Option<&str>) -> Verdict {
+    fn stamp(&self) -> Stamp {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).stamp
+    }
+
+    /// Decide on a request. `authorization` is the raw header, if any; `client` the address it
+    /// came from. Runs bcrypt (on the blocking pool, within the slots) only when it must.
+    pub async fn check(
+        self: &Arc<Self>,
+        access: Access,
+        authorization: Option<&str>,
+        client: Option<IpAddr>,
+    ) -> Verdict {
+        let (user, password, key) = match self.precheck(access, authorization) {
+            Pending::Decided(v) => return v,
+            Pending::Check {
+                user,
+                password,
+                key,
+            } => (user, password, key),
+        };
+        if let Some(wait) = client.and_then(|c| self.penalty(c)) {
+            tokio::time::sleep(wait).await;
+        }
+        let Ok(_slot) = self.slots.acquire().await else {
+            return Verdict::Unauthorized;
+        };
+        let me = self.clone();
+        let ok = tokio::task::spawn_blocking(move || me.verify(&user, &password))
+            .await
+            .unwrap_or(false);
+        self.settle(client, key, ok)
+    }
+
+    /// [`Htpasswd::check`] without an address, on the calling thread (blocking).
+    pub fn check_blocking(&self, access: Access, authorization: Option<&str>) -> Verdict {
+        match self.precheck(access, authorization) {
+            Pending::Decided(v) => v,
+            Pending::Check {
+                user,
+                password,
+                key,
+            } => {
+                let ok = self.verify(&user, &password);
+                self.settle(None, key, ok)
+            }
+        }
+    }
+
+    /// Everything that needs no bcrypt: no header, a malformed one, one checked lately.
+    pub fn precheck(&self, access: Access, authorization: Option<&str>) -> Pending {
         let Some(header) = authorization else {
-            return if access == Access::Read && self.anonymous_read {
+            return Pending::Decided(if access == Access::Read && self.anonymous_read {
                 Verdict::Allowed
             } else {
                 Verdict::Unauthorized
-            };
+            });
         };
         let Some(creds) = header
             .strip_prefix("Basic ")
@@ -117,24 +219,89 @@ impl Htpasswd {
             })
             .and_then(|b| String::from_utf8(b).ok())
         else {
-            return Verdict::Unauthorized;
+            return Pending::Decided(Verdict::Unauthorized);
         };
         let Some((user, password)) = creds.split_once(':') else {
-            return Verdict::Unauthorized;
+            return Pending::Decided(Verdict::Unauthorized);
         };
-        let Ok(users) = self.users() else {
+        // The file may have changed: read it (if so) before trusting what was remembered.
+        if self.users().is_err() {
             // The file vanished or cannot be read: refuse rather than open up.
-            return Verdict::Unauthorized;
+            return Pending::Decided(Verdict::Unauthorized);
+        }
+        let key: [u8; 32] = sha2::Sha256::digest(header.as_bytes()).into();
+        let stamp = self.stamp();
+        let good = self.good.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, s)) = good.get(&key) {
+            if *s == stamp && at.elapsed() < GOOD_FOR {
+                return Pending::Decided(Verdict::Allowed);
+            }
+        }
+        Pending::Check {
+            user: user.to_owned(),
+            password: password.to_owned(),
+            key,
+        }
+    }
+
+    /// One bcrypt check (blocking).
+    fn verify(&self, user: &str, password: &str) -> bool {
+        let Ok(users) = self.users() else {
+            return false;
         };
         let (hash, known) = match users.hashes.get(user) {
             Some(h) => (h.as_str(), true),
             None => (users.dummy.as_str(), false),
         };
+        self.bcrypt_runs.fetch_add(1, Ordering::Relaxed);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.bcrypt_peak.fetch_max(now, Ordering::SeqCst);
         let ok = bcrypt::verify(password, hash).unwrap_or(false);
-        if ok && known {
-            Verdict::Allowed
-        } else {
-            Verdict::Unauthorized
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        ok && known
+    }
+
+    /// Remember a success, count a failure against its address.
+    fn settle(&self, client: Option<IpAddr>, key: [u8; 32], ok: bool) -> Verdict {
+        if ok {
+            let stamp = self.stamp();
+            let mut good = self.good.lock().unwrap_or_else(|p| p.into_inner());
+            if good.len() >= GOOD_MAX {
+                good.retain(|_, (at, _)| at.elapsed() < GOOD_FOR / 2);
+            }
+            good.insert(key, (Instant::now(), stamp));
+            if let Some(c) = client {
+                self.failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&c);
+            }
+            return Verdict::Allowed;
         }
+        if let Some(c) = client {
+            let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            if f.len() >= GOOD_MAX {
+                f.retain(|_, (_, at)| at.elapsed() < FAILURES_FORGOTTEN);
+            }
+            let e = f.entry(c).or_insert((0, Instant::now()));
+            if e.1.elapsed() >= FAILURES_FORGOTTEN {
+                e.0 = 0;
+            }
+            e.0 = e.0.saturating_add(1);
+            e.1 = Instant::now();
+        }
+        Verdict::Unauthorized
+    }
+
+    /// How long an address waits before its next check: 50 ms after one failure, doubling
+    /// with each failure in a row, at most [`MAX_PENALTY`].
+    pub fn penalty(&self, client: IpAddr) -> Option<Duration> {
+        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let (n, at) = f.get(&client)?;
+        if *n == 0 || at.elapsed() >= FAILURES_FORGOTTEN {
+            return None;
+        }
+        let ms = 50u64.saturating_mul(1 << (n - 1).min(10));
+        Some(Duration::from_millis(ms).min(MAX_PENALTY))
     }
 }

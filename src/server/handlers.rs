@@ -122,10 +122,20 @@ fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// The address a request came from (the connection loop records it).
+pub fn client_of(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions().get::<ClientAddr>().map(|c| c.0)
+}
+
 /// The credentials check every request passes (`--htpasswd`): reads need them unless anonymous
 /// reads are allowed, writes always. The web page goes through it too. `Err` is the 401 to send.
-pub async fn authorize(app: &Arc<App>, headers: &HeaderMap, write: bool) -> Result<(), Response> {
-    if app.auth.is_some() {
+pub async fn authorize(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    client: Option<std::net::IpAddr>,
+    write: bool,
+) -> Result<(), Response> {
+    if let Some(auth) = &app.auth {
         let access = if write {
             super::auth::Access::Write
         } else {
@@ -133,18 +143,8 @@ pub async fn authorize(app: &Arc<App>, headers: &HeaderMap, write: bool) -> Resu
         };
         let header = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        // bcrypt is deliberately slow: keep it off the async workers.
-        let app2 = app.clone();
-        let verdict = tokio::task::spawn_blocking(move || {
-            app2.auth
-                .as_ref()
-                .map(|a| a.check(access, header.as_deref()))
-        })
-        .await
-        .ok()
-        .flatten();
+            .and_then(|v| v.to_str().ok());
+        let verdict = Some(auth.check(access, header, client).await);
         if verdict != Some(super::auth::Verdict::Allowed) {
             app.metrics
                 .auth_failures
@@ -174,7 +174,7 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
         ));
     };
     let method = req.method().clone();
-    if let Err(denied) = authorize(&app, req.headers(), is_write(&method)).await {
+    if let Err(denied) = authorize(&app, req.headers(), client_of(&req), is_write(&method)).await {
         return Ok(denied);
     }
     if (app.store.read_only() || app.refuse_writes) && is_write(&method) {

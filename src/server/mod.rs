@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
+use axum::response::IntoResponse as _;
 use axum::response::Response;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -41,7 +42,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct App {
     pub store: Store,
     /// `--htpasswd`: when set, requests need credentials (reads too, unless anonymous reads).
-    pub auth: Option<auth::Htpasswd>,
+    pub auth: Option<Arc<auth::Htpasswd>>,
     pub metrics: metrics::Metrics,
     pub limits: limits::Limits,
     pub uploads: Arc<limits::UploadGate>,
@@ -56,13 +57,15 @@ pub struct App {
     /// `--read-only` beside `--upstream`: clients' writes are refused while pull-through still
     /// stores what it fetches (the store itself is writable).
     pub refuse_writes: bool,
+    /// `--metrics-public`: `/metrics` without credentials under `--htpasswd`.
+    pub metrics_public: bool,
 }
 
 impl App {
     pub fn new(store: Store, auth: Option<auth::Htpasswd>) -> App {
         App {
             store,
-            auth,
+            auth: auth.map(Arc::new),
             metrics: Default::default(),
             limits: Default::default(),
             uploads: Default::default(),
@@ -71,6 +74,7 @@ impl App {
             pull: None,
             record: Default::default(),
             refuse_writes: false,
+            metrics_public: false,
         }
     }
 
@@ -90,6 +94,12 @@ impl App {
     /// Answer blob GETs with a 307 to the store (see [`crate::layout::Store::blob_url`]).
     pub fn with_redirect(mut self, redirect: bool) -> App {
         self.redirect = redirect;
+        self
+    }
+
+    /// Serve `/metrics` to anyone, even when `--htpasswd` asks reads for credentials.
+    pub fn with_metrics_public(mut self, public: bool) -> App {
+        self.metrics_public = public;
         self
     }
 
@@ -122,9 +132,20 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route(
             "/metrics",
-            axum::routing::get(move || async move {
-                // Counting stored blobs lists the store: on the blocking pool.
+            axum::routing::get(move |req: Request| async move {
                 let a = a2.clone();
+                // What a mirror holds and serves is no one's business without credentials when
+                // pulls need them: /metrics follows the rule reads follow, unless made public.
+                if !a.metrics_public {
+                    if let Err(res) =
+                        handlers::authorize(&a, req.headers(), handlers::client_of(&req), false)
+                            .await
+                    {
+                        return res;
+                    }
+                }
+                // Counting stored blobs lists the store: on the blocking pool.
+                let a = a.clone();
                 let text = tokio::task::spawn_blocking(move || {
                     let pull = a.pull.as_ref().map(|p| &p.counters);
                     a.metrics.render(&a.store, a.uploads.in_flight(), pull)
@@ -138,6 +159,7 @@ pub fn router(app: Arc<App>) -> Router {
                     )],
                     text,
                 )
+                    .into_response()
             }),
         )
         .fallback(move |req: Request| handlers::handle(app.clone(), req))

@@ -142,7 +142,14 @@ fn view(p: &[(String, String)]) -> View {
 
 /// `GET /`, `/ui/`, `/ui/repo?name=…`, `/ui/tag?repo=…&tag=…` (or `&digest=…`).
 pub async fn handle(app: Arc<App>, req: Request) -> Response {
-    if let Err(denied) = crate::server::handlers::authorize(&app, req.headers(), false).await {
+    if let Err(denied) = crate::server::handlers::authorize(
+        &app,
+        req.headers(),
+        crate::server::handlers::client_of(&req),
+        false,
+    )
+    .await
+    {
         return denied;
     }
     if req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD {
