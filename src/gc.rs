@@ -87,6 +87,8 @@ pub fn gc_with(store: &Store, grace: Duration, dry_run: bool, tally: &Tally) -> 
     // (however long the sweep itself takes).
     let marked_at = SystemTime::now();
     live.extend(mark(store, tally)?);
+    // Repositories' links to what is swept go with it (links made later are of later pushes).
+    let repos = store.link_repos_sync()?;
     store.pause_sync("gc:marked");
     tally.phase("sweeping", files.len() as u64, 0);
     let mut r = GcReport {
@@ -118,7 +120,7 @@ pub fn gc_with(store: &Store, grace: Duration, dry_run: bool, tally: &Tally) -> 
             continue;
         }
         // Checked again at the moment of removal, ordered against promises.
-        match store.sweep_blob_sync(d, grace, marked_at)? {
+        match store.sweep_blob_sync(d, grace, marked_at, &repos)? {
             Some(freed) => {
                 r.swept += 1;
                 r.bytes_freed += freed;

@@ -20,6 +20,7 @@
 //! the lock, and readers pick up a new one (from this or another process) on their next request.
 
 pub mod bucket;
+mod holdings;
 pub mod index;
 pub mod read;
 pub mod upload;
@@ -171,6 +172,21 @@ pub struct Store {
     pause: Mutex<Option<PauseHook>>,
     /// Whole small objects (manifests) read by blocking callers: what a walk of the graph costs.
     small_reads: std::sync::atomic::AtomicU64,
+    /// Whether the store keeps repository links ([`holdings`]), else what a read-only store's
+    /// repositories reach, worked out per version of its records.
+    links: std::sync::atomic::AtomicBool,
+    reach: Mutex<holdings::Reach>,
+}
+
+/// What a manifest's references must be before it is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refs {
+    /// Held by its repository (a client's push).
+    Held,
+    /// Stored, in any repository (ferry's own writers); they become the repository's.
+    Stored,
+    /// Not checked (a delta directory holds manifests whose blobs are elsewhere).
+    Unchecked,
 }
 
 /// See [`Store::set_pause_hook`].
@@ -231,7 +247,7 @@ impl Store {
             Store::init(&files)?;
         }
         files.canon = std::fs::canonicalize(&files.root)?;
-        Ok(Store {
+        let store = Store {
             uploads: Uploads::new(root.join(".ferry/uploads")),
             backend: Backend::Dir(files),
             read_only,
@@ -241,7 +257,11 @@ impl Store {
             index_write: tokio::sync::Mutex::new(()),
             pause: Mutex::new(None),
             small_reads: Default::default(),
-        })
+            links: Default::default(),
+            reach: Default::default(),
+        };
+        store.init_links_sync()?;
+        Ok(store)
     }
 
     /// Open the store a location names: a directory ([`Store::open`]) or a bucket, checked at
@@ -265,7 +285,7 @@ impl Store {
             }
             Location::Bucket { bucket, prefix } => {
                 let b = bucket::Bucket::open(bucket, prefix, read_only, settings).await?;
-                Ok(Store {
+                let store = Store {
                     backend: Backend::Bucket(Arc::new(b)),
                     read_only,
                     reads: Mutex::new(Default::default()),
@@ -274,8 +294,16 @@ impl Store {
                     index_write: tokio::sync::Mutex::new(()),
                     pause: Mutex::new(None),
             small_reads: Default::default(),
+            links: Default::default(),
+            reach: Default::default(),
                     uploads: Uploads::new(PathBuf::new()),
+                };
+                // The bucket's blocking calls wait on the runtime: off its worker threads.
+                blocking(move || {
+                    store.init_links_sync()?;
+                    Ok(store)
                 })
+                .await
             }
             Location::OciArchive { path } if read_only => {
                 let path = path.clone();
@@ -297,6 +325,8 @@ impl Store {
                     index_write: tokio::sync::Mutex::new(()),
                     pause: Mutex::new(None),
             small_reads: Default::default(),
+            links: Default::default(),
+            reach: Default::default(),
                     uploads: Uploads::new(PathBuf::new()),
                 })
             }
@@ -703,10 +733,24 @@ impl Store {
         d: &Digest,
         grace: std::time::Duration,
         marked_at: std::time::SystemTime,
+        repos: &[String],
     ) -> Result<Option<u64>> {
         match &self.backend {
-            Backend::Dir(files) => files.sweep(d, grace, marked_at),
-            Backend::Bucket(b) => b.block_on(b.sweep(d, grace, marked_at)),
+            Backend::Dir(files) => {
+                let repos = if self.links.load(std::sync::atomic::Ordering::Relaxed) {
+                    repos
+                } else {
+                    &[]
+                };
+                files.sweep(d, grace, marked_at, repos)
+            }
+            Backend::Bucket(b) => {
+                let swept = b.block_on(b.sweep(d, grace, marked_at))?;
+                if swept.is_some() {
+                    self.unlink_swept_sync(d, repos)?;
+                }
+                Ok(swept)
+            }
             Backend::Archive(..) => Err(archive_read_only()),
         }
     }
@@ -1083,22 +1127,14 @@ impl Store {
         }
     }
 
-    pub async fn delete_blob(&self, d: &Digest) -> Result<()> {
+    /// A blob DELETE under `repo`: the repository no longer holds it ([`holdings`]). The bytes
+    /// stay for every other repository that holds them; GC takes them when none does.
+    pub async fn delete_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
         self.ensure_writable()?;
-        let files = match &self.backend {
-            Backend::Dir(files) => files,
-            Backend::Bucket(b) => {
-                if b.blob_size(d).await?.is_none() {
-                    return Err(Error::BlobUnknown(d.clone()));
-                }
-                return b.delete(&bucket::blob_key(d)).await;
-            }
-            Backend::Archive(..) => return Err(archive_read_only()),
-        };
-        match tokio::fs::remove_file(files.blob_path(d)).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::BlobUnknown(d.clone())),
-            Err(e) => Err(e.into()),
+        if self.unlink(repo, d).await? {
+            Ok(())
+        } else {
+            Err(Error::BlobUnknown(d.clone()))
         }
     }
 
@@ -1410,7 +1446,9 @@ impl Store {
 
     // ---------------------------------------------------------------- manifests
 
-    /// Store a manifest exactly as received and record it (and its tag) in `index.json`.
+    /// Store a manifest exactly as received and record it (and its tag): ferry's own writers
+    /// (sync, pull-through, tools built on the library). What it references must be stored,
+    /// in any repository, and becomes this repository's.
     pub async fn put_manifest(
         &self,
         repo: &RepoName,
@@ -1418,7 +1456,21 @@ impl Store {
         bytes: Bytes,
         content_type: Option<&str>,
     ) -> Result<PutManifest> {
-        self.put_manifest_checked(repo, reference, bytes, content_type, true)
+        self.put_manifest_refs(repo, reference, bytes, content_type, Refs::Stored)
+            .await
+    }
+
+    /// A manifest a client pushed: what it references must be held by its repository (pushed
+    /// or mounted there, or recorded there), as in Distribution: a digest stored for another
+    /// repository is not this one's to name.
+    pub async fn put_client_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        bytes: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<PutManifest> {
+        self.put_manifest_refs(repo, reference, bytes, content_type, Refs::Held)
             .await
     }
 
@@ -1432,6 +1484,23 @@ impl Store {
         bytes: Bytes,
         content_type: Option<&str>,
         check_references: bool,
+    ) -> Result<PutManifest> {
+        let refs = if check_references {
+            Refs::Stored
+        } else {
+            Refs::Unchecked
+        };
+        self.put_manifest_refs(repo, reference, bytes, content_type, refs)
+            .await
+    }
+
+    async fn put_manifest_refs(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        bytes: Bytes,
+        content_type: Option<&str>,
+        refs: Refs,
     ) -> Result<PutManifest> {
         self.ensure_writable()?;
         if bytes.len() as u64 > media::MAX_MANIFEST_BYTES {
@@ -1463,13 +1532,24 @@ impl Store {
         // refused as if GC had finished first. The second round is what makes a 201 a promise:
         // a blob promised after the commit was promised after GC's last reading of the records,
         // so no sweep of that GC removes it, and a later GC sees the manifest.
-        let edges: Vec<&media::Edge> = if check_references {
-            info.edges.iter().collect()
-        } else {
-            Vec::new()
+        let edges: Vec<&media::Edge> = match refs {
+            Refs::Held | Refs::Stored => info.edges.iter().collect(),
+            Refs::Unchecked => Vec::new(),
         };
+        if refs == Refs::Held {
+            for e in &edges {
+                if !self.holds(repo, &e.digest).await? {
+                    return Err(Error::ManifestBlobUnknown(e.digest.clone()));
+                }
+            }
+        }
         self.promise_references(&edges).await?;
         self.promise_manifest_bytes(&digest, &bytes).await?;
+        // The repository holds what its manifest references (and the manifest) before the
+        // record names it: a client that reads the tag can read every layer under it.
+        let mut held: Vec<Digest> = info.edges.iter().map(|e| e.digest.clone()).collect();
+        held.push(digest.clone());
+        self.link(repo, &held).await?;
         self.pause("manifest:promised").await;
         let entry = NewEntry {
             repo: repo.as_str().to_owned(),
@@ -1606,6 +1686,9 @@ impl Store {
                 (d.digest.clone(), Some(d.media_type.clone()))
             }
             (Reference::Digest(d), backend) => {
+                if !self.holds(repo, d).await? {
+                    return Err(unknown());
+                }
                 let known = match backend {
                     Backend::Bucket(_) => self
                         .last_records
@@ -1667,29 +1750,17 @@ impl Store {
             }
             Reference::Digest(d) => {
                 let d2 = d.clone();
-                let (removed, still_named) = self
+                let removed = self
                     .update_index(move |f| {
                         let n = f.delete_manifest(&repo_s, &d2);
-                        Ok(((n, f.names_digest(&d2)), n > 0))
+                        Ok((n, n > 0))
                     })
                     .await?;
-                if removed == 0 && self.blob_size(d).await?.is_none() {
+                // The repository no longer holds it; the bytes stay for any other repository
+                // that does (GC takes them when none does).
+                let linked = self.unlink(repo, d).await?;
+                if removed == 0 && !linked {
                     return Err(unknown);
-                }
-                if !still_named {
-                    // No repository records it any more: drop the bytes too, so a GET by digest
-                    // answers 404 as clients expect after a delete.
-                    match &self.backend {
-                        Backend::Dir(files) => {
-                            match tokio::fs::remove_file(files.blob_path(d)).await {
-                                Ok(()) => {}
-                                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                                Err(e) => return Err(e.into()),
-                            }
-                        }
-                        Backend::Bucket(b) => b.delete(&bucket::blob_key(d)).await?,
-                        Backend::Archive(..) => return Err(archive_read_only()),
-                    }
                 }
                 Ok(())
             }
@@ -1846,6 +1917,7 @@ impl StoreFiles {
         d: &Digest,
         grace: std::time::Duration,
         marked_at: std::time::SystemTime,
+        repos: &[String],
     ) -> Result<Option<u64>> {
         let l = read::open_private(&self.gc_lock_path(), true, false)?;
         l.lock()?;
@@ -1858,6 +1930,8 @@ impl StoreFiles {
         if recent || meta.is_dir() {
             return Ok(None);
         }
+        // The repositories' links first: one a push makes after this stays, with its blob.
+        holdings::remove_dir_links(&self.root, d, repos)?;
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(Some(if meta.is_file() { meta.len() } else { 0 })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(0)),

@@ -222,30 +222,34 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
                 .filter(|_| req.version() <= axum::http::Version::HTTP_11)
                 .cloned();
             let d = blob_name(&d)?;
+            let params = query_params(&req);
+            let ns = param(&params, "ns");
+            // Each repository answers only for what it holds (invariant 7), under the names a
+            // mirror's request may mean, as manifests are looked up.
+            let held = holder(&app, &name, ns, &d).await?;
             if let Some(pull) = &app.pull {
-                let params = query_params(&req);
                 let seen = pull.ended();
-                if app.store.blob_size(&d).await?.is_none() {
-                    if let Some(res) = pull_blob(
-                        &app,
-                        pull,
-                        &name,
-                        param(&params, "ns"),
-                        (&d, seen),
-                        req.headers(),
-                        head,
-                    )
-                    .await?
+                if held.is_none() || app.store.blob_size(&d).await?.is_none() {
+                    if let Some(res) =
+                        pull_blob(&app, pull, &name, ns, (&d, seen), req.headers(), head).await?
                     {
                         return Ok(res);
                     }
                 }
             }
+            // (After a pull-through that found the blob stored, ask again: it may be held now.)
+            let held = match (held, &app.pull) {
+                (None, Some(_)) => holder(&app, &name, ns, &d).await?,
+                (h, _) => h,
+            };
+            if held.is_none() {
+                return Err(Error::BlobUnknown(d).into());
+            }
             get_blob(&app, &d, req.headers(), head, zero_copy).await
         }
         (Endpoint::Blob { name, digest: d }, Method::DELETE) => {
-            repo(&name)?;
-            app.store.delete_blob(&blob_name(&d)?).await?;
+            let name = repo(&name)?;
+            app.store.delete_blob(&name, &blob_name(&d)?).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
         (Endpoint::UploadStart { name }, Method::POST) => {
@@ -253,6 +257,7 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
         }
         (Endpoint::Upload { name, id }, Method::GET) => {
             let r = repo(&name)?;
+            app.sessions.used(&id);
             let len = app.store.upload_status(&id).await?;
             Ok(upload_accepted(&r, &id, len, StatusCode::NO_CONTENT))
         }
@@ -260,9 +265,12 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
             let r = repo(&name)?;
             let start = content_range_start(req.headers())?;
             let _slot = upload_slot(&app, &req)?;
+            app.sessions.used(&id);
             let body = guarded_body(req.into_body(), &app.limits);
             let before = app.store.upload_status(&id).await.unwrap_or(0);
-            let len = app.store.upload_append(&id, start, body).await?;
+            let len = app.store.upload_append(&id, start, body).await;
+            app.sessions.used(&id);
+            let len = len?;
             app.metrics.bytes_in.fetch_add(
                 len.saturating_sub(before),
                 std::sync::atomic::Ordering::Relaxed,
@@ -280,13 +288,22 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
             let _slot = upload_slot(&app, &req)?;
             let body = guarded_body(req.into_body(), &app.limits);
             let before = app.store.upload_status(&id).await.unwrap_or(0);
-            app.store.upload_finish(&id, start, body, &d).await?;
+            app.sessions.used(&id);
+            let finished = app.store.upload_finish(&id, start, body, &d).await;
+            if finished.is_ok() {
+                app.sessions.closed(&id);
+            } else {
+                app.sessions.used(&id);
+            }
+            finished?;
+            app.store.link(&r, std::slice::from_ref(&d)).await?;
             count_in(&app, &d, before).await;
             Ok(blob_created(&r, &d))
         }
         (Endpoint::Upload { name, id }, Method::DELETE) => {
             repo(&name)?;
             app.store.upload_cancel(&id).await?;
+            app.sessions.closed(&id);
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         (Endpoint::Referrers { name, digest: d }, Method::GET) => {
@@ -310,6 +327,22 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
         }
         _ => Err(unsupported_method()),
     }
+}
+
+/// Which of the names a request may mean ([`crate::proxy::candidates`]) holds `d`, if any.
+async fn holder(
+    app: &App,
+    name: &str,
+    ns: Option<&str>,
+    d: &Digest,
+) -> Result<Option<RepoName>, ApiError> {
+    for n in crate::proxy::candidates(name, ns) {
+        let Ok(n) = RepoName::parse(&n) else { continue };
+        if app.store.holds(&n, d).await? {
+            return Ok(Some(n));
+        }
+    }
+    Ok(None)
 }
 
 /// Count the bytes a finished upload received in this request (its size less what came before).
@@ -361,11 +394,17 @@ fn blob_created(r: &RepoName, d: &Digest) -> Response {
 async fn start_upload(app: &App, r: &RepoName, req: Request) -> HResult {
     let params = query_params(&req);
     if let Some(m) = param(&params, "mount") {
-        // Blobs are shared by every repository of the store, so a mount succeeds whenever the
-        // blob exists (with or without `from`: automatic cross-mount). Otherwise fall through to
-        // a new session, as the spec asks.
+        // A mount makes a blob of another repository this one's: with `from`, when that
+        // repository holds it; without (automatic cross-mount), when the store has it at all.
+        // Otherwise fall through to a new session, as the spec asks.
         if let Ok(d) = m.parse::<Digest>() {
-            if app.store.promise_blob(&d).await?.is_some() {
+            let from_holds = match param(&params, "from").map(RepoName::parse) {
+                Some(Ok(from)) => app.store.holds(&from, &d).await?,
+                Some(Err(_)) => false,
+                None => true,
+            };
+            if from_holds && app.store.promise_blob(&d).await?.is_some() {
+                app.store.link(r, std::slice::from_ref(&d)).await?;
                 return Ok(blob_created(r, &d));
             }
         }
@@ -375,22 +414,88 @@ async fn start_upload(app: &App, r: &RepoName, req: Request) -> HResult {
         let _slot = upload_slot(app, &req)?;
         let body = guarded_body(req.into_body(), &app.limits);
         app.store.put_blob(body, &d).await?;
+        app.store.link(r, std::slice::from_ref(&d)).await?;
         count_in(app, &d, 0).await;
         return Ok(blob_created(r, &d));
     }
     // Each session is a file and a table entry: cap them, so a client opening sessions in a
-    // loop cannot grow either without bound. Abandoned ones expire (--upload-expiry).
-    let open = app.store.open_uploads();
-    if open >= app.limits.max_sessions {
+    // loop cannot grow either without bound. Abandoned ones expire (--upload-expiry). One client
+    // (a user, else an address) has a bound of its own, so it cannot take everyone's sessions:
+    // over it, its own idle sessions go first, and failing that it alone is refused.
+    let who = client_key(app, &req);
+    let mine = app.sessions.open_by(&who);
+    if mine >= app.limits.max_sessions_per_client && reclaim(app, &who, 1).await == 0 {
         return Err(Error::TooManyRequests(format!(
-            "{open} upload sessions are open (limit {}); finish or cancel some, or wait for \
-             abandoned ones to expire",
-            app.limits.max_sessions
+            "{mine} upload sessions of {who} are open (limit {} per client); finish or cancel \
+             some, or wait for idle ones to expire",
+            app.limits.max_sessions_per_client
         ))
         .into());
     }
+    let open = app.store.open_uploads();
+    if open >= app.limits.max_sessions {
+        // The busiest client's idle sessions make room first.
+        if let Some((busiest, _)) = app.sessions.busiest() {
+            reclaim(app, &busiest, open + 1 - app.limits.max_sessions).await;
+        }
+        let open = app.store.open_uploads();
+        if open >= app.limits.max_sessions {
+            return Err(Error::TooManyRequests(format!(
+                "{open} upload sessions are open (limit {}); finish or cancel some, or wait for \
+                 abandoned ones to expire",
+                app.limits.max_sessions
+            ))
+            .into());
+        }
+    }
     let id = app.store.upload_start().await?;
+    app.sessions.opened(&id, &who);
     Ok(upload_accepted(r, &id, 0, StatusCode::ACCEPTED))
+}
+
+/// Who a request counts against for open upload sessions: the user under `--htpasswd` (a build
+/// farm behind one NAT address is many users), else the address.
+fn client_key(app: &App, req: &Request) -> String {
+    if app.auth.is_some() {
+        let user = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| h.strip_prefix("Basic "))
+            .and_then(|b| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|c| c.split_once(':').map(|(u, _)| u.to_owned()));
+        if let Some(u) = user {
+            return format!("user {u}");
+        }
+    }
+    match client_of(req) {
+        Some(a) => format!("address {a}"),
+        None => "address unknown".to_owned(),
+    }
+}
+
+/// Let go of up to `n` of `client`'s sessions that were idle long enough. Returns how many went.
+async fn reclaim(app: &App, client: &str, n: usize) -> usize {
+    let mut freed = 0;
+    for id in app
+        .sessions
+        .idle_of(client, app.limits.session_reclaim_after)
+        .into_iter()
+        .take(n)
+    {
+        // Gone already (expired, finished elsewhere) counts as freed too.
+        let _ = app.store.upload_cancel(&id).await;
+        app.sessions.closed(&id);
+        tracing::info!(client, session = %id, "idle upload session let go: its client is at its bound");
+        freed += 1;
+    }
+    freed
 }
 
 async fn get_blob(
@@ -591,6 +696,10 @@ async fn pull_blob(
     match pull.blob(app, &n, d, seen, 0, None).await? {
         crate::proxy::BlobAnswer::Stored => Ok(None),
         crate::proxy::BlobAnswer::Streaming(s) => {
+            // The upstream serves it under this name: the name holds it once it is stored.
+            if let Ok(rn) = RepoName::parse(&n) {
+                app.store.link(&rn, std::slice::from_ref(d)).await?;
+            }
             let body = if head {
                 Body::empty()
             } else {
@@ -658,7 +767,7 @@ async fn put_manifest(app: &App, r: &RepoName, reference: &str, req: Request) ->
     })?;
     let put = app
         .store
-        .put_manifest(r, &reference, bytes, content_type.as_deref())
+        .put_client_manifest(r, &reference, bytes, content_type.as_deref())
         .await?;
     let mut res = StatusCode::CREATED.into_response();
     let h = res.headers_mut();

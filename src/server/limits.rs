@@ -61,6 +61,12 @@ pub struct Limits {
     pub max_uploads_per_client: usize,
     /// Upload sessions open at once (started, not yet finished, cancelled or expired).
     pub max_sessions: usize,
+    /// Upload sessions one client (a user under `--htpasswd`, else an address) may have open:
+    /// one pusher opening sessions in a loop cannot take everyone's.
+    pub max_sessions_per_client: usize,
+    /// A session of a client at its bound that saw no request for this long is let go when the
+    /// client asks for another (before the hourly expiry would).
+    pub session_reclaim_after: Duration,
     /// A request head must arrive in full within this time.
     pub header_timeout: Duration,
     /// A connection with no byte moving either way for this long is closed.
@@ -77,6 +83,8 @@ impl Default for Limits {
             max_uploads: 128,
             max_uploads_per_client: 32,
             max_sessions: 10_000,
+            max_sessions_per_client: 1_000,
+            session_reclaim_after: Duration::from_secs(600),
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             body_stall: Duration::from_secs(30),
@@ -88,6 +96,79 @@ impl Default for Limits {
 /// The address a request came from, put into the request's extensions by the connection loop.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub IpAddr);
+
+/// Who opened each upload session, and when it was last used: the bound per client on open
+/// sessions. Kept in memory: sessions recovered after a restart count only toward the total.
+#[derive(Default)]
+pub struct SessionOwners {
+    inner: Mutex<Owners>,
+}
+
+#[derive(Default)]
+struct Owners {
+    by_id: HashMap<String, (String, Instant)>,
+    count: HashMap<String, usize>,
+}
+
+impl SessionOwners {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Owners> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many sessions `client` has open.
+    pub fn open_by(&self, client: &str) -> usize {
+        self.lock().count.get(client).copied().unwrap_or(0)
+    }
+
+    /// `client`'s sessions idle for at least `idle`, the longest idle first.
+    pub fn idle_of(&self, client: &str, idle: Duration) -> Vec<String> {
+        let o = self.lock();
+        let mut v: Vec<(&String, Instant)> = o
+            .by_id
+            .iter()
+            .filter(|(_, (c, at))| c == client && at.elapsed() >= idle)
+            .map(|(id, (_, at))| (id, *at))
+            .collect();
+        v.sort_by_key(|(_, at)| *at);
+        v.into_iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    /// The client with the most sessions open, and how many.
+    pub fn busiest(&self) -> Option<(String, usize)> {
+        self.lock()
+            .count
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(c, n)| (c.clone(), *n))
+    }
+
+    pub fn opened(&self, id: &str, client: &str) {
+        let mut o = self.lock();
+        o.by_id
+            .insert(id.to_owned(), (client.to_owned(), Instant::now()));
+        *o.count.entry(client.to_owned()).or_insert(0) += 1;
+    }
+
+    /// A request on a session (it is not idle).
+    pub fn used(&self, id: &str) {
+        if let Some(e) = self.lock().by_id.get_mut(id) {
+            e.1 = Instant::now();
+        }
+    }
+
+    /// The session ended (finished, cancelled, expired).
+    pub fn closed(&self, id: &str) {
+        let mut o = self.lock();
+        if let Some((client, _)) = o.by_id.remove(id) {
+            if let Some(n) = o.count.get_mut(&client) {
+                *n -= 1;
+                if *n == 0 {
+                    o.count.remove(&client);
+                }
+            }
+        }
+    }
+}
 
 /// Counts upload requests in flight, in total and per client address.
 #[derive(Default)]

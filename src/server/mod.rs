@@ -46,6 +46,8 @@ pub struct App {
     pub metrics: metrics::Metrics,
     pub limits: limits::Limits,
     pub uploads: Arc<limits::UploadGate>,
+    /// Who opened each upload session (the bound per client).
+    pub sessions: limits::SessionOwners,
     /// `--redirect`: blob GETs answered with a 307 to a presigned URL of the object store.
     pub redirect: bool,
     /// The web page's state (manifest summaries).
@@ -69,6 +71,7 @@ impl App {
             metrics: Default::default(),
             limits: Default::default(),
             uploads: Default::default(),
+            sessions: Default::default(),
             redirect: false,
             ui: Default::default(),
             pull: None,

@@ -169,8 +169,12 @@ async fn served_hostile_media_is_absent_and_named_never_opened() {
                 "GET {why} ro={read_only}"
             );
             let body = r.text().await.unwrap();
+            // What the repository's manifests reference (the FIFO, the symlink) is named; a
+            // name no manifest of it references (the directory, the socket) is not the
+            // repository's at all, and is answered as unknown without being looked at.
+            let referenced = why == "FIFO" || why == "leaving the layout";
             assert!(
-                body.contains("BLOB_UNKNOWN") && body.contains(why),
+                body.contains("BLOB_UNKNOWN") && (body.contains(why) || !referenced),
                 "{why}: {body}"
             );
             let r = client

@@ -323,3 +323,235 @@ async fn gc_and_verify_read_each_nested_manifest_once() {
     );
     srv.stop().await;
 }
+
+async fn head_status(url: String) -> StatusCode {
+    http().head(url).send().await.unwrap().status()
+}
+
+async fn delete_status(url: String) -> StatusCode {
+    http().delete(url).send().await.unwrap().status()
+}
+
+/// Push an index of one image into `repo` (children by digest first, as clients do); returns
+/// (index bytes, child manifest bytes).
+async fn push_index(url: &str, repo: &str, tag: &str, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let child = push_image(url, repo, &format!("child-{seed}"), seed).await;
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": sha256(&child).to_string(),
+            "size": child.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+        }],
+    }))
+    .unwrap();
+    let r = http()
+        .put(format!("{url}/v2/{repo}/manifests/{tag}"))
+        .header("Content-Type", "application/vnd.oci.image.index.v1+json")
+        .body(index.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    (index, child)
+}
+
+/// Item 2: repositories cannot break each other. Each repository answers only for what it holds
+/// (pushed, mounted, recorded, or referenced by what it records), and a delete under one takes
+/// nothing from another — on a directory and on Garage.
+async fn repositories_cannot_break_each_other(backend: Backend) {
+    let Some(srv) = TestServer::start_in(backend).await else {
+        return;
+    };
+    let u = srv.url.clone();
+    let m = push_image(&u, "a/bb", "1", 21).await;
+    let refs = refs_of(&m);
+    let layer = refs[1].clone();
+    let md = sha256(&m);
+
+    // Reads under a repository that never held it: 404 (before: 200 under any name).
+    for url in [
+        format!("{u}/v2/never/pushed/blobs/{layer}"),
+        format!("{u}/v2/never/pushed/manifests/{md}"),
+    ] {
+        assert_eq!(
+            head_status(url.clone()).await,
+            StatusCode::NOT_FOUND,
+            "{url}"
+        );
+        assert_eq!(status(url.clone()).await, StatusCode::NOT_FOUND, "{url}");
+    }
+    // A delete under it: 404, and a/bb:1 intact (before: 202, and the layer was gone).
+    assert_eq!(
+        delete_status(format!("{u}/v2/never/pushed/blobs/{layer}")).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        delete_status(format!("{u}/v2/never/pushed/manifests/{md}")).await,
+        StatusCode::NOT_FOUND
+    );
+    intact(&srv, "a/bb", "1", &m).await;
+
+    // A manifest naming a blob only another repository holds is refused, as in Distribution.
+    let r = http()
+        .put(format!("{u}/v2/thief/app/manifests/1"))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(m.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
+    // A mount makes it this repository's: from a repository that holds it...
+    let r = http()
+        .post(format!(
+            "{u}/v2/c/app/blobs/uploads/?mount={layer}&from=a/bb"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        head_status(format!("{u}/v2/c/app/blobs/{layer}")).await,
+        StatusCode::OK
+    );
+    // ...not from one that does not (a new upload session instead, as the spec says).
+    let r = http()
+        .post(format!(
+            "{u}/v2/d/app/blobs/uploads/?mount={layer}&from=never/pushed"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        head_status(format!("{u}/v2/d/app/blobs/{layer}")).await,
+        StatusCode::NOT_FOUND
+    );
+    // A blob delete under c takes it from c only.
+    assert_eq!(
+        delete_status(format!("{u}/v2/c/app/blobs/{layer}")).await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        head_status(format!("{u}/v2/c/app/blobs/{layer}")).await,
+        StatusCode::NOT_FOUND
+    );
+    intact(&srv, "a/bb", "1", &m).await;
+
+    // A pushes an index and its child; the index is copied into B by a sync. B's "is the child
+    // there?" is answered for B, so B gets the child recorded; A's delete of the child by
+    // digest then leaves B's tag whole (before: B's tag broke).
+    let (index, child) = push_index(&u, "a/app", "1", 22).await;
+    let s = ferry::sync::sync(
+        &ferry::location::Location::parse(&format!("docker://{}/a/app:1", srv.host())).unwrap(),
+        &ferry::location::Location::parse(&format!("docker://{}/b/app", srv.host())).unwrap(),
+        &ferry::sync::SyncOptions::default(),
+        &ferry::sync::Quiet,
+    )
+    .await
+    .unwrap();
+    assert!(s.failed.is_empty(), "{s}");
+    let cd = sha256(&child);
+    assert_eq!(
+        delete_status(format!("{u}/v2/a/app/manifests/{cd}")).await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        status(format!("{u}/v2/a/app/manifests/{cd}")).await,
+        StatusCode::NOT_FOUND,
+        "deleted from a/app"
+    );
+    let r = http()
+        .get(format!("{u}/v2/b/app/manifests/1"))
+        .header("Accept", "application/vnd.oci.image.index.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &index[..]);
+    let r = http()
+        .get(format!("{u}/v2/b/app/manifests/{cd}"))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "b/app's child went with a/app's delete"
+    );
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &child[..]);
+    for d in refs_of(&child) {
+        assert_eq!(
+            status(format!("{u}/v2/b/app/blobs/{d}")).await,
+            StatusCode::OK
+        );
+    }
+    // And GC, run now with no grace, takes nothing b/app or a/bb still holds.
+    let store = srv.other_store().await;
+    let report =
+        tokio::task::spawn_blocking(move || ferry::gc::gc(&store, Duration::ZERO, false).unwrap())
+            .await
+            .unwrap();
+    assert!(report.reachable > 0, "{report}");
+    intact(&srv, "a/bb", "1", &m).await;
+    assert_eq!(
+        status(format!("{u}/v2/b/app/manifests/{cd}")).await,
+        StatusCode::OK
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repositories_cannot_break_each_other_dir() {
+    repositories_cannot_break_each_other(Backend::Dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repositories_cannot_break_each_other_s3() {
+    repositories_cannot_break_each_other(Backend::S3).await;
+}
+
+/// A store ferry did not write (or an older ferry did) has no links: opened writable, each
+/// repository is given what its records reach; served read-only (a USB disk), the same is
+/// worked out in memory. Either way reads under a repository answer for it, not for others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_links_answers_per_repository_writable_and_read_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let srv = TestServer::start_on(&dir, false).await;
+    let m = push_image(&srv.url, "x/one", "1", 31).await;
+    let other = push_image(&srv.url, "x/two", "1", 32).await;
+    srv.stop().await;
+    std::fs::remove_dir_all(dir.join(".ferry/links")).unwrap();
+    std::fs::remove_file(dir.join(".ferry/links.v1")).unwrap();
+    let layer = refs_of(&m)[1].clone();
+    let other_layer = refs_of(&other)[1].clone();
+    for read_only in [true, false] {
+        let srv = TestServer::start_on(&dir, read_only).await;
+        let u = srv.url.clone();
+        assert_eq!(
+            status(format!("{u}/v2/x/one/blobs/{layer}")).await,
+            StatusCode::OK,
+            "read_only={read_only}"
+        );
+        assert_eq!(
+            status(format!("{u}/v2/x/one/blobs/{other_layer}")).await,
+            StatusCode::NOT_FOUND,
+            "read_only={read_only}"
+        );
+        assert_eq!(
+            status(format!("{u}/v2/x/two/manifests/{}", sha256(&m))).await,
+            StatusCode::NOT_FOUND
+        );
+        srv.stop().await;
+        assert_eq!(
+            dir.join(".ferry/links.v1").exists(),
+            !read_only,
+            "a read-only store is never written; a writable one gets its links"
+        );
+    }
+}

@@ -217,7 +217,7 @@ async fn pushes_racing_gc_on_another_replica_never_lose_a_promised_blob() {
     let shared: Vec<Vec<u8>> = (0..24).map(|i| bytes(20_000, 400 + i)).collect();
     let own: Vec<Vec<u8>> = (0..40).map(|i| bytes(10_000, 500 + i)).collect();
     for b in shared.iter().chain(&own) {
-        push_blob(&rs[0].url, "race/base", b).await;
+        push_blob(&rs[0].url, "race/app", b).await;
     }
     // Unreferenced and older than the grace period: exactly what a sweep removes.
     tokio::time::sleep(grace + Duration::from_secs(1)).await;

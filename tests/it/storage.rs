@@ -386,7 +386,7 @@ async fn pushes_racing_a_gc_loop_never_lose_a_promised_blob() {
     let shared: Vec<Vec<u8>> = (0..24).map(|i| bytes(20_000, 400 + i)).collect();
     let own: Vec<Vec<u8>> = (0..40).map(|i| bytes(10_000, 500 + i)).collect();
     for b in shared.iter().chain(&own) {
-        push_blob(&s.url, "race/base", b).await;
+        push_blob(&s.url, "race/app", b).await;
     }
     age_all_blobs(&s.dir, Duration::from_secs(7200));
     // 1. Clients ask whether the layers exist (as docker does before uploading): all are there.

@@ -1,0 +1,384 @@
+//! Which repository holds what (invariant 7): blobs and manifests are stored once for the whole
+//! store, but each repository answers only for what it holds, and a delete under one repository
+//! never takes anything from another.
+//!
+//! A repository holds a digest when it was pushed or mounted into it, when a manifest the
+//! repository records references it, or when the repository records that manifest itself. The
+//! first two are kept as *links*, one empty file (or object) each, as Distribution keeps its
+//! repository links:
+//!
+//! ```text
+//! DIR/.ferry/links/<repo>/_/<alg>-<hex>   repo holds this blob or manifest
+//! DIR/.ferry/links.v1                     the links are kept (written after a store without
+//!                                         them was given its links, see below)
+//! ```
+//!
+//! (`_` is no repository name component, so `a` and `a/b` never meet.) A manifest PUT links
+//! everything it references into its repository before its record is written, so a layer is
+//! readable under a repository as soon as a manifest there names it. The layout itself stays a
+//! plain OCI image layout that other tools read: the links are ferry's own state.
+//!
+//! A writable store that has no `links.v1` yet (written by an older ferry, or by another tool) is
+//! given its links when it is opened: everything each repository's records reach. A read-only
+//! store without them (a USB disk, an archive) answers from that reachability, worked out in
+//! memory once per version of its records. Something written into a store behind ferry's back
+//! after that (skopeo into a live data directory) is not held by any repository until a manifest
+//! PUT or sync names it: write into a served store with `ferry sync`.
+//!
+//! The bytes themselves go only with GC, which sweeps what no record reaches (after the grace
+//! period) and removes the links to what it sweeps.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{blocking, read, write, Backend, Store};
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::reference::RepoName;
+
+/// Present once the store keeps links.
+const MARKER: &str = ".ferry/links.v1";
+const LINKS: &str = ".ferry/links/";
+
+fn flat(d: &Digest) -> String {
+    format!("{}-{}", d.algorithm().as_str(), d.hex())
+}
+
+/// `.ferry/links/<repo>/_/` (relative to the store's root).
+fn repo_dir(repo: &str) -> String {
+    format!("{LINKS}{repo}/_/")
+}
+
+/// The repository a link key or path names, from its part after `.ferry/links/`.
+fn repo_of(rest: &str) -> Option<&str> {
+    rest.rsplit_once("/_/").map(|(r, _)| r)
+}
+
+/// What a read-only store without links holds, per repository, for one version of its records.
+#[derive(Default)]
+pub(super) struct Reach {
+    /// The records it was worked out from (an `Arc<Index>`'s address, which stays put while the
+    /// store's cache holds that Arc).
+    of: usize,
+    repos: HashMap<String, Arc<HashSet<Digest>>>,
+}
+
+impl Store {
+    /// Does this store keep links (else: read-only, answered from reachability)?
+    fn keeps_links(&self) -> bool {
+        self.links.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `repo` holds `d` (module docs). Reads under a repository answer only for this.
+    pub async fn holds(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
+        if self.keeps_links() {
+            let idx = self.index().await?;
+            if idx.file.has_repo_digest(repo.as_str(), d) {
+                return Ok(true);
+            }
+            return self.has_link(repo.as_str(), d).await;
+        }
+        Ok(self.reach_of(repo.as_str()).await?.contains(d))
+    }
+
+    async fn has_link(&self, repo: &str, d: &Digest) -> Result<bool> {
+        let rel = format!("{}{}", repo_dir(repo), flat(d));
+        match &self.backend {
+            Backend::Dir(files) => {
+                let path = files.root.join(&rel);
+                blocking(move || match std::fs::symlink_metadata(&path) {
+                    Ok(m) => Ok(m.is_file()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                    Err(e) => Err(e.into()),
+                })
+                .await
+            }
+            Backend::Bucket(b) => Ok(b.head(&rel).await?.is_some()),
+            Backend::Archive(..) => Ok(false),
+        }
+    }
+
+    /// Make `ds` held by `repo` (a push, a mount, what a manifest references). Durable when it
+    /// returns: a manifest naming them is recorded after this.
+    pub async fn link(&self, repo: &RepoName, ds: &[Digest]) -> Result<()> {
+        if ds.is_empty() || !self.keeps_links() || self.read_only {
+            return Ok(());
+        }
+        let dir = repo_dir(repo.as_str());
+        let names: Vec<String> = ds.iter().map(flat).collect();
+        match &self.backend {
+            Backend::Dir(files) => {
+                let dir = files.root.join(&dir);
+                blocking(move || Ok(link_files(&dir, &names)?)).await
+            }
+            Backend::Bucket(b) => {
+                use futures_util::StreamExt;
+                let b = b.clone();
+                let results: Vec<Result<()>> = futures_util::stream::iter(names)
+                    .map(|n| {
+                        let (b, key) = (b.clone(), format!("{dir}{n}"));
+                        async move { b.put(&key, Bytes::new()).await }
+                    })
+                    .buffer_unordered(16)
+                    .collect()
+                    .await;
+                results.into_iter().collect()
+            }
+            Backend::Archive(..) => Ok(()),
+        }
+    }
+
+    /// Take `d` from `repo` (a blob or manifest DELETE). Returns whether it held a link.
+    pub async fn unlink(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
+        self.ensure_writable()?;
+        if !self.keeps_links() {
+            return Ok(false);
+        }
+        let rel = format!("{}{}", repo_dir(repo.as_str()), flat(d));
+        match &self.backend {
+            Backend::Dir(files) => {
+                let path = files.root.join(&rel);
+                blocking(move || match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        if let Some(dir) = path.parent() {
+                            write::fsync_dir(dir)?;
+                        }
+                        Ok(true)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                    Err(e) => Err(e.into()),
+                })
+                .await
+            }
+            Backend::Bucket(b) => {
+                if b.head(&rel).await?.is_none() {
+                    return Ok(false);
+                }
+                b.delete(&rel).await?;
+                Ok(true)
+            }
+            Backend::Archive(..) => Ok(false),
+        }
+    }
+
+    /// Every repository that has links (GC removes the links of what it sweeps from each).
+    /// Blocking.
+    pub fn link_repos_sync(&self) -> Result<Vec<String>> {
+        if !self.keeps_links() {
+            return Ok(Vec::new());
+        }
+        match &self.backend {
+            Backend::Dir(files) => {
+                let mut out = Vec::new();
+                let top = files.root.join(LINKS);
+                let mut stack = vec![top.clone()];
+                while let Some(dir) = stack.pop() {
+                    let rd = match std::fs::read_dir(&dir) {
+                        Ok(rd) => rd,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    for e in rd.flatten() {
+                        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                            continue;
+                        }
+                        if e.file_name() == "_" {
+                            if let Ok(rel) = dir.strip_prefix(&top) {
+                                out.push(rel.to_string_lossy().into_owned());
+                            }
+                        } else {
+                            stack.push(e.path());
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            Backend::Bucket(b) => {
+                let keys = b.block_on(b.list(LINKS))?;
+                let mut out: Vec<String> = keys
+                    .iter()
+                    .filter_map(|(k, _)| repo_of(k.strip_prefix(LINKS)?).map(str::to_owned))
+                    .collect();
+                out.sort();
+                out.dedup();
+                Ok(out)
+            }
+            Backend::Archive(..) => Ok(Vec::new()),
+        }
+    }
+
+    /// The links of a swept blob, in every repository of `repos`. Blocking; a directory's are
+    /// removed under GC's exclusive lock, by the sweep itself, before the blob.
+    pub(super) fn unlink_swept_sync(&self, d: &Digest, repos: &[String]) -> Result<()> {
+        if !self.keeps_links() {
+            return Ok(());
+        }
+        let name = flat(d);
+        match &self.backend {
+            Backend::Dir(files) => Ok(remove_dir_links(&files.root, d, repos)?),
+            Backend::Bucket(b) => {
+                for r in repos {
+                    b.block_on(b.delete(&format!("{}{name}", repo_dir(r))))?;
+                }
+                Ok(())
+            }
+            Backend::Archive(..) => Ok(()),
+        }
+    }
+
+    /// What `repo` reaches from its records, for a store without links (worked out once per
+    /// version of the records).
+    async fn reach_of(&self, repo: &str) -> Result<Arc<HashSet<Digest>>> {
+        let idx = self.index().await?;
+        let of = Arc::as_ptr(&idx) as usize;
+        {
+            let r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+            if r.of == of {
+                if let Some(s) = r.repos.get(repo) {
+                    return Ok(s.clone());
+                }
+            }
+        }
+        let roots: Vec<(Digest, String)> = idx
+            .file
+            .manifests
+            .iter()
+            .filter(|d| d.repo_and_tag().0 == Some(repo))
+            .map(|d| (d.digest.clone(), d.media_type.clone()))
+            .collect();
+        let set = self.walk_sync(roots).await?;
+        let set = Arc::new(set);
+        let mut r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+        if r.of != of {
+            *r = Reach {
+                of,
+                repos: HashMap::new(),
+            };
+        }
+        r.repos.insert(repo.to_owned(), set.clone());
+        // Keep the records the address was taken from alive as long as the answer.
+        drop(idx);
+        Ok(set)
+    }
+
+    /// Everything `roots` reach. The walk reads through `self` with blocking reads: inline for
+    /// a directory or an archive (local files, once per version of the records), and for a
+    /// bucket (whose blocking reads wait on its runtime) in `block_in_place`.
+    async fn walk_sync(&self, roots: Vec<(Digest, String)>) -> Result<HashSet<Digest>> {
+        let walk = || -> Result<HashSet<Digest>> {
+            let mut g = crate::verify::Graph::new(self);
+            let live = g.mark(roots.iter().map(|(d, mt)| (d, mt.as_str())))?;
+            Ok(live.into_iter().collect())
+        };
+        match &self.backend {
+            Backend::Bucket(_) => tokio::task::block_in_place(walk),
+            Backend::Dir(_) | Backend::Archive(..) => walk(),
+        }
+    }
+
+    /// Give a writable store its links if it has none yet (module docs), or note whether a
+    /// read-only one keeps them. Blocking; run once, when the store is opened.
+    pub(super) fn init_links_sync(&self) -> Result<()> {
+        let marked = match &self.backend {
+            Backend::Dir(files) => files.root.join(MARKER).exists(),
+            Backend::Bucket(b) => b.block_on(b.head(MARKER))?.is_some(),
+            Backend::Archive(..) => false,
+        };
+        if marked || self.read_only {
+            self.links
+                .store(marked, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
+        // Every record's graph, linked into its repository; under the records' lock for a
+        // directory, so no manifest is recorded meanwhile without its links.
+        let _lock = match &self.backend {
+            Backend::Dir(files) => {
+                let l = read::open_private(&files.root.join(".ferry/lock"), true, false)?;
+                l.lock()?;
+                Some(l)
+            }
+            _ => None,
+        };
+        let idx = self.index_sync()?;
+        let mut graph = crate::verify::Graph::new(self);
+        let mut per_repo: HashMap<String, Vec<Digest>> = HashMap::new();
+        for d in &idx.file.manifests {
+            let Some(repo) = d.repo_and_tag().0 else {
+                continue;
+            };
+            let (reach, _) = graph.reachable(&d.digest, &d.media_type)?;
+            per_repo.entry(repo.to_owned()).or_default().extend(reach);
+        }
+        let linked: usize = per_repo.values().map(Vec::len).sum();
+        match &self.backend {
+            Backend::Dir(files) => {
+                for (repo, mut ds) in per_repo {
+                    ds.sort();
+                    ds.dedup();
+                    let names: Vec<String> = ds.iter().map(flat).collect();
+                    link_files(&files.root.join(repo_dir(&repo)), &names)?;
+                }
+                write::write_atomic(&files.tmp_dir(), &files.root.join(MARKER), b"1\n")?;
+            }
+            Backend::Bucket(b) => {
+                for (repo, ds) in per_repo {
+                    for d in ds {
+                        b.block_on(
+                            b.put(&format!("{}{}", repo_dir(&repo), flat(&d)), Bytes::new()),
+                        )?;
+                    }
+                }
+                b.block_on(b.put(MARKER, Bytes::from_static(b"1\n")))?;
+            }
+            Backend::Archive(..) => {}
+        }
+        if linked > 0 {
+            tracing::info!(
+                data = %self.describe(),
+                links = linked,
+                "each repository now answers only for what it holds: links made from its records"
+            );
+        }
+        self.links.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Create empty link files in `dir` (made if missing), then make them durable.
+fn link_files(dir: &std::path::Path, names: &[String]) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut made = false;
+    for n in names {
+        let p: PathBuf = dir.join(n);
+        if std::fs::symlink_metadata(&p).is_ok() {
+            continue;
+        }
+        read::open_private(&p, true, false)?;
+        made = true;
+    }
+    if made {
+        write::fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Remove a digest's links in `repos` of the directory store at `root`.
+pub(super) fn remove_dir_links(
+    root: &std::path::Path,
+    d: &Digest,
+    repos: &[String],
+) -> io::Result<()> {
+    let name = flat(d);
+    for r in repos {
+        match std::fs::remove_file(root.join(repo_dir(r)).join(&name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
