@@ -78,6 +78,10 @@ pub struct Args {
     /// Blob uploads receiving data at once from one client address (more get 429).
     #[arg(long, value_name = "N", default_value_t = 32)]
     max_uploads_per_client: usize,
+    /// Upload sessions one client (a user under --htpasswd, else an address) may have open; past
+    /// it, its own sessions idle for 10 minutes are let go, else it gets 429.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    max_sessions_per_client: usize,
     /// Close connections with no byte moving either way for this long.
     #[arg(long, value_name = "DURATION", default_value = "2m")]
     idle_timeout: String,
@@ -197,6 +201,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let limits = ferry::server::limits::Limits {
         max_uploads: a.max_uploads,
         max_uploads_per_client: a.max_uploads_per_client,
+        max_sessions_per_client: a.max_sessions_per_client.max(1),
         idle_timeout,
         ..Default::default()
     };

@@ -555,3 +555,69 @@ async fn a_store_without_links_answers_per_repository_writable_and_read_only() {
         );
     }
 }
+
+/// Item 5: one pusher cannot stop everyone's uploads. 200 sessions opened in a loop by one
+/// address: it gets 429 past its own bound, another address still opens sessions, and once the
+/// flooder's sessions sit idle, a new one of its own lets its oldest idle one go (before: every
+/// new session for every user got 429 until the 24 h expiry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_opening_sessions_in_a_loop_cannot_take_everyones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = TestServer::start_opts(
+        &tmp.path().join("data"),
+        ServerOpts {
+            limits: ferry::server::limits::Limits {
+                max_sessions: 100,
+                max_sessions_per_client: 20,
+                session_reclaim_after: Duration::from_secs(1),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let start = |c: reqwest::Client| {
+        let url = format!("{}/v2/flood/app/blobs/uploads/", srv.url);
+        async move { c.post(url).send().await.unwrap() }
+    };
+    let flooder = http();
+    let mut opened = Vec::new();
+    let mut refused = 0;
+    for _ in 0..200 {
+        let r = start(flooder.clone()).await;
+        match r.status() {
+            StatusCode::ACCEPTED => {
+                opened.push(r.headers()["location"].to_str().unwrap().to_owned())
+            }
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(opened.len(), 20, "the flooder's own bound");
+    assert_eq!(refused, 180);
+    // Another client (another loopback address) is not affected.
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(start(other.clone()).await.status(), StatusCode::ACCEPTED);
+    }
+    // Idle past the reclaim time: the flooder's next session lets its oldest idle one go.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let r = start(flooder.clone()).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let oldest = &opened[0];
+    let r = http()
+        .get(format!("{}{oldest}", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "the oldest idle session was let go"
+    );
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    srv.stop().await;
+}
