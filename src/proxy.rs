@@ -41,6 +41,10 @@ use crate::layout::{ManifestMeta, Store};
 use crate::reference::{Reference, RepoName};
 use crate::remote::{Registry, RemoteOptions};
 
+/// The default bound on one upstream blob: larger than any layer a build makes, small enough
+/// that a body that never ends cannot fill a disk.
+pub const DEFAULT_MAX_BLOB: u64 = 64 << 30;
+
 /// Docker Hub's name as the first component of a repository.
 pub const DOCKER_HUB: &str = "docker.io";
 
@@ -109,6 +113,8 @@ pub struct Upstream {
     pub name: String,
     pub url: String,
     registry: Registry,
+    host: String,
+    opts: RemoteOptions,
 }
 
 impl Upstream {
@@ -140,12 +146,23 @@ impl Upstream {
             insecure: false,
             ca_file,
             creds,
+            idle_timeout: None,
         };
         Ok(Upstream {
             name: name.to_owned(),
             url: url.to_owned(),
             registry: Registry::new(host, &opts)?,
+            host: host.to_owned(),
+            opts,
         })
+    }
+
+    /// The same upstream with another idle timeout (`--upstream-idle-timeout`): a response that
+    /// delivers nothing for this long fails, and every client waiting on it hears so.
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Result<Upstream> {
+        self.opts.idle_timeout = Some(idle);
+        self.registry = Registry::new(&self.host, &self.opts)?;
+        Ok(self)
     }
 }
 
@@ -219,6 +236,8 @@ pub struct PullThrough {
     /// Fetches that have left `fetches` (stored or failed), counted under its lock.
     ended: AtomicU64,
     pub counters: Counters,
+    /// The most one upstream blob may be (`--upstream-max-blob`).
+    max_blob: u64,
 }
 
 /// A blob on its way from an upstream, as a client gets it.
@@ -267,7 +286,15 @@ impl PullThrough {
             fetches: Default::default(),
             ended: AtomicU64::new(0),
             counters: Default::default(),
+            max_blob: DEFAULT_MAX_BLOB,
         })
+    }
+
+    /// `--upstream-max-blob`: the most one upstream blob may be. A body announced larger is
+    /// refused before it is read, one that goes on past it is cut there, and nothing is stored.
+    pub fn with_max_blob(mut self, max: u64) -> PullThrough {
+        self.max_blob = max;
+        self
     }
 
     pub fn upstreams(&self) -> impl Iterator<Item = &Upstream> {
@@ -484,9 +511,10 @@ impl PullThrough {
         let (me, owner, d) = (self.clone(), owner.clone(), d.clone());
         self.counters.blob_fetches.fetch_add(1, Ordering::Relaxed);
         let spool = fetch.clone();
+        let max_blob = self.max_blob;
         tokio::spawn(async move {
             let store = (*owner).as_ref();
-            let res = run_fetch(&up, &urepo, store, &d, spool, dir, &tx).await;
+            let res = run_fetch(&up, (&urepo, max_blob), store, &d, spool, dir, &tx).await;
             // Counted before anyone can see the end, so /metrics never lags what clients saw.
             if matches!(&res, Err(e) if !matches!(e, Error::BlobUnknown(_))) {
                 me.counters
@@ -533,7 +561,7 @@ fn upstream_blob_error(d: &Digest, why: impl std::fmt::Display) -> Error {
 /// hashing it; commit it if it is the blob. Whatever fails, no spool file is left behind.
 async fn run_fetch(
     up: &Upstream,
-    urepo: &str,
+    (urepo, max_blob): (&str, u64),
     store: &Store,
     d: &Digest,
     fetch: Arc<Fetch>,
@@ -555,7 +583,7 @@ async fn run_fetch(
             }));
         }
     };
-    let streamed = stream_upstream(up, urepo, d, wtx, tx, &mut start_writer).await;
+    let streamed = stream_upstream(up, (urepo, max_blob), d, wtx, tx, &mut start_writer).await;
     // Started here when no chunk came (an empty blob, or a failure before the body).
     start_writer();
     let Some(writer) = writer else {
@@ -650,7 +678,7 @@ fn spool(
 /// returns `Ok`, unless the writer stopped).
 async fn stream_upstream(
     up: &Upstream,
-    urepo: &str,
+    (urepo, max_blob): (&str, u64),
     d: &Digest,
     spool: tokio::sync::mpsc::Sender<Bytes>,
     tx: &watch::Sender<FetchState>,
@@ -662,6 +690,12 @@ async fn stream_upstream(
         .await?
         .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
     let len = blob.len;
+    if let Some(len) = len.filter(|l| *l > max_blob) {
+        return Err(upstream_blob_error(
+            d,
+            format!("the upstream announces {len} bytes, over --upstream-max-blob ({max_blob})"),
+        ));
+    }
     let mut stream = blob.stream;
     let mut received = 0u64;
     let mut ended = false;
@@ -708,6 +742,12 @@ async fn stream_upstream(
             None => Bytes::copy_from_slice(&first),
         };
         let n = chunk.len() as u64;
+        if received + n > max_blob {
+            return Err(upstream_blob_error(
+                d,
+                format!("the upstream's body goes on past --upstream-max-blob ({max_blob} bytes)"),
+            ));
+        }
         if let Some(len) = len {
             if received + n > len {
                 return Err(upstream_blob_error(

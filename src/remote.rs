@@ -27,7 +27,15 @@ pub struct RemoteOptions {
     pub ca_file: Option<PathBuf>,
     /// `USER:PASS`
     pub creds: Option<String>,
+    /// A read from the registry that delivers nothing for this long fails (default
+    /// [`IDLE_TIMEOUT`]); connecting has [`CONNECT_TIMEOUT`].
+    pub idle_timeout: Option<std::time::Duration>,
 }
+
+/// How long a registry may leave a response without a byte before the read fails.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long connecting to a registry may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct Registry {
     host: String,
@@ -42,6 +50,13 @@ pub struct Registry {
     /// When the token flow last ran per repository and direction. Tokens expire (Docker Hub's
     /// after 300 s), so a long-running pull-through runs it again after [`AUTH_FOR`].
     authed: tokio::sync::Mutex<std::collections::HashMap<(String, bool), std::time::Instant>>,
+    /// The bearer token the last token flow gave per repository (pulls), for requests ferry
+    /// sends itself ([`Registry::fetch_manifest`]).
+    tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// For the requests ferry sends itself: the same TLS settings and timeouts as oci-client's.
+    http: reqwest::Client,
+    /// `http` or `https`, as oci-client speaks to this host.
+    scheme: &'static str,
 }
 
 /// How long a token flow's result is trusted before it runs again.
@@ -117,7 +132,10 @@ impl Registry {
                 data,
             });
         }
+        let idle = opts.idle_timeout.unwrap_or(IDLE_TIMEOUT);
         let config = || ClientConfig {
+            read_timeout: Some(idle),
+            connect_timeout: Some(CONNECT_TIMEOUT),
             protocol: protocol.clone(),
             // Blob sizes are always known from their descriptors, so a push is one streamed
             // request (POST, then PUT with the body) instead of a PATCH per 4 MiB chunk.
@@ -135,6 +153,29 @@ impl Registry {
             }
             None => docker_config_auth(host),
         };
+        let mut http = reqwest::Client::builder()
+            .read_timeout(idle)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .danger_accept_invalid_certs(opts.insecure)
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")));
+        if !extra.is_empty() {
+            let mut certs = Vec::new();
+            for c in &extra {
+                certs.push(
+                    reqwest::Certificate::from_pem(&c.data)
+                        .map_err(|e| Error::Usage(format!("--ca-file: {e}")))?,
+                );
+            }
+            http = http.tls_certs_merge(certs);
+        }
+        let http = http
+            .build()
+            .map_err(|e| Error::Usage(format!("the HTTP client for {host}: {e}")))?;
+        let scheme = if opts.plain_http || is_loopback_host(host) {
+            "http"
+        } else {
+            "https"
+        };
         Ok(Registry {
             host: host.to_owned(),
             client: Client::new(config()),
@@ -142,6 +183,9 @@ impl Registry {
             open: Default::default(),
             auth,
             authed: Default::default(),
+            tokens: Default::default(),
+            http,
+            scheme,
         })
     }
 
@@ -204,6 +248,13 @@ impl Registry {
             .map_err(|e| self.err(format!("authentication for {repo}: {}", chain(&e))))?;
         let open = token.is_none() && matches!(self.auth, RegistryAuth::Anonymous);
         self.open.store(open, std::sync::atomic::Ordering::Relaxed);
+        if !push {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            match token {
+                Some(t) => tokens.insert(repo.to_owned(), t),
+                None => tokens.remove(repo),
+            };
+        }
         done.insert(key, std::time::Instant::now());
         Ok(())
     }
@@ -255,13 +306,91 @@ impl Registry {
         repo: &str,
         reference: &Reference,
     ) -> Result<(Bytes, String, Digest)> {
-        self.ensure_auth(repo, false).await?;
-        let (bytes, digest) = self
-            .client
-            .pull_manifest_raw(&self.oref(repo, reference), &self.auth, &MANIFEST_TYPES)
-            .await
-            .map_err(|e| self.err(format!("manifest {repo}:{reference}: {}", chain(&e))))?;
-        self.checked(repo, reference, bytes, &digest)
+        match self.fetch_manifest(repo, reference).await? {
+            Some((bytes, digest)) => self.checked(repo, reference, bytes, &digest),
+            None => Err(Error::ManifestUnknown(format!(
+                "{repo}:{reference} at {}",
+                self.host
+            ))),
+        }
+    }
+
+    /// GET a manifest, its body read up to [`media::MAX_MANIFEST_BYTES`] and no further, each read
+    /// bounded by the idle timeout: a registry that sends an endless or a stalled body ends with
+    /// an error, not with ferry's memory or a client waiting for ever. (oci-client reads a body
+    /// whole before anything can look at its size, which is why ferry sends this one itself,
+    /// with the credentials oci-client's token flow produced.) `None`: the registry has no such
+    /// manifest. Returns the bytes and the digest the registry named (or "").
+    async fn fetch_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<Option<(Bytes, String)>> {
+        let what = format!("manifest {repo}:{reference}");
+        for attempt in 0..2 {
+            self.ensure_auth(repo, false).await?;
+            let url = format!(
+                "{}://{}/v2/{repo}/manifests/{reference}",
+                self.scheme, self.host
+            );
+            let mut req = self
+                .http
+                .get(&url)
+                .header(reqwest::header::ACCEPT, MANIFEST_TYPES.join(", "));
+            let token = self
+                .tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(repo)
+                .cloned();
+            req = match (&token, &self.auth) {
+                (Some(t), _) => req.bearer_auth(t),
+                (None, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
+                (None, _) => req,
+            };
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| self.err(format!("{what}: {}", chain(&e))))?;
+            let status = resp.status();
+            if status == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+                // A token that expired early: run the flow again, once.
+                self.authed.lock().await.remove(&(repo.to_owned(), false));
+                continue;
+            }
+            if status == reqwest::StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            let limit = media::MAX_MANIFEST_BYTES;
+            if let Some(len) = resp.content_length().filter(|l| *l > limit) {
+                return Err(self.err(format!(
+                    "{what}: the registry sends {len} bytes, over the {limit}-byte limit for a manifest"
+                )));
+            }
+            let digest = resp
+                .headers()
+                .get("Docker-Content-Digest")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let mut body = resp.bytes_stream();
+            let mut buf = bytes::BytesMut::new();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| self.err(format!("{what}: {}", chain(&e))))?;
+                if buf.len() as u64 + chunk.len() as u64 > limit {
+                    return Err(self.err(format!(
+                        "{what}: the body goes past {limit} bytes, the limit for a manifest; not read further"
+                    )));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            if !status.is_success() {
+                let text = String::from_utf8_lossy(&buf[..buf.len().min(512)]).into_owned();
+                return Err(self.err(format!("{what}: {status}: {}", text.trim())));
+            }
+            return Ok(Some((buf.freeze(), digest)));
+        }
+        Err(self.err(format!("{what}: 401 Unauthorized after a fresh token")))
     }
 
     /// Check pulled manifest bytes against the digest asked for (or the one the registry
@@ -299,15 +428,9 @@ impl Registry {
         repo: &str,
         reference: &Reference,
     ) -> Result<Option<(Bytes, String, Digest)>> {
-        self.ensure_auth(repo, false).await?;
-        let pulled = self
-            .client
-            .pull_manifest_raw(&self.oref(repo, reference), &self.auth, &MANIFEST_TYPES)
-            .await;
-        match pulled {
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(self.err(format!("manifest {repo}:{reference}: {}", chain(&e)))),
-            Ok((bytes, digest)) => self.checked(repo, reference, bytes, &digest).map(Some),
+        match self.fetch_manifest(repo, reference).await? {
+            None => Ok(None),
+            Some((bytes, digest)) => self.checked(repo, reference, bytes, &digest).map(Some),
         }
     }
 

@@ -86,6 +86,7 @@ impl SrcRemoteArgs {
             insecure: self.insecure,
             ca_file: self.ca_file.clone(),
             creds,
+            idle_timeout: None,
         }
     }
 }

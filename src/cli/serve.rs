@@ -100,6 +100,14 @@ pub struct Args {
     /// Trust this CA certificate (PEM) for upstream registries' TLS.
     #[arg(long, value_name = "FILE")]
     upstream_ca_file: Option<std::path::PathBuf>,
+    /// The most one upstream blob may be (a body announced larger is refused, one that goes on
+    /// past it is cut there; nothing is stored).
+    #[arg(long, value_name = "SIZE", default_value = "64G")]
+    upstream_max_blob: String,
+    /// An upstream response that delivers nothing for this long fails, for every client waiting
+    /// on it.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    upstream_idle_timeout: String,
 }
 
 /// `--upstream` and friends, or `None` without any.
@@ -118,14 +126,16 @@ fn pull_through(a: &Args) -> anyhow::Result<Option<ferry::proxy::PullThrough>> {
             .ok_or_else(|| usage(format!("--upstream-creds {c:?}: expected NAME=USER:PASS")))?;
         creds.insert(name.to_owned(), up.to_owned());
     }
+    let idle = duration(&a.upstream_idle_timeout, "--upstream-idle-timeout")?;
+    let max_blob = ferry::retention::parse_size(&a.upstream_max_blob)
+        .map_err(|e| usage(format!("--upstream-max-blob: {e}")))?;
     let mut ups = Vec::new();
     for spec in &a.upstream {
         let name = spec.split_once('=').map_or(spec.as_str(), |(n, _)| n);
-        ups.push(ferry::proxy::Upstream::parse(
-            spec,
-            creds.remove(name),
-            a.upstream_ca_file.clone(),
-        )?);
+        ups.push(
+            ferry::proxy::Upstream::parse(spec, creds.remove(name), a.upstream_ca_file.clone())?
+                .with_idle_timeout(idle)?,
+        );
     }
     if let Some(name) = creds.keys().next() {
         return Err(usage(format!(
@@ -133,7 +143,9 @@ fn pull_through(a: &Args) -> anyhow::Result<Option<ferry::proxy::PullThrough>> {
         )));
     }
     let ttl = duration(&a.upstream_ttl, "--upstream-ttl")?;
-    Ok(Some(ferry::proxy::PullThrough::new(ups, ttl)?))
+    Ok(Some(
+        ferry::proxy::PullThrough::new(ups, ttl)?.with_max_blob(max_blob),
+    ))
 }
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {

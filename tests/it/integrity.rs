@@ -621,3 +621,204 @@ async fn one_client_opening_sessions_in_a_loop_cannot_take_everyones() {
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
     srv.stop().await;
 }
+
+/// A registry that misbehaves on purpose (item 4): `/v2/` answers 200; a manifest named
+/// `endless` is a body that never ends (no Content-Length), `stall` sends a few bytes then
+/// nothing; every blob is an endless body without Content-Length. Counts the bytes it sent.
+struct Hostile {
+    addr: std::net::SocketAddr,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Hostile {
+    async fn start() -> Hostile {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let sent = counter.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&head)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned();
+                    let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+                    if path == "/v2/" || path == "/v2" {
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                            .await;
+                        return;
+                    }
+                    let ct = if path.contains("/manifests/") {
+                        "application/vnd.oci.image.manifest.v1+json"
+                    } else {
+                        "application/octet-stream"
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nConnection: close\r\n\r\n"
+                    );
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if path.ends_with("/manifests/stall") {
+                        let _ = sock.write_all(b"{\"schemaVersion\":").await;
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    // Endless: until the reader goes away.
+                    let chunk = vec![b' '; 64 << 10];
+                    while sock.write_all(&chunk).await.is_ok() {
+                        sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        Hostile { addr, sent }
+    }
+}
+
+/// Item 4: what an upstream or a source registry sends is bounded by what the request knows, in
+/// size and in time. An endless manifest body is cut at the 4 MiB limit (before: read whole,
+/// 254 MiB and counting); a stalled one ends at the idle timeout (before: waited for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_and_stalled_manifest_bodies_from_a_source_registry_are_cut() {
+    let h = Hostile::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let idle = ferry::remote::RemoteOptions {
+        idle_timeout: Some(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let opts = ferry::sync::SyncOptions {
+        src: idle,
+        ..Default::default()
+    };
+    for (tag, why) in [("endless", "limit for a manifest"), ("stall", "")] {
+        let started = std::time::Instant::now();
+        let src = format!("docker://{}/app:{tag}", h.addr);
+        let dst = tmp.path().join(tag).display().to_string();
+        let (src, dst) = (
+            ferry::location::Location::parse(&src).unwrap(),
+            ferry::location::Location::parse(&dst).unwrap(),
+        );
+        let run = ferry::sync::sync(&src, &dst, &opts, &ferry::sync::Quiet);
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .unwrap_or_else(|_| panic!("{tag}: still reading after a minute"));
+        let err = match out {
+            Err(e) => e.to_string(),
+            Ok(s) => s.failed.join("\n"),
+        };
+        assert!(!err.is_empty(), "{tag}: the sync succeeded");
+        eprintln!("{tag}: {err}");
+        assert!(err.contains(why), "{tag}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(50), "{tag}");
+    }
+    // What the endless body got out of the socket before ferry stopped reading: the limit and
+    // what the kernel's buffers hold, not hundreds of MiB.
+    let sent = h.sent.load(Ordering::Relaxed);
+    assert!(sent < 32 << 20, "ferry kept reading: {sent} bytes");
+}
+
+/// Item 4, pull-through: a blob sent without Content-Length that never ends is cut at
+/// `--upstream-max-blob`, nothing is stored, and every client — the first, one that joined it,
+/// and a later one — gets an error rather than a wait until a restart; a stalled manifest ends at
+/// the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_upstream_blob_ends_for_every_client_and_is_not_stored() {
+    let h = Hostile::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let up = ferry::proxy::Upstream::parse(&format!("lab.example=http://{}", h.addr), None, None)
+        .unwrap()
+        .with_idle_timeout(Duration::from_secs(1))
+        .unwrap();
+    let pull = ferry::proxy::PullThrough::new(vec![up], Duration::from_secs(600))
+        .unwrap()
+        .with_max_blob(1 << 20);
+    let srv = TestServer::start_opts(
+        &tmp.path().join("data"),
+        ServerOpts {
+            pull: Some(pull),
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let d = sha256(b"whatever the upstream calls it");
+    let url = format!("{}/v2/lab.example/app/blobs/{d}", srv.url);
+    let get = |c: reqwest::Client, url: String| async move {
+        match c.get(&url).send().await {
+            Err(e) => Err(e.to_string()),
+            Ok(r) if !r.status().is_success() => Err(r.status().to_string()),
+            Ok(r) => match r.bytes().await {
+                Ok(b) => Ok(b.len()),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    };
+    let (a, b) = tokio::join!(
+        get(client.clone(), url.clone()),
+        get(client.clone(), url.clone())
+    );
+    for (who, r) in [("first", a), ("joined", b)] {
+        let e = r.expect_err(&format!("{who}: a whole blob from an endless body"));
+        assert!(!e.contains("timed out"), "{who} waited: {e}");
+    }
+    let later = get(client.clone(), url.clone()).await;
+    let e = later.expect_err("later: a whole blob");
+    assert!(!e.contains("timed out"), "later waited: {e}");
+    // The upstream was asked, and what was read of it is bounded by the limit (plus what the
+    // kernel's buffers hold), three fetches of an endless body.
+    let sent = h.sent.load(Ordering::Relaxed);
+    assert!(sent >= 1 << 20, "the upstream was not reached: {sent}");
+    assert!(sent < 3 * (16 << 20), "read on past the limit: {sent}");
+    eprintln!("pull-through blob errors: {e}; upstream sent {sent} bytes in all");
+    assert!(
+        !srv.dir.join("blobs/sha256").join(d.hex()).exists(),
+        "stored"
+    );
+    assert!(
+        srv.leftovers().await.is_empty(),
+        "{:?}",
+        srv.leftovers().await
+    );
+
+    // A manifest that stalls: an error after the idle timeout, not a wait.
+    let started = std::time::Instant::now();
+    let r = client
+        .get(format!("{}/v2/lab.example/app/manifests/stall", srv.url))
+        .send()
+        .await
+        .expect("answered, not timed out");
+    assert!(
+        r.status().is_server_error() || r.status() == StatusCode::NOT_FOUND,
+        "{}",
+        r.status()
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // And an endless manifest is cut at the limit.
+    let r = client
+        .get(format!("{}/v2/lab.example/app/manifests/endless", srv.url))
+        .send()
+        .await
+        .expect("answered, not timed out");
+    assert!(!r.status().is_success(), "{}", r.status());
+    srv.stop().await;
+}
