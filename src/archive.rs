@@ -47,8 +47,6 @@ const BLOCK: u64 = 512;
 const MAX_MEMBERS: usize = 1_000_000;
 /// The smallest `--split` accepted.
 pub const MIN_SPLIT: u64 = 1 << 20;
-/// `index.json` and `manifest.json` larger than this are refused unread.
-const MAX_META_BYTES: u64 = 64 << 20;
 /// Bytes copied per write while streaming a blob into the tar.
 const WRITE_CHUNK: usize = 1 << 20;
 
@@ -929,7 +927,7 @@ impl Archive {
                 "is not an OCI image layout archive (no oci-layout member)",
             ));
         }
-        let bytes = self.read_small("index.json", MAX_META_BYTES)?;
+        let bytes = self.read_small("index.json", crate::layout::MAX_INDEX_BYTES)?;
         let file = IndexFile::parse(&bytes)
             .map_err(|e| arch_err(self.describe(), format!("index.json: {e}")))?;
         Ok(Index::new(file))

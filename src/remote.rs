@@ -236,6 +236,7 @@ impl Registry {
         } else {
             RegistryOperation::Pull
         };
+        self.check_realm().await?;
         self.client
             .store_auth_if_needed(self.host.as_str(), &self.auth)
             .await;
@@ -256,6 +257,29 @@ impl Registry {
             };
         }
         done.insert(key, std::time::Instant::now());
+        Ok(())
+    }
+
+    /// Credentials go to the token service a registry's challenge names (its `realm`): refuse
+    /// one that is plain HTTP when the registry itself is HTTPS, so a challenge cannot send
+    /// `--upstream-creds` / `--src-creds` somewhere in clear text. (A plain-HTTP registry gets
+    /// them in clear anyway: that was the user's choice.)
+    async fn check_realm(&self) -> Result<()> {
+        if self.scheme != "https" || !matches!(self.auth, RegistryAuth::Basic(..)) {
+            return Ok(());
+        }
+        let url = format!("{}://{}/v2/", self.scheme, self.host);
+        let Ok(resp) = self.http.get(&url).send().await else {
+            // Unreachable: the token flow itself will say so.
+            return Ok(());
+        };
+        for v in resp.headers().get_all(reqwest::header::WWW_AUTHENTICATE) {
+            if let Some(realm) = plain_http_realm(v.to_str().unwrap_or("")) {
+                return Err(self.err(format!(
+                    "its token service {realm} is plain HTTP; ferry does not send credentials there in clear text"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -557,6 +581,21 @@ impl Registry {
 }
 
 /// "No such manifest" as a registry says it (404, or an error body naming it unknown).
+/// The `realm` of a `WWW-Authenticate` challenge when it is a plain-HTTP address.
+fn plain_http_realm(challenge: &str) -> Option<String> {
+    let lower = challenge.to_ascii_lowercase();
+    let at = lower.find("realm=")? + "realm=".len();
+    let rest = challenge[at..].trim_start();
+    let realm = match rest.strip_prefix('"') {
+        Some(q) => q.split('"').next().unwrap_or(""),
+        None => rest.split([',', ' ']).next().unwrap_or(""),
+    };
+    realm
+        .to_ascii_lowercase()
+        .starts_with("http://")
+        .then(|| realm.to_owned())
+}
+
 fn is_not_found(e: &oci_client::errors::OciDistributionError) -> bool {
     use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
     match e {
@@ -586,4 +625,27 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_http_realm;
+
+    #[test]
+    fn a_plain_http_token_realm_is_seen() {
+        assert_eq!(
+            plain_http_realm(r#"Bearer realm="http://auth.example/token",service="r""#).as_deref(),
+            Some("http://auth.example/token")
+        );
+        assert_eq!(
+            plain_http_realm("Bearer Realm=HTTP://a/t, service=x").as_deref(),
+            Some("HTTP://a/t")
+        );
+        assert_eq!(
+            plain_http_realm(r#"Bearer realm="https://auth.docker.io/token""#),
+            None
+        );
+        assert_eq!(plain_http_realm(r#"Basic realm="ferry""#), None);
+        assert_eq!(plain_http_realm("Bearer service=x"), None);
+    }
 }

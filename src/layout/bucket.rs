@@ -516,12 +516,21 @@ impl Bucket {
             .collect())
     }
 
-    /// Promise a blob to a client (module docs): record, look for a sweep, then for the blob.
+    /// Promise a blob to a client (module docs): record, wait out a sweep of it that may have
+    /// begun before the record (a few requests long), then look for the blob. Answering
+    /// "unknown" at the sight of a marker would refuse a manifest PUT whose blob the sweep then
+    /// keeps (GC looks at every unreferenced blob, and a layer is unreferenced until its
+    /// manifest is recorded).
     pub async fn promise(&self, d: &Digest) -> Result<Option<u64>> {
         self.put(&format!(".ferry/promises/{}", flat(d)), Bytes::new())
             .await?;
-        if self.sweeping(d).await? {
-            return Ok(None);
+        let mut waited = Duration::ZERO;
+        while self.sweeping(d).await? {
+            if waited >= STALE_MARKER {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
         }
         self.blob_size(d).await
     }

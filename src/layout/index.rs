@@ -49,7 +49,12 @@ impl Descriptor {
 
     /// (repository, tag) this descriptor stands for, if any.
     pub fn repo_and_tag(&self) -> (Option<&str>, Option<&str>) {
+        // A name that is no repository name (`../../x` on a hostile disk) names nothing: it is
+        // never listed, served or turned into a path ([`Index::skipped`] says so).
         let repo = self.annotation(FERRY_REPOSITORY);
+        if repo.is_some_and(|r| !is_valid_name(r)) {
+            return (None, None);
+        }
         let refname = self.annotation(REF_NAME);
         match (repo, refname) {
             (Some(r), Some(n)) => {
@@ -414,7 +419,12 @@ impl Index {
         let mut out = Vec::new();
         for (i, d) in self.file.manifests.iter().enumerate() {
             let refname = d.annotation(REF_NAME);
+            let bad_repo = d.annotation(FERRY_REPOSITORY).filter(|r| !is_valid_name(r));
             let why = match (d.repo_and_tag(), refname) {
+                ((None, _), _) if bad_repo.is_some() => format!(
+                    "{FERRY_REPOSITORY} {:?} is not a repository name",
+                    truncate(bad_repo.unwrap_or_default())
+                ),
                 ((None, _), Some(n)) => format!(
                     "ref.name {:?} is not REPO:TAG (a lower-case repository name, a colon, a tag)",
                     truncate(n)

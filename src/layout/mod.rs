@@ -45,8 +45,11 @@ use upload::Uploads;
 
 pub const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
-/// Largest `index.json` read (about 600,000 tags); a larger one is refused, not loaded.
-pub const MAX_INDEX_BYTES: u64 = 256 << 20;
+/// Largest `index.json` read (about 90,000 tags of ferry's, ~350 bytes each); a larger one is
+/// refused, not loaded. Parsed, an index costs about five times its size in memory (a review
+/// measured ~330 MiB for 60 MiB), so this keeps one under ~200 MiB. A store with more tags
+/// belongs in a bucket, which keeps one object per tag and never reads them as one file.
+pub const MAX_INDEX_BYTES: u64 = 32 << 20;
 /// Largest `oci-layout` file read.
 const MAX_LAYOUT_FILE_BYTES: u64 = 64 << 10;
 
@@ -176,6 +179,8 @@ pub struct Store {
     /// repositories reach, worked out per version of its records.
     links: std::sync::atomic::AtomicBool,
     reach: Mutex<holdings::Reach>,
+    /// Blobs of a read-only store checked to hash to their names ([`Store::check_served`]).
+    vouched: Mutex<std::collections::HashSet<Digest>>,
 }
 
 /// What a manifest's references must be before it is stored.
@@ -259,6 +264,7 @@ impl Store {
             small_reads: Default::default(),
             links: Default::default(),
             reach: Default::default(),
+            vouched: Default::default(),
         };
         store.init_links_sync()?;
         Ok(store)
@@ -296,6 +302,7 @@ impl Store {
             small_reads: Default::default(),
             links: Default::default(),
             reach: Default::default(),
+            vouched: Default::default(),
                     uploads: Uploads::new(PathBuf::new()),
                 };
                 // The bucket's blocking calls wait on the runtime: off its worker threads.
@@ -327,6 +334,7 @@ impl Store {
             small_reads: Default::default(),
             links: Default::default(),
             reach: Default::default(),
+            vouched: Default::default(),
                     uploads: Uploads::new(PathBuf::new()),
                 })
             }
@@ -1095,6 +1103,64 @@ impl Store {
     /// Open a blob for reading. A directory's length is taken from the open file, so a
     /// concurrent delete cannot make the two disagree; a file that is not content is
     /// [`Error::BlobUnreadable`], named.
+    /// For a read-only store (a USB disk, an archive, a bucket from elsewhere: media that may be
+    /// hostile), check a blob hashes to its name before the server sends any of it, once per
+    /// blob: the last byte of a blob that does not hash to its name is never sent. A writable
+    /// store verified everything as it was written.
+    pub async fn check_served(&self, d: &Digest) -> Result<()> {
+        if !self.read_only
+            || self
+                .vouched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(d)
+        {
+            return Ok(());
+        }
+        let checked = match &self.backend {
+            Backend::Dir(files) => {
+                let (files, d) = (files.clone(), d.clone());
+                blocking(move || Ok(files.rehash(&d))).await?
+            }
+            Backend::Archive(a, _) => {
+                let (a, d2) = (a.clone(), d.clone());
+                match blocking(move || a.hash_blob(&d2)).await {
+                    Ok((h, n)) if &h == d => Checked::Intact(n),
+                    Ok((_, n)) => Checked::Corrupt(n),
+                    Err(Error::BlobUnknown(_)) => Checked::Missing,
+                    Err(e) => Checked::Refused(format!("unreadable ({e})")),
+                }
+            }
+            Backend::Bucket(b) => match b.hash_blob(d, d.algorithm()).await {
+                Ok((h, n)) if &h == d => Checked::Intact(n),
+                Ok((_, n)) => Checked::Corrupt(n),
+                Err(Error::BlobUnknown(_)) => Checked::Missing,
+                Err(e) => return Err(e),
+            },
+        };
+        match checked {
+            Checked::Intact(_) => {
+                self.vouched
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(d.clone());
+                Ok(())
+            }
+            Checked::Missing => Err(Error::BlobUnknown(d.clone())),
+            Checked::Corrupt(n) => {
+                tracing::warn!(digest = %d, data = %self.describe(), bytes = n, "the file under this blob's name holds other content; not served");
+                Err(Error::BlobUnreadable {
+                    digest: d.clone(),
+                    why: "a file that holds other content (it does not hash to its name)".into(),
+                })
+            }
+            Checked::Refused(why) => Err(Error::BlobUnreadable {
+                digest: d.clone(),
+                why,
+            }),
+        }
+    }
+
     pub async fn open_blob(&self, d: &Digest) -> Result<BlobReader> {
         match &self.backend {
             Backend::Dir(files) => {

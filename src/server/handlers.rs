@@ -528,6 +528,7 @@ async fn get_blob(
             return Ok(res);
         }
     }
+    app.store.check_served(d).await?;
     let blob = app.store.open_blob(d).await?;
     let len = blob.len;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {

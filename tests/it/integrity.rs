@@ -822,3 +822,67 @@ async fn an_endless_upstream_blob_ends_for_every_client_and_is_not_stored() {
     assert!(!r.status().is_success(), "{}", r.status());
     srv.stop().await;
 }
+
+/// Item 8, the smaller ones on a hostile disk served read-only: a blob whose file does not hash
+/// to its name is never sent (before: served whole), a name that is no repository name is not
+/// listed in the catalog (before: `../../…` was), and an index.json past the bound is refused
+/// and named, not loaded (before: 60 MiB cost ~330 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_disk_served_read_only_sends_no_wrong_bytes_and_lists_no_bad_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("usb");
+    let srv = TestServer::start_on(&dir, false).await;
+    let m = push_image(&srv.url, "app", "1", 41).await;
+    srv.stop().await;
+    let layer: ferry::digest::Digest = refs_of(&m)[1].parse().unwrap();
+    let path = dir.join("blobs/sha256").join(layer.hex());
+    let mut b = std::fs::read(&path).unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 0xff;
+    std::fs::write(&path, &b).unwrap();
+    let idx_path = dir.join("index.json");
+    let mut idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&idx_path).unwrap()).unwrap();
+    let mut evil = idx["manifests"][0].clone();
+    evil["annotations"] = serde_json::json!({
+        "io.ferry.repository": "../../etc",
+        "org.opencontainers.image.ref.name": "../../etc:passwd",
+    });
+    idx["manifests"].as_array_mut().unwrap().push(evil);
+    std::fs::write(&idx_path, serde_json::to_vec(&idx).unwrap()).unwrap();
+
+    let srv = TestServer::start_on(&dir, true).await;
+    let r = http()
+        .get(format!("{}/v2/app/blobs/{layer}", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("other content"), "{body}");
+    let r = http()
+        .get(format!("{}/v2/_catalog", srv.url))
+        .send()
+        .await
+        .unwrap();
+    let cat: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(cat["repositories"], serde_json::json!(["app"]), "{cat}");
+    srv.stop().await;
+
+    // An index.json past the bound: refused, named, never parsed.
+    let big = tmp.path().join("big");
+    std::fs::create_dir_all(big.join("blobs/sha256")).unwrap();
+    std::fs::write(big.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let pad = "a".repeat((ferry::layout::MAX_INDEX_BYTES + 1) as usize);
+    std::fs::write(
+        big.join("index.json"),
+        format!(r#"{{"schemaVersion":2,"manifests":[],"pad":"{pad}"}}"#),
+    )
+    .unwrap();
+    let store = Store::open(&big, true).unwrap();
+    let err = store.index().await.unwrap_err().to_string();
+    assert!(
+        err.contains("index.json") && err.contains("more than"),
+        "{err}"
+    );
+}
