@@ -937,6 +937,54 @@ impl Store {
         }
     }
 
+    /// [`Store::write_state_sync`] with the bytes written by `fill`: streamed to a directory's
+    /// file through a small buffer (a bucket's object is one request, so it is gathered first).
+    pub fn write_state_with(
+        &self,
+        name: &str,
+        fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+    ) -> Result<()> {
+        let rel = format!(".ferry/{name}");
+        match &self.backend {
+            Backend::Dir(files) => Ok(write::write_atomic_with(
+                &files.tmp_dir(),
+                &files.root.join(&rel),
+                fill,
+            )?),
+            Backend::Bucket(b) => {
+                let mut buf = Vec::new();
+                fill(&mut buf)?;
+                b.block_on(b.put(&rel, Bytes::from(buf)))
+            }
+            Backend::Archive(..) => Err(archive_read_only()),
+        }
+    }
+
+    /// A state file as a reader (`None` if there is none), at most `limit` bytes: a directory's
+    /// file is read as it is parsed, never whole. Blocking.
+    pub fn open_state_sync(&self, name: &str, limit: u64) -> Result<Option<Box<dyn io::Read>>> {
+        let rel = format!(".ferry/{name}");
+        match &self.backend {
+            Backend::Dir(files) => {
+                match read::open_regular(&files.canon, &files.root.join(&rel))? {
+                    read::Found::File(f, len) if len <= limit => Ok(Some(Box::new(
+                        io::BufReader::with_capacity(64 << 10, io::Read::take(f, limit)),
+                    ))),
+                    read::Found::File(_, len) => Err(Error::Layout(format!(
+                        ".ferry/{name} is {len} bytes, more than the {limit} allowed"
+                    ))),
+                    read::Found::Missing => Ok(None),
+                    read::Found::Refused(why) => {
+                        Err(Error::Layout(format!(".ferry/{name} is {why}")))
+                    }
+                }
+            }
+            _ => Ok(self
+                .read_state_sync(name, limit)?
+                .map(|b| Box::new(io::Cursor::new(b)) as Box<dyn io::Read>)),
+        }
+    }
+
     /// Read a state file written by [`Store::write_state_sync`] (`None` if there is none). Blocking.
     pub fn read_state_sync(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>> {
         let rel = format!(".ferry/{name}");

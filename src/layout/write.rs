@@ -71,6 +71,29 @@ pub fn write_atomic(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> io::Result<(
     Ok(())
 }
 
+/// [`write_atomic`] with the bytes written by `fill` through a small buffer, so a large state
+/// file is never one allocation.
+pub fn write_atomic_with(
+    tmp_dir: &Path,
+    target: &Path,
+    fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(std::fs::Permissions::from_mode(0o644))
+        .tempfile_in(tmp_dir)?;
+    let mut w = io::BufWriter::with_capacity(64 << 10, tmp);
+    fill(&mut w)?;
+    let tmp = w.into_inner().map_err(|e| e.into_error())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(target).map_err(|e| e.error)?;
+    if let Some(parent) = target.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// What a streaming write did. `file` and `hasher` always agree: on a disk error the chunk stream
 /// is rolled back to where it started.
 pub struct WriteOutcome {

@@ -886,3 +886,75 @@ async fn a_hostile_disk_served_read_only_sends_no_wrong_bytes_and_lists_no_bad_n
         "{err}"
     );
 }
+
+/// Item 9: the record is not held in memory; a flush merges what changed into the store's
+/// file, entry by entry. Counts add up across flushes, a miss answered later leaves the list,
+/// and the bound keeps the entries used most recently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_lives_in_the_store_and_flushes_merge_into_it() {
+    use ferry::record::{Recorder, MAX_ENTRIES};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let store = Store::open(&dir, false).unwrap();
+    let d = sha256(b"m");
+    // A long history already on disk: MAX_ENTRIES entries, the oldest first.
+    let old: Vec<serde_json::Value> = (0..MAX_ENTRIES)
+        .map(|i| {
+            serde_json::json!({"repository": "hist", "reference": format!("t{i}"),
+                "digest": d.to_string(), "first": 1000 + i, "last": 1000 + i, "count": 1,
+                "clients": []})
+        })
+        .collect();
+    std::fs::write(
+        dir.join(".ferry/used.json"),
+        serde_json::to_vec(&old).unwrap(),
+    )
+    .unwrap();
+    let (store, lists) = tokio::task::spawn_blocking(move || {
+        let r = Recorder::default();
+        r.load_sync(&store);
+        r.used(None, "app", "1", &d, Some("10.0.0.1".into()));
+        r.used(None, "app", "1", &d, Some("10.0.0.2".into()));
+        r.missed("app", "2");
+        r.missed("app", "3");
+        r.flush_sync(&store);
+        // A second round: counts add to what the file holds; a miss answered leaves the list.
+        let r = Recorder::default();
+        r.used(None, "app", "1", &d, Some("10.0.0.1".into()));
+        r.used(None, "app", "2", &d, None);
+        r.missed("app", "3");
+        r.flush_sync(&store);
+        let lists = (r.used_list(&store), r.miss_list(&store));
+        (store, lists)
+    })
+    .await
+    .unwrap();
+    let (used, misses) = lists;
+    assert_eq!(used.len(), MAX_ENTRIES, "bounded");
+    let app1 = used
+        .iter()
+        .find(|u| u.repository == "app" && u.reference == "1")
+        .unwrap();
+    assert_eq!(app1.count, 3);
+    assert_eq!(app1.clients, vec!["10.0.0.1", "10.0.0.2"]);
+    assert!(used
+        .iter()
+        .any(|u| u.reference == "2" && u.repository == "app"));
+    // The two entries used longest ago made room for the two new ones.
+    for gone in ["t0", "t1"] {
+        assert!(!used.iter().any(|u| u.reference == gone), "{gone} kept");
+    }
+    assert!(used.iter().any(|u| u.reference == "t2"));
+    let misses: Vec<(&str, u64)> = misses
+        .iter()
+        .map(|m| (m.reference.as_str(), m.count))
+        .collect();
+    assert_eq!(
+        misses,
+        vec![("3", 2)],
+        "app:2 was answered; app:3 missed twice"
+    );
+    // `ferry used` reads the same file.
+    let file = ferry::record::read_used(&store).unwrap();
+    assert_eq!(file.len(), MAX_ENTRIES);
+}

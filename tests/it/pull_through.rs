@@ -309,7 +309,7 @@ async fn two_clients_one_upstream_fetch_first_bytes_before_the_blob_is_complete(
     // before looking for leftovers.
     stored_soon(&srv.dir.join("blobs/sha256").join(cd.hex())).await;
     // What was used is recorded under the pull-through name.
-    let used = srv.app.record.used_list();
+    let used = srv.app.record.used_list(&srv.app.store);
     assert_eq!(used.len(), 1, "{used:?}");
     assert_eq!(used[0].repository, "docker.io/library/big");
     assert_eq!(used[0].reference, "1");
@@ -543,7 +543,7 @@ async fn tags_are_rechecked_after_the_ttl_and_served_when_the_upstream_is_gone()
     let misses: Vec<(String, String)> = srv
         .app
         .record
-        .miss_list()
+        .miss_list(&srv.app.store)
         .into_iter()
         .map(|m| (m.repository, m.reference))
         .collect();
@@ -831,7 +831,7 @@ async fn dockerd_pulls_through_ferry_and_again_with_the_upstream_gone() {
     )
     .await;
     assert!(ok && out.contains("through ferry"), "{out}");
-    let used = srv.app.record.used_list();
+    let used = srv.app.record.used_list(&srv.app.store);
     let rec = used
         .iter()
         .find(|u| u.repository == "docker.io/library/busybox" && u.reference == "pt")
