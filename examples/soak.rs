@@ -983,6 +983,141 @@ fn opts() -> Opts {
     o
 }
 
+/// A pusher as slow as a person on a bad link: it pushes a config and a layer, asks whether they
+/// are there (HEAD: the registry's promise), waits about as long as the GC grace (10 s, so GC
+/// runs in between, sometimes past the promise), then PUTs the manifest. A 201 must stay true
+/// (checked at the end); a MANIFEST_BLOB_UNKNOWN is the honest answer when GC came first.
+async fn slow_pusher(ctx: Ctx, mut rng: Rng, told: Arc<Mutex<Vec<Told>>>, refused: Arc<AtomicU64>) {
+    let repo = "soak/slow".to_owned();
+    let mut seq = 0u64;
+    while !ctx.stop.load(Ordering::Relaxed) {
+        seq += 1;
+        let n = 512 + rng.below(64 << 10) as usize;
+        let layer = rng.bytes(n);
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","slow":{seq},"r":{}}}"#,
+            rng.next()
+        )
+        .into_bytes();
+        let (Ok(l), Ok(c)) = (
+            push_blob(&ctx, &mut rng, &repo, &layer).await,
+            push_blob(&ctx, &mut rng, &repo, &config).await,
+        ) else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        for (d, _) in [&l, &c] {
+            let _ = ctx
+                .c
+                .head(format!("{}/v2/{repo}/blobs/{d}", ctx.url))
+                .send()
+                .await;
+        }
+        let wait = Duration::from_millis(6_000 + rng.below(10_000));
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !ctx.stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor("application/vnd.oci.image.config.v1+json", &c.0, c.1),
+            "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", &l.0, l.1)],
+        }))
+        .expect("json");
+        let tag = format!("s{seq}");
+        let r = ctx
+            .c
+            .put(format!("{}/v2/{repo}/manifests/{tag}", ctx.url))
+            .header("Content-Type", OCI_MANIFEST)
+            .body(manifest.clone())
+            .send()
+            .await;
+        let t = Instant::now();
+        let result = match r {
+            Ok(r) if r.status() == 201 => {
+                told.lock().unwrap_or_else(|p| p.into_inner()).push(Told {
+                    digest: sha(&manifest),
+                    repo: repo.clone(),
+                    tag,
+                    media_type: OCI_MANIFEST.into(),
+                    manifest,
+                    blobs: vec![l, c],
+                    cache: false,
+                    seq,
+                });
+                ctx.stats.pushes.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(r) if r.status() == 400 => {
+                let text = r.text().await.unwrap_or_default();
+                if text.contains("MANIFEST_BLOB_UNKNOWN") {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                } else {
+                    Err(Fail::Lost(format!("slow PUT refused: {text}")))
+                }
+            }
+            // Killed mid-request: whether the tag exists is not known, so it is not counted.
+            Ok(r) => Err(unavailable(format!("slow PUT: {}", r.status()))),
+            Err(e) => Err(unavailable(e)),
+        };
+        ctx.stats.done(t, &result);
+    }
+}
+
+/// Deletes under a repository that holds nothing of what it names: every one must be refused
+/// (404), and nothing the other repositories hold may go (the end check reads them all). Also a
+/// mount into it and a delete of the mount: allowed, and it takes nothing from the source.
+async fn intruder(ctx: Ctx, mut rng: Rng, told: Arc<Mutex<Vec<Told>>>) {
+    let repo = "soak/intruder";
+    while !ctx.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
+        let pick = {
+            let t = told.lock().unwrap_or_else(|p| p.into_inner());
+            if t.is_empty() {
+                continue;
+            }
+            t[rng.below(t.len() as u64) as usize].clone()
+        };
+        let start = Instant::now();
+        let (layer, _) = &pick.blobs[0];
+        let mut result = Ok(());
+        for url in [
+            format!("{}/v2/{repo}/blobs/{layer}", ctx.url),
+            format!("{}/v2/{repo}/manifests/{}", ctx.url, pick.digest),
+        ] {
+            match ctx.c.delete(&url).send().await {
+                Ok(r) if r.status() == 202 => {
+                    result = Err(Fail::Lost(format!(
+                        "DELETE {url} was accepted; {repo} holds none of it"
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => result = Err(unavailable(e)),
+            }
+        }
+        // Mounted, then deleted under the intruder: its own copy only.
+        let m = ctx
+            .c
+            .post(format!(
+                "{}/v2/{repo}/blobs/uploads/?mount={layer}&from={}",
+                ctx.url, pick.repo
+            ))
+            .send()
+            .await;
+        if matches!(&m, Ok(r) if r.status() == 201) {
+            let _ = ctx
+                .c
+                .delete(format!("{}/v2/{repo}/blobs/{layer}", ctx.url))
+                .send()
+                .await;
+        }
+        ctx.stats.deletes.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.done(start, &result);
+    }
+}
+
 fn garage(script: &Path, dir: &Path, verb: &str, node: u64) {
     let st = Command::new("bash")
         .arg(script)
@@ -1210,8 +1345,56 @@ async fn main() {
             w
         }));
     }
+    // The slow pusher, the intruder, and `ferry gc` as a process of its own (beside the
+    // server's schedule), as the README and the .deb timer run it.
+    let slow_told: Arc<Mutex<Vec<Told>>> = Arc::default();
+    let slow_refused = Arc::new(AtomicU64::new(0));
+    let slow = tokio::spawn(slow_pusher(
+        ctx_for(&stats),
+        Rng(o.seed ^ 0x510),
+        slow_told.clone(),
+        slow_refused.clone(),
+    ));
+    let intruding = tokio::spawn(intruder(
+        ctx_for(&stats),
+        Rng(o.seed ^ 0x1A7),
+        slow_told.clone(),
+    ));
+    let external_gcs = Arc::new(AtomicU64::new(0));
+    let external_gc = {
+        let (stop, ferry, data, runs) = (
+            stop.clone(),
+            o.ferry.clone(),
+            o.data.clone(),
+            external_gcs.clone(),
+        );
+        let every = Duration::from_secs(o.gc_every.max(2));
+        std::thread::spawn(move || {
+            std::thread::sleep(every / 2);
+            while !stop.load(Ordering::Relaxed) {
+                let out = Command::new(&ferry)
+                    .args(["gc", "--data", &data, "--grace", "10s"])
+                    .env("RUST_LOG", "warn")
+                    .output();
+                match out {
+                    Ok(o) if o.status.success() => {
+                        runs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(o) => eprintln!("ferry gc: {}", String::from_utf8_lossy(&o.stderr).trim()),
+                    Err(e) => eprintln!("ferry gc: {e}"),
+                }
+                let until = Instant::now() + every;
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        })
+    };
     tokio::time::sleep(o.duration).await;
     stop.store(true, Ordering::Relaxed);
+    let _ = slow.await;
+    let _ = intruding.await;
+    let _ = external_gc.join();
     let mut workers = Vec::new();
     for h in handles {
         workers.push(h.await.expect("worker"));
@@ -1266,6 +1449,32 @@ async fn main() {
             }
         }
     }
+    let slow_told = std::mem::take(&mut *slow_told.lock().unwrap_or_else(|p| p.into_inner()));
+    for t in &slow_told {
+        let mut result = Err(Fail::Unavailable(String::new()));
+        for _ in 0..10 {
+            result = check_told(&ctx, t, true).await;
+            if !matches!(result, Err(Fail::Unavailable(_))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        checked += 1;
+        match result {
+            Ok(Read::Intact) => {}
+            Ok(Read::TagGone) => lost_end.push(format!("{}:{} answers 404", t.repo, t.tag)),
+            Err(Fail::Lost(what)) => lost_end.push(what),
+            Err(Fail::Unavailable(e)) => {
+                lost_end.push(format!("{}:{} could not be read: {e}", t.repo, t.tag))
+            }
+        }
+    }
+    println!(
+        "slow pushes: {} told, {} refused (GC came first); external ferry gc runs: {}",
+        slow_told.len(),
+        slow_refused.load(Ordering::Relaxed),
+        external_gcs.load(Ordering::Relaxed)
+    );
     for l in &lost_end {
         eprintln!("LOST at the end: {l}");
     }
