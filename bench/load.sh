@@ -3,6 +3,8 @@
 # client (examples/load.rs), same filesystem.
 #
 #   bash bench/load.sh [SCALE]     SCALE 1.0 = the figures (1,000 pulls of 64 MiB at 5 MB/s)
+#   FERRY_BASELINE=/path/to/old/ferry bash bench/load.sh   also runs an older ferry binary, with the
+#                                  same flags, in the same run (before/after a change)
 #
 # Rows: 128 pulls of one 64 MiB blob at 20 MB/s each and 1,000 at 5 MB/s (every body hashed;
 # time, errors, time-to-first-byte and whole-pull p50/p99, the server's peak RSS and
@@ -38,6 +40,16 @@ distribution_yml "$work/distribution.yml" "$work/distribution" "$dport"
 dpid=$!; pids+=("$dpid")
 wait_up "$fport"; wait_up "$dport"
 targets=(--target "ferry=http://127.0.0.1:$fport,$fpid" --target "distribution=http://127.0.0.1:$dport,$dpid")
+wrk_targets=("ferry=$fport" "distribution=$dport")
+if [ -n "${FERRY_BASELINE:-}" ]; then
+  bport=$(free_port)
+  RUST_LOG=warn "$FERRY_BASELINE" serve --listen "127.0.0.1:$bport" --data "$work/baseline" \
+    --max-uploads 512 --max-uploads-per-client 512 &
+  bpid=$!; pids+=("$bpid")
+  wait_up "$bport"
+  targets+=(--target "ferry-before=http://127.0.0.1:$bport,$bpid")
+  wrk_targets+=("ferry-before=$bport")
+fi
 load=./target/release/examples/load
 n() { python3 -c "print(max(1, int($1 * $scale)))"; }
 
@@ -55,7 +67,7 @@ echo "|---|---|---|---|---|---|---|"
 echo
 echo "| server | 256 connections, 10 s | req/s | p50 | p99 | errors |"
 echo "|---|---|---|---|---|---|"
-for t in "ferry=$fport" "distribution=$dport"; do
+for t in "${wrk_targets[@]}"; do
   name=${t%%=*}; port=${t#*=}
   read -r mpath bpath < <("$load" --target "$name=http://127.0.0.1:$port,0" seed | tail -n 1)
   out=$(wrk -t2 -c256 -d10s --latency -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://127.0.0.1:$port$mpath")
