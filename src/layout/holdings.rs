@@ -76,11 +76,13 @@ impl Store {
     /// Whether `repo` holds `d` (module docs). Reads under a repository answer only for this.
     pub async fn holds(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
         if self.keeps_links() {
-            let idx = self.index().await?;
-            if idx.file.has_repo_digest(repo.as_str(), d) {
+            // The link first: it answers for every blob (one stat), the records only for
+            // manifests a repository records without a link.
+            if self.has_link(repo.as_str(), d).await? {
                 return Ok(true);
             }
-            return self.has_link(repo.as_str(), d).await;
+            let idx = self.index().await?;
+            return Ok(idx.file.has_repo_digest(repo.as_str(), d));
         }
         Ok(self.reach_of(repo.as_str()).await?.contains(d))
     }
@@ -88,23 +90,33 @@ impl Store {
     async fn has_link(&self, repo: &str, d: &Digest) -> Result<bool> {
         let rel = format!("{}{}", repo_dir(repo), flat(d));
         match &self.backend {
-            Backend::Dir(files) => {
-                let path = files.root.join(&rel);
-                blocking(move || match std::fs::symlink_metadata(&path) {
-                    Ok(m) => Ok(m.is_file()),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-                    Err(e) => Err(e.into()),
-                })
-                .await
-            }
+            // One stat, on the calling thread (as the records' own stat is): a hop to the
+            // blocking pool would cost more than the call, on every blob HEAD and GET.
+            Backend::Dir(files) => match std::fs::symlink_metadata(files.root.join(&rel)) {
+                Ok(m) => Ok(m.is_file()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e.into()),
+            },
             Backend::Bucket(b) => Ok(b.head(&rel).await?.is_some()),
             Backend::Archive(..) => Ok(false),
         }
     }
 
-    /// Make `ds` held by `repo` (a push, a mount, what a manifest references). Durable when it
-    /// returns: a manifest naming them is recorded after this.
+    /// Make `ds` held by `repo` (what a manifest references): durable when it returns, since the
+    /// manifest naming them is recorded after this.
     pub async fn link(&self, repo: &RepoName, ds: &[Digest]) -> Result<()> {
+        self.link_with(repo, ds, true).await
+    }
+
+    /// [`Store::link`] for a pushed or mounted blob: not flushed to the disk. A link lost with
+    /// power (never with a crash of the process: the page cache keeps it) makes the client's
+    /// manifest PUT answer MANIFEST_BLOB_UNKNOWN and the client push the blob again; an fsync
+    /// of the repository's directory on every blob push would cost more than the push.
+    pub async fn link_pushed(&self, repo: &RepoName, d: &Digest) -> Result<()> {
+        self.link_with(repo, std::slice::from_ref(d), false).await
+    }
+
+    async fn link_with(&self, repo: &RepoName, ds: &[Digest], durable: bool) -> Result<()> {
         if ds.is_empty() || !self.keeps_links() || self.read_only {
             return Ok(());
         }
@@ -113,7 +125,7 @@ impl Store {
         match &self.backend {
             Backend::Dir(files) => {
                 let dir = files.root.join(&dir);
-                blocking(move || Ok(link_files(&dir, &names)?)).await
+                blocking(move || Ok(link_files(&dir, &names, durable)?)).await
             }
             Backend::Bucket(b) => {
                 use futures_util::StreamExt;
@@ -320,7 +332,7 @@ impl Store {
                     ds.sort();
                     ds.dedup();
                     let names: Vec<String> = ds.iter().map(flat).collect();
-                    link_files(&files.root.join(repo_dir(&repo)), &names)?;
+                    link_files(&files.root.join(repo_dir(&repo)), &names, true)?;
                 }
                 write::write_atomic(&files.tmp_dir(), &files.root.join(MARKER), b"1\n")?;
             }
@@ -348,8 +360,8 @@ impl Store {
     }
 }
 
-/// Create empty link files in `dir` (made if missing), then make them durable.
-fn link_files(dir: &std::path::Path, names: &[String]) -> io::Result<()> {
+/// Create empty link files in `dir` (made if missing), then (`durable`) flush the directory.
+fn link_files(dir: &std::path::Path, names: &[String], durable: bool) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut made = false;
     for n in names {
@@ -360,7 +372,7 @@ fn link_files(dir: &std::path::Path, names: &[String]) -> io::Result<()> {
         read::open_private(&p, true, false)?;
         made = true;
     }
-    if made {
+    if made && durable {
         write::fsync_dir(dir)?;
     }
     Ok(())

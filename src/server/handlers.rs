@@ -296,7 +296,7 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
                 app.sessions.used(&id);
             }
             finished?;
-            app.store.link(&r, std::slice::from_ref(&d)).await?;
+            app.store.link_pushed(&r, &d).await?;
             count_in(&app, &d, before).await;
             Ok(blob_created(&r, &d))
         }
@@ -404,7 +404,7 @@ async fn start_upload(app: &App, r: &RepoName, req: Request) -> HResult {
                 None => true,
             };
             if from_holds && app.store.promise_blob(&d).await?.is_some() {
-                app.store.link(r, std::slice::from_ref(&d)).await?;
+                app.store.link_pushed(r, &d).await?;
                 return Ok(blob_created(r, &d));
             }
         }
@@ -414,7 +414,7 @@ async fn start_upload(app: &App, r: &RepoName, req: Request) -> HResult {
         let _slot = upload_slot(app, &req)?;
         let body = guarded_body(req.into_body(), &app.limits);
         app.store.put_blob(body, &d).await?;
-        app.store.link(r, std::slice::from_ref(&d)).await?;
+        app.store.link_pushed(r, &d).await?;
         count_in(app, &d, 0).await;
         return Ok(blob_created(r, &d));
     }
@@ -699,7 +699,7 @@ async fn pull_blob(
         crate::proxy::BlobAnswer::Streaming(s) => {
             // The upstream serves it under this name: the name holds it once it is stored.
             if let Ok(rn) = RepoName::parse(&n) {
-                app.store.link(&rn, std::slice::from_ref(d)).await?;
+                app.store.link_pushed(&rn, d).await?;
             }
             let body = if head {
                 Body::empty()
