@@ -1118,6 +1118,19 @@ async fn intruder(ctx: Ctx, mut rng: Rng, told: Arc<Mutex<Vec<Told>>>) {
     }
 }
 
+/// A told tag read back in full at the end, again while the server is (re)starting.
+async fn read_back(ctx: &Ctx, t: &Told) -> Result<Read, Fail> {
+    let mut result = Err(Fail::Unavailable(String::new()));
+    for _ in 0..10 {
+        result = check_told(ctx, t, true).await;
+        if !matches!(result, Err(Fail::Unavailable(_))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    result
+}
+
 fn garage(script: &Path, dir: &Path, verb: &str, node: u64) {
     let st = Command::new("bash")
         .arg(script)
@@ -1429,14 +1442,7 @@ async fn main() {
     for w in &workers {
         uncertain += w.uncertain;
         for t in w.images.iter().chain(w.caches.iter()) {
-            let mut result = Err(Fail::Unavailable(String::new()));
-            for _ in 0..10 {
-                result = check_told(&ctx, t, true).await;
-                if !matches!(result, Err(Fail::Unavailable(_))) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            let result = read_back(&ctx, t).await;
             checked += 1;
             match result {
                 Ok(Read::Intact) => {}
@@ -1451,14 +1457,7 @@ async fn main() {
     }
     let slow_told = std::mem::take(&mut *slow_told.lock().unwrap_or_else(|p| p.into_inner()));
     for t in &slow_told {
-        let mut result = Err(Fail::Unavailable(String::new()));
-        for _ in 0..10 {
-            result = check_told(&ctx, t, true).await;
-            if !matches!(result, Err(Fail::Unavailable(_))) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        let result = read_back(&ctx, t).await;
         checked += 1;
         match result {
             Ok(Read::Intact) => {}

@@ -392,6 +392,12 @@ impl Index {
             .map(|&i| &self.file.manifests[i])
     }
 
+    /// Whether `repo` records `digest` (a lookup, not a walk of the records).
+    pub fn holds(&self, repo: &str, digest: &Digest) -> bool {
+        self.repo_digest
+            .contains_key(&(repo.to_owned(), digest.clone()))
+    }
+
     pub fn has_repo(&self, repo: &str) -> bool {
         self.repos.contains(repo)
     }

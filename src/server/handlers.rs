@@ -214,7 +214,7 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
             Ok(StatusCode::ACCEPTED.into_response())
         }
         (Endpoint::Blob { name, digest: d }, Method::GET | Method::HEAD) => {
-            repo(&name)?;
+            let r = repo(&name)?;
             // HTTP/1 on plain TCP: the body can go out with sendfile.
             let zero_copy = req
                 .extensions()
@@ -226,7 +226,13 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
             let ns = param(&params, "ns");
             // Each repository answers only for what it holds (invariant 7), under the names a
             // mirror's request may mean, as manifests are looked up.
-            let held = holder(&app, &name, ns, &d).await?;
+            // (The name as asked first: it is the answer for every push and pull of a local
+            // repository, without working out a mirror's other names.)
+            let held = if app.store.holds(&r, &d).await? {
+                Some(r.clone())
+            } else {
+                holder(&app, &name, ns, &d).await?
+            };
             if let Some(pull) = &app.pull {
                 let seen = pull.ended();
                 if held.is_none() || app.store.blob_size(&d).await?.is_none() {
