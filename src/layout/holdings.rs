@@ -61,9 +61,9 @@ fn repo_of(rest: &str) -> Option<&str> {
 /// What a read-only store without links holds, per repository, for one version of its records.
 #[derive(Default)]
 pub(super) struct Reach {
-    /// The records it was worked out from (an `Arc<Index>`'s address, which stays put while the
-    /// store's cache holds that Arc).
-    of: usize,
+    /// The records it was worked out from (held, so that their address cannot be reused by
+    /// newer records while this answer stands).
+    of: Option<Arc<super::index::Index>>,
     repos: HashMap<String, Arc<HashSet<Digest>>>,
 }
 
@@ -247,10 +247,10 @@ impl Store {
     /// version of the records).
     async fn reach_of(&self, repo: &str) -> Result<Arc<HashSet<Digest>>> {
         let idx = self.index().await?;
-        let of = Arc::as_ptr(&idx) as usize;
+        let same = |r: &Reach| r.of.as_ref().is_some_and(|o| Arc::ptr_eq(o, &idx));
         {
             let r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
-            if r.of == of {
+            if same(&r) {
                 if let Some(s) = r.repos.get(repo) {
                     return Ok(s.clone());
                 }
@@ -266,15 +266,13 @@ impl Store {
         let set = self.walk_sync(roots).await?;
         let set = Arc::new(set);
         let mut r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
-        if r.of != of {
+        if !same(&r) {
             *r = Reach {
-                of,
+                of: Some(idx.clone()),
                 repos: HashMap::new(),
             };
         }
         r.repos.insert(repo.to_owned(), set.clone());
-        // Keep the records the address was taken from alive as long as the answer.
-        drop(idx);
         Ok(set)
     }
 
