@@ -204,14 +204,22 @@ fn merged<T: Entry>(
     out: &mut dyn FnMut(&T) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let keep = |e: &T| !gone.contains(&e.key());
+    // Only the times of the file's entries are held (8 bytes each), and of the keys only those
+    // that changed: a set of every key would be the whole history again, once per flush.
     let mut lasts: Vec<u64> = Vec::new();
     let mut seen: BTreeSet<Key> = BTreeSet::new();
     each_stored(store, name, &mut |e: T| {
         if keep(&e) {
             let k = e.key();
-            let last = pending.get(&k).map_or(e.last(), |p| p.last().max(e.last()));
+            let last = match pending.get(&k) {
+                Some(p) => {
+                    let last = p.last().max(e.last());
+                    seen.insert(k);
+                    last
+                }
+                None => e.last(),
+            };
             lasts.push(last);
-            seen.insert(k);
         }
     });
     lasts.extend(
