@@ -50,6 +50,8 @@ pub const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 /// measured ~330 MiB for 60 MiB), so this keeps one under ~200 MiB. A store with more tags
 /// belongs in a bucket, which keeps one object per tag and never reads them as one file.
 pub const MAX_INDEX_BYTES: u64 = 32 << 20;
+/// A temp file older than this belongs to no live writer; a start removes it.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Largest `oci-layout` file read.
 const MAX_LAYOUT_FILE_BYTES: u64 = 64 << 10;
 
@@ -377,9 +379,22 @@ impl Store {
         ] {
             std::fs::create_dir_all(files.root.join(d))?;
         }
-        // Leftovers of a crash: temp files are never referenced, so they can always go.
+        // Leftovers of a crash: temp files are never referenced, so they can go — but only old
+        // ones: another process on the same directory (a server, while `ferry gc` or `sync`
+        // opens it) may be writing one right now (index.json's replacement, a state file). The
+        // soak found a server's writes failing with ENOENT when `ferry gc` started beside it.
+        let now = std::time::SystemTime::now();
         for entry in std::fs::read_dir(files.tmp_dir())? {
-            let _ = std::fs::remove_file(entry?.path());
+            let entry = entry?;
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_none_or(|age| age >= STALE_TEMP);
+            if old {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
         if !files.root.join("oci-layout").exists() {
             write::write_atomic(
@@ -1127,8 +1142,23 @@ impl Store {
             Backend::Bucket(b) => return b.block_on(b.expire_uploads(max_age)),
             Backend::Archive(..) => return Ok(0),
         };
-        let dir = files.root.join(".ferry/uploads");
+        // Temp files a dead writer left, by the same age (a start keeps young ones: they may be
+        // another process's writes in progress).
         let now = std::time::SystemTime::now();
+        if let Ok(rd) = std::fs::read_dir(files.tmp_dir()) {
+            for e in rd.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_none_or(|age| age >= max_age);
+                if old {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let dir = files.root.join(".ferry/uploads");
         let mut n = 0;
         let Ok(rd) = std::fs::read_dir(&dir) else {
             return Ok(0);
