@@ -383,19 +383,7 @@ impl Store {
         // ones: another process on the same directory (a server, while `ferry gc` or `sync`
         // opens it) may be writing one right now (index.json's replacement, a state file). The
         // soak found a server's writes failing with ENOENT when `ferry gc` started beside it.
-        let now = std::time::SystemTime::now();
-        for entry in std::fs::read_dir(files.tmp_dir())? {
-            let entry = entry?;
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .is_none_or(|age| age >= STALE_TEMP);
-            if old {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+        write::remove_older_than(&files.tmp_dir(), STALE_TEMP);
         if !files.root.join("oci-layout").exists() {
             write::write_atomic(
                 &files.tmp_dir(),
@@ -1144,20 +1132,8 @@ impl Store {
         };
         // Temp files a dead writer left, by the same age (a start keeps young ones: they may be
         // another process's writes in progress).
+        write::remove_older_than(&files.tmp_dir(), max_age);
         let now = std::time::SystemTime::now();
-        if let Ok(rd) = std::fs::read_dir(files.tmp_dir()) {
-            for e in rd.flatten() {
-                let old = e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|m| now.duration_since(m).ok())
-                    .is_none_or(|age| age >= max_age);
-                if old {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
         let dir = files.root.join(".ferry/uploads");
         let mut n = 0;
         let Ok(rd) = std::fs::read_dir(&dir) else {

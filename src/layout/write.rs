@@ -71,6 +71,26 @@ pub fn write_atomic(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> io::Result<(
     Ok(())
 }
 
+/// Remove the files in `dir` last modified at least `age` ago (or of unknown age): the temp
+/// files a dead writer left. Younger ones may be another process's writes in progress.
+pub fn remove_older_than(dir: &Path, age: std::time::Duration) {
+    let now = std::time::SystemTime::now();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_none_or(|a| a >= age);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// [`write_atomic`] with the bytes written by `fill` through a small buffer, so a large state
 /// file is never one allocation.
 pub fn write_atomic_with(
