@@ -42,6 +42,8 @@
 //! - [`dockerfile`]: which images a Dockerfile needs, read as BuildKit reads it (`check
 //!   --dockerfile`).
 //! - [`tls`]: the server's certificate (reloadable) and `ferry tls init`'s private CA.
+//! - [`gozip`]: Go's `compress/gzip`, byte for byte (both generations of its `compress/flate`),
+//!   and recognising which Go wrote a gzip blob.
 //! - [`error`]: the library's typed errors and their OCI error codes.
 //!
 //! The binary (`src/main.rs`, `src/cli/`) only parses flags, calls these, and prints reports.
@@ -52,6 +54,7 @@ pub mod digest;
 pub mod dockerfile;
 pub mod error;
 pub mod gc;
+pub mod gozip;
 pub mod layout;
 pub mod location;
 pub mod media;

@@ -67,6 +67,9 @@ enum Command {
     /// Write the man pages (ferry.1 and one per command) into DIR (used to build the package).
     #[command(hide = true)]
     Man { dir: std::path::PathBuf },
+    /// Checks and experiments (not in --help).
+    #[command(hide = true, subcommand)]
+    Debug(cli::debug::Command),
 }
 
 fn main() {
@@ -143,6 +146,7 @@ async fn run() -> anyhow::Result<i32> {
         Command::Check(a) => cli::check::run(a).await,
         Command::Inventory(a) => cli::inventory::run(a).await,
         Command::Key(c) => cli::key::run(c),
+        Command::Debug(c) => cli::debug::run(c),
         Command::Used(a) => cli::used::used(a).await,
         Command::Misses(a) => cli::used::misses(a).await,
         Command::Completions { shell } => {

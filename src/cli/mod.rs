@@ -2,6 +2,7 @@
 //! Nothing here decides how the registry behaves; that is the library's.
 
 pub mod check;
+pub mod debug;
 pub mod gc;
 pub mod inventory;
 pub mod key;
