@@ -21,6 +21,7 @@
 //! [`encode`] and [`recognise`], is `io.Copy`'s: 32 KiB writes.
 
 pub mod classic;
+pub mod go127;
 
 use std::io::{self, Read, Write};
 
@@ -87,6 +88,7 @@ pub fn check_level(level: i32) -> Result<(), GozipError> {
 
 enum Flate {
     Classic(Box<classic::Compressor>),
+    Go127(Box<go127::Compressor>),
 }
 
 impl Flate {
@@ -94,13 +96,14 @@ impl Flate {
         check_level(level)?;
         match generation {
             Generation::Classic => Ok(Flate::Classic(Box::new(classic::Compressor::new(level)))),
-            Generation::Go127 => Err(GozipError::Unsupported),
+            Generation::Go127 => Ok(Flate::Go127(Box::new(go127::Compressor::new(level)))),
         }
     }
 
     fn write(&mut self, b: &[u8], drain: &mut dyn FnMut(&mut Vec<u8>)) {
         match self {
             Flate::Classic(c) => c.write(b, drain),
+            Flate::Go127(c) => c.write(b, drain),
         }
     }
 
@@ -109,6 +112,10 @@ impl Flate {
             Flate::Classic(c) => {
                 c.close();
                 &mut c.w.out
+            }
+            Flate::Go127(c) => {
+                c.close();
+                c.out()
             }
         }
     }

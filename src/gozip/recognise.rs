@@ -7,7 +7,7 @@
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
 
-use super::{read_full, Generation, GzipEncoder, GozipError, COPY_CHUNK};
+use super::{read_full, Generation, GozipError, GzipEncoder, COPY_CHUNK};
 
 /// Bytes that can be read at any offset (a file, a slice): the decoder and every candidate
 /// read the blob at their own pace.
@@ -42,7 +42,11 @@ impl Source for [u8] {
 pub enum Recognition {
     /// Go's `gzip.NewWriterLevel(w, level)` of this generation rebuilds the blob exactly (with
     /// `mtime` in the header; 0 for every layer producer).
-    Go { generation: Generation, level: i32, mtime: u32 },
+    Go {
+        generation: Generation,
+        level: i32,
+        mtime: u32,
+    },
     /// No Go writer rebuilds it; why, in words.
     NotGo(String),
 }
@@ -51,7 +55,9 @@ impl std::fmt::Display for Recognition {
     /// The line `ferry debug gozip recognise` prints: `go-classic 6`, `go-1.27 9` or `not-go`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Recognition::Go { generation, level, .. } => write!(f, "go-{generation} {level}"),
+            Recognition::Go {
+                generation, level, ..
+            } => write!(f, "go-{generation} {level}"),
             Recognition::NotGo(_) => f.write_str("not-go"),
         }
     }
@@ -88,7 +94,9 @@ impl<S: Source + ?Sized> Write for Compare<'_, S> {
         self.buf.resize(data.len(), 0);
         let mut got = 0;
         while got < data.len() {
-            let n = self.src.read_at(&mut self.buf[got..], self.pos + got as u64)?;
+            let n = self
+                .src
+                .read_at(&mut self.buf[got..], self.pos + got as u64)?;
             if n == 0 {
                 return Err(differs());
             }
@@ -120,7 +128,9 @@ pub fn recognise<S: Source + ?Sized>(src: &S) -> Result<Recognition, GozipError>
         return not("not a gzip stream (magic or method)");
     }
     if h[3] != 0 {
-        return not("the header has flags (a name, comment, extra field or CRC) Go's writer does not set");
+        return not(
+            "the header has flags (a name, comment, extra field or CRC) Go's writer does not set",
+        );
     }
     if h[9] != 255 {
         return not("the header's OS byte is not 255, which Go writes");
@@ -140,9 +150,18 @@ pub fn recognise<S: Source + ?Sized>(src: &S) -> Result<Recognition, GozipError>
     let mut live = Vec::new();
     for generation in Generation::ALL {
         for &level in levels {
-            let cmp = Compare { src, len, pos: 0, buf: Vec::new() };
+            let cmp = Compare {
+                src,
+                len,
+                pos: 0,
+                buf: Vec::new(),
+            };
             match GzipEncoder::with_mtime(cmp, generation, level, mtime) {
-                Ok(enc) => live.push(Candidate { generation, level, enc }),
+                Ok(enc) => live.push(Candidate {
+                    generation,
+                    level,
+                    enc,
+                }),
                 Err(GozipError::Unsupported) => {}
                 Err(e) => return Err(e),
             }
@@ -185,12 +204,18 @@ pub fn recognise<S: Source + ?Sized>(src: &S) -> Result<Recognition, GozipError>
         // Dropping rx stops the decoder at its next chunk.
     });
     if let Some(e) = decode_error {
-        return Ok(Recognition::NotGo(format!("the deflate stream does not decode: {e}")));
+        return Ok(Recognition::NotGo(format!(
+            "the deflate stream does not decode: {e}"
+        )));
     }
     for c in live {
         if let Ok(cmp) = c.enc.finish() {
             if cmp.pos == len {
-                return Ok(Recognition::Go { generation: c.generation, level: c.level, mtime });
+                return Ok(Recognition::Go {
+                    generation: c.generation,
+                    level: c.level,
+                    mtime,
+                });
             }
         }
     }

@@ -87,8 +87,10 @@ impl DeflateFast {
                 }
                 candidate = self.table[(next_hash & TABLE_MASK) as usize];
                 let now = load32(src, next_s);
-                self.table[(next_hash & TABLE_MASK) as usize] =
-                    TableEntry { offset: s + self.cur, val: cv };
+                self.table[(next_hash & TABLE_MASK) as usize] = TableEntry {
+                    offset: s + self.cur,
+                    val: cv,
+                };
                 next_hash = hash(now);
                 let offset = s - (candidate.offset - self.cur);
                 if offset > MAX_MATCH_OFFSET || cv != candidate.val {
@@ -110,13 +112,17 @@ impl DeflateFast {
                 }
                 let mut x = load64(src, s - 1);
                 let prev_hash = hash(x as u32);
-                self.table[(prev_hash & TABLE_MASK) as usize] =
-                    TableEntry { offset: self.cur + s - 1, val: x as u32 };
+                self.table[(prev_hash & TABLE_MASK) as usize] = TableEntry {
+                    offset: self.cur + s - 1,
+                    val: x as u32,
+                };
                 x >>= 8;
                 let curr_hash = hash(x as u32);
                 candidate = self.table[(curr_hash & TABLE_MASK) as usize];
-                self.table[(curr_hash & TABLE_MASK) as usize] =
-                    TableEntry { offset: self.cur + s, val: x as u32 };
+                self.table[(curr_hash & TABLE_MASK) as usize] = TableEntry {
+                    offset: self.cur + s,
+                    val: x as u32,
+                };
                 let offset = s - (candidate.offset - self.cur);
                 if offset > MAX_MATCH_OFFSET || x as u32 != candidate.val {
                     cv = (x >> 8) as u32;
@@ -177,7 +183,9 @@ impl DeflateFast {
 
     fn shift_offsets(&mut self) {
         if self.prev.is_empty() {
-            self.table.iter_mut().for_each(|e| *e = TableEntry::default());
+            self.table
+                .iter_mut()
+                .for_each(|e| *e = TableEntry::default());
             self.cur = MAX_MATCH_OFFSET + 1;
             return;
         }

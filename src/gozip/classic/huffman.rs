@@ -33,7 +33,9 @@ const OFFSET_BASE: [u32; 30] = [
     0x000200, 0x000300, 0x000400, 0x000600, 0x000800, 0x000c00, 0x001000, 0x001800, 0x002000,
     0x003000, 0x004000, 0x006000,
 ];
-const CODEGEN_ORDER: [usize; 19] = [16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15];
+const CODEGEN_ORDER: [usize; 19] = [
+    16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
+];
 
 /// A code: its bits (already reversed for LSB-first output) and its length.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
@@ -88,7 +90,10 @@ impl HuffmanEncoder {
                 256..=279 => (ch - 256, 7),
                 _ => (ch + 192 - 280, 8),
             };
-            h.codes[ch as usize] = Hcode { code: reverse_bits(bits, size), len: size };
+            h.codes[ch as usize] = Hcode {
+                code: reverse_bits(bits, size),
+                len: size,
+            };
         }
         h
     }
@@ -96,7 +101,10 @@ impl HuffmanEncoder {
     fn fixed_offset() -> Self {
         let mut h = Self::new(30);
         for ch in 0..30u16 {
-            h.codes[ch as usize] = Hcode { code: reverse_bits(ch, 5), len: 5 };
+            h.codes[ch as usize] = Hcode {
+                code: reverse_bits(ch, 5),
+                len: 5,
+            };
         }
         h
     }
@@ -116,7 +124,10 @@ impl HuffmanEncoder {
     fn bit_counts(&mut self, n: usize, mut max_bits: i32) -> usize {
         let list = &mut self.freqcache;
         let n32 = n as i32;
-        list[n] = LiteralNode { literal: u16::MAX, freq: i32::MAX };
+        list[n] = LiteralNode {
+            literal: u16::MAX,
+            freq: i32::MAX,
+        };
         if max_bits > n32 - 1 {
             max_bits = n32 - 1;
         }
@@ -186,7 +197,10 @@ impl HuffmanEncoder {
         let mut count = 0;
         for (i, &f) in freq.iter().enumerate() {
             if f != 0 {
-                self.freqcache[count] = LiteralNode { literal: i as u16, freq: f };
+                self.freqcache[count] = LiteralNode {
+                    literal: i as u16,
+                    freq: f,
+                };
                 count += 1;
             } else {
                 self.codes[i].len = 0;
@@ -195,7 +209,10 @@ impl HuffmanEncoder {
         if count <= 2 {
             for i in 0..count {
                 let node = self.freqcache[i];
-                self.codes[node.literal as usize] = Hcode { code: i as u16, len: 1 };
+                self.codes[node.literal as usize] = Hcode {
+                    code: i as u16,
+                    len: 1,
+                };
             }
             return;
         }
@@ -215,8 +232,10 @@ impl HuffmanEncoder {
             let chunk = &mut self.freqcache[start..end];
             chunk.sort_unstable_by_key(|n| n.literal);
             for node in chunk.iter() {
-                self.codes[node.literal as usize] =
-                    Hcode { code: reverse_bits(code, n as u16), len: n as u16 };
+                self.codes[node.literal as usize] = Hcode {
+                    code: reverse_bits(code, n as u16),
+                    len: n as u16,
+                };
                 code = code.wrapping_add(1);
             }
             end = start;
@@ -329,7 +348,11 @@ impl BitWriter {
 
     fn generate_codegen(&mut self, num_literals: usize, num_offsets: usize, huff_offset: bool) {
         self.codegen_freq = [0; CODEGEN_CODE_COUNT];
-        let off_enc = if huff_offset { &statics().huff_offset } else { &self.offset_encoding };
+        let off_enc = if huff_offset {
+            &statics().huff_offset
+        } else {
+            &self.offset_encoding
+        };
         let codegen = &mut self.codegen;
         for i in 0..num_literals {
             codegen[i] = self.literal_encoding.codes[i].len as u8;
@@ -397,7 +420,11 @@ impl BitWriter {
         while num_codegens > 4 && self.codegen_freq[CODEGEN_ORDER[num_codegens - 1]] == 0 {
             num_codegens -= 1;
         }
-        let off_enc = if huff_offset { &statics().huff_offset } else { &self.offset_encoding };
+        let off_enc = if huff_offset {
+            &statics().huff_offset
+        } else {
+            &self.offset_encoding
+        };
         let header = 3
             + 5
             + 5

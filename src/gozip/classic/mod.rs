@@ -47,7 +47,13 @@ fn params(level: i32) -> Params {
         8 => (32, 128, 258, 1024, SKIP_NEVER),
         _ => (32, 258, 258, 4096, SKIP_NEVER),
     };
-    Params { good, lazy, nice, chain, fast_skip_hashing }
+    Params {
+        good,
+        lazy,
+        nice,
+        chain,
+        fast_skip_hashing,
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -106,11 +112,26 @@ impl Compressor {
             sync: false,
             fast: (mode == Mode::Fast).then(|| Box::new(DeflateFast::new())),
             chain_head: -1,
-            hash_head: if chain { vec![0; HASH_SIZE] } else { Vec::new() },
-            hash_prev: if chain { vec![0; WINDOW_SIZE as usize] } else { Vec::new() },
+            hash_head: if chain {
+                vec![0; HASH_SIZE]
+            } else {
+                Vec::new()
+            },
+            hash_prev: if chain {
+                vec![0; WINDOW_SIZE as usize]
+            } else {
+                Vec::new()
+            },
             hash_offset: 1,
             index: 0,
-            window: vec![0; if chain { 2 * WINDOW_SIZE as usize } else { MAX_STORE_BLOCK_SIZE }],
+            window: vec![
+                0;
+                if chain {
+                    2 * WINDOW_SIZE as usize
+                } else {
+                    MAX_STORE_BLOCK_SIZE
+                }
+            ],
             window_end: 0,
             block_start: 0,
             byte_available: false,
@@ -186,7 +207,11 @@ impl Compressor {
                 self.hash_offset -= delta;
                 self.chain_head -= delta;
                 for v in self.hash_prev.iter_mut().chain(self.hash_head.iter_mut()) {
-                    *v = if *v as i64 > delta { (*v as i64 - delta) as u32 } else { 0 };
+                    *v = if *v as i64 > delta {
+                        (*v as i64 - delta) as u32
+                    } else {
+                        0
+                    };
                 }
             }
         }
@@ -211,8 +236,7 @@ impl Compressor {
     }
 
     fn store(&mut self) {
-        if self.window_end > 0 && (self.window_end as usize == MAX_STORE_BLOCK_SIZE || self.sync)
-        {
+        if self.window_end > 0 && (self.window_end as usize == MAX_STORE_BLOCK_SIZE || self.sync) {
             self.write_stored_block(self.window_end as usize);
             self.window_end = 0;
         }
@@ -222,7 +246,8 @@ impl Compressor {
         if (self.window_end as usize) < self.window.len() && !self.sync || self.window_end == 0 {
             return;
         }
-        self.w.write_block_huff(false, &self.window[..self.window_end as usize]);
+        self.w
+            .write_block_huff(false, &self.window[..self.window_end as usize]);
         self.window_end = 0;
     }
 
@@ -252,7 +277,8 @@ impl Compressor {
         if self.tokens.len() > we - (we >> 4) {
             self.w.write_block_huff(false, &self.window[..we]);
         } else {
-            self.w.write_block_dynamic(&mut self.tokens, false, &self.window[..we]);
+            self.w
+                .write_block_dynamic(&mut self.tokens, false, &self.window[..we]);
         }
         self.window_end = 0;
     }
@@ -410,7 +436,11 @@ impl Compressor {
                 }
             } else {
                 if fsh != SKIP_NEVER || self.byte_available {
-                    let i = if fsh != SKIP_NEVER { self.index } else { self.index - 1 };
+                    let i = if fsh != SKIP_NEVER {
+                        self.index
+                    } else {
+                        self.index - 1
+                    };
                     self.tokens.push(literal_token(self.window[i as usize]));
                     if self.tokens.len() == MAX_FLATE_BLOCK_TOKENS {
                         self.write_block(i + 1);
