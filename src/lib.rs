@@ -54,7 +54,7 @@ pub mod digest;
 pub mod dockerfile;
 pub mod error;
 pub mod gc;
-pub mod gozip;
+pub use ferry_gozip as gozip;
 pub mod layout;
 pub mod location;
 pub mod media;

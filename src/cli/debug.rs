@@ -39,7 +39,8 @@ pub fn run(c: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Gozip(Gozip::Recognise { file, why }) => {
-            let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let f = std::fs::File::open(&file)
+                .with_context(|| format!("opening {}", file.display()))?;
             let r = ferry::gozip::recognise(&f)?;
             if let (true, ferry::gozip::Recognition::NotGo(reason)) = (why, &r) {
                 eprintln!("{}: {reason}", file.display());

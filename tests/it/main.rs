@@ -14,6 +14,7 @@ mod archive;
 mod auth;
 mod faults;
 mod fixtures;
+mod gozip;
 mod hostile;
 mod hostile_media;
 mod integrity;

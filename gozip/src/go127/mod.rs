@@ -7,7 +7,7 @@ mod fast;
 mod huffman;
 mod token;
 
-use crate::gozip::classic::common_prefix;
+use crate::classic::common_prefix;
 use fast::FastEnc;
 use huffman::{BitWriter, HuffmanEncoder, MAX_STORE_BLOCK_SIZE};
 use token::{offset_code, Tokens, LENGTH_CODES, LENGTH_EXTRA_BITS, OFFSET_EXTRA_BITS};

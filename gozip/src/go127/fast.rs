@@ -4,7 +4,7 @@
 //! and the order it updates its tables in are Go's.
 
 use super::token::Tokens;
-use crate::gozip::classic::common_prefix;
+use crate::classic::common_prefix;
 
 const TABLE_BITS: u8 = 15;
 const TABLE_SIZE: usize = 1 << TABLE_BITS;
