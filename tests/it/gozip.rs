@@ -322,7 +322,7 @@ fn segmented(segments: &[(u8, u32, u64)], tar: &[u8]) -> Vec<u8> {
                 // Text with a random byte now and then.
                 let at = (seed as usize) % (tar.len() - len);
                 out.extend(tar[at..at + len].iter().map(|&b| {
-                    if rng.next() % 97 == 0 {
+                    if rng.next().is_multiple_of(97) {
                         rng.next() as u8
                     } else {
                         b

@@ -184,10 +184,8 @@ impl HuffmanEncoder {
         }
         debug_assert_eq!(leaf_counts[mb][mb], n32);
         let counts = leaf_counts[mb];
-        let mut bits = 1;
-        for level in (1..=mb).rev() {
+        for (bits, level) in (1..).zip((1..=mb).rev()) {
             self.bit_count[bits] = counts[level] - counts[level - 1];
-            bits += 1;
         }
         mb + 1
     }
@@ -354,11 +352,17 @@ impl BitWriter {
             &self.offset_encoding
         };
         let codegen = &mut self.codegen;
-        for i in 0..num_literals {
-            codegen[i] = self.literal_encoding.codes[i].len as u8;
+        for (c, code) in codegen
+            .iter_mut()
+            .zip(&self.literal_encoding.codes[..num_literals])
+        {
+            *c = code.len as u8;
         }
-        for i in 0..num_offsets {
-            codegen[num_literals + i] = off_enc.codes[i].len as u8;
+        for (c, code) in codegen[num_literals..]
+            .iter_mut()
+            .zip(&off_enc.codes[..num_offsets])
+        {
+            *c = code.len as u8;
         }
         codegen[num_literals + num_offsets] = BAD_CODE;
         let mut size = codegen[0];
@@ -545,8 +549,12 @@ impl BitWriter {
                 extra_bits += self.literal_freq[lc] as i64
                     * LENGTH_EXTRA_BITS[lc - LENGTH_CODES_START] as i64;
             }
-            for oc in 4..num_offsets {
-                extra_bits += self.offset_freq[oc] as i64 * OFFSET_EXTRA_BITS[oc] as i64;
+            for (f, &e) in self.offset_freq[..num_offsets]
+                .iter()
+                .zip(&OFFSET_EXTRA_BITS)
+                .skip(4)
+            {
+                extra_bits += *f as i64 * e as i64;
             }
         }
         let mut tables = Tables::Fixed;

@@ -202,10 +202,8 @@ impl HuffmanEncoder {
         }
         debug_assert_eq!(leaf_counts[mb][mb], n32);
         let counts = leaf_counts[mb];
-        let mut bits = 1;
-        for level in (1..=mb).rev() {
+        for (bits, level) in (1..).zip((1..=mb).rev()) {
             self.bit_count[bits] = counts[level] - counts[level - 1];
-            bits += 1;
         }
         mb + 1
     }
@@ -401,11 +399,17 @@ impl BitWriter {
             &self.offset_encoding
         };
         let codegen = &mut self.codegen;
-        for i in 0..num_literals {
-            codegen[i] = hlen(self.literal_encoding.codes[i]) as u8;
+        for (c, &code) in codegen
+            .iter_mut()
+            .zip(&self.literal_encoding.codes[..num_literals])
+        {
+            *c = hlen(code) as u8;
         }
-        for i in 0..num_offsets {
-            codegen[num_literals + i] = hlen(off_enc.codes[i]) as u8;
+        for (c, &code) in codegen[num_literals..]
+            .iter_mut()
+            .zip(&off_enc.codes[..num_offsets])
+        {
+            *c = hlen(code) as u8;
         }
         codegen[num_literals + num_offsets] = BAD_CODE;
         let mut size = codegen[0];

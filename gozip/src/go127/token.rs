@@ -189,14 +189,14 @@ impl Tokens {
             for &v in self.lit_hist.iter() {
                 if v > 0 {
                     let n = v as f32;
-                    shannon += (-m_fast_log2(n * inv_total)).max(1.0).min(15.0) * n;
+                    shannon += (-m_fast_log2(n * inv_total)).clamp(1.0, 15.0) * n;
                 }
             }
             shannon += 15.0;
             for (i, &v) in self.extra_hist[1..LITERAL_COUNT - 256].iter().enumerate() {
                 if v > 0 {
                     let n = v as f32;
-                    shannon += (-m_fast_log2(n * inv_total)).max(1.0).min(15.0) * n;
+                    shannon += (-m_fast_log2(n * inv_total)).clamp(1.0, 15.0) * n;
                     bits += LENGTH_EXTRA_BITS[i & 31] as i64 * v as i64;
                     n_matches += v as i64;
                 }
@@ -207,7 +207,7 @@ impl Tokens {
             for (i, &v) in self.off_hist[..OFFSET_CODE_COUNT].iter().enumerate() {
                 if v > 0 {
                     let n = v as f32;
-                    shannon += (-m_fast_log2(n * inv_total)).max(1.0).min(15.0) * n;
+                    shannon += (-m_fast_log2(n * inv_total)).clamp(1.0, 15.0) * n;
                     bits += OFFSET_EXTRA_BITS[i & 31] as i64 * v as i64;
                 }
             }
