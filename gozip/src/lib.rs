@@ -14,11 +14,17 @@
 //! reproduces Go's output: zlib, miniz and libdeflate make different (equally valid) choices.
 //!
 //! What Go's writer does that these do not: a header with a name, comment or extra field
-//! (`Writer.Header`), `Flush` (a sync marker mid-stream), `NewWriterDict` and `Reset`. No layer
-//! producer uses them. Go's output at levels 2–9 can, in rare cases, depend on how the input was
-//! split into `Write` calls (when a block boundary falls between the places the window may
-//! slide); [`GzipEncoder::write`] takes the calls as Go does, and the canonical split, used by
-//! [`encode`] and [`recognise`], is `io.Copy`'s: 32 KiB writes.
+//! (`Writer.Header`; the mtime is supported), `Flush` (a sync marker mid-stream), `NewWriterDict`
+//! and `Reset`. No layer producer uses them. Go's float arithmetic in Go 1.27's size estimate is
+//! reproduced as amd64 computes it (no fused multiply-add); a Go built for arm64 may fuse it
+//! and choose differently in rare blocks (not checked: no arm64 Go here).
+//!
+//! How the input is split into `Write` calls: [`GzipEncoder::write`] takes each call as Go's
+//! `Write` does (the same steps at the same moments), and [`encode`] and [`recognise`] use
+//! `io.Copy`'s 32 KiB writes. Go's output did not depend on the split in any test (writes of 1 byte
+//! to 1 MiB, text and random, both generations); in the classic generation the moment the window
+//! slides can move by a match with the split, so in principle a block boundary falling in that
+//! moment could change whether a block is stored.
 
 pub mod classic;
 pub mod go127;
