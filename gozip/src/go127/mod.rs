@@ -1,5 +1,5 @@
 //! Go 1.27's rewritten `compress/flate` compressor (`deflate.go`): stored (0), Huffman only
-//! (−2, 32 KiB blocks), the table matchers of levels 1–6 ([`fast`]) on 64 KiB blocks, and the
+//! (−2, 32 KiB blocks), the table matchers of levels 1–6 (`fast.rs`) on 64 KiB blocks, and the
 //! lazy hash-chain matcher of levels 7–9 with its end-of-match retry, literal skipping and
 //! (level 9) gain estimate. Ported from Go 1.27.3's source (BSD-3, The Go Authors).
 
