@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::Result;
+use crate::layout::graph::Graph;
 use crate::layout::Store;
 use crate::progress::Tally;
-use crate::verify::Graph;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -138,19 +138,4 @@ pub fn gc_with(store: &Store, grace: Duration, dry_run: bool, tally: &Tally) -> 
         }
     }
     Ok(r)
-}
-
-/// Parse `30s`, `15m`, `1h`, `7d` (or plain seconds).
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("bad duration unit in {s:?} (use s, m, h or d)")),
-    };
-    Ok(Duration::from_secs(secs))
 }

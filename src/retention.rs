@@ -127,7 +127,7 @@ impl Policy {
                 keep_read_within: r
                     .keep_read_within
                     .map(|d| {
-                        crate::gc::parse_duration(&d)
+                        crate::duration::parse_duration(&d)
                             .map_err(|e| format!("{}: {e}", what("keep-read-within")))
                     })
                     .transpose()?,
@@ -224,7 +224,7 @@ pub fn plan(store: &Store, policy: &Policy) -> Result<Plan> {
     let idx = store.index_sync()?;
     let now = SystemTime::now();
     let mut tags: Vec<TagInfo> = Vec::new();
-    let mut graph = crate::verify::Graph::new(store);
+    let mut graph = crate::layout::graph::Graph::new(store);
     for d in &idx.file.manifests {
         let (Some(repo), Some(tag)) = d.repo_and_tag() else {
             continue;

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::place::Place;
 use crate::reference::Reference;
-use crate::sync::Place;
 
 pub const STATEMENT: &str = "ferry-trip.json";
 pub const SIGNATURE: &str = "ferry-trip.json.minisig";

@@ -49,7 +49,11 @@ fn peak_heap_per_encoder_is_under_8_mib() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        *b = if i % 2048 < 1024 { b"the quick brown fox "[i % 20] } else { x as u8 };
+        *b = if i % 2048 < 1024 {
+            b"the quick brown fox "[i % 20]
+        } else {
+            x as u8
+        };
     }
     let mut worst = (0, Generation::Classic, 0);
     for generation in Generation::ALL {
@@ -68,5 +72,11 @@ fn peak_heap_per_encoder_is_under_8_mib() {
             }
         }
     }
-    assert!(worst.0 < 8 << 20, "{} level {}: peak {} bytes", worst.1, worst.2, worst.0);
+    assert!(
+        worst.0 < 8 << 20,
+        "{} level {}: peak {} bytes",
+        worst.1,
+        worst.2,
+        worst.0
+    );
 }

@@ -25,7 +25,7 @@ pub fn usage(msg: String) -> anyhow::Error {
 
 /// A duration flag (`30s`, `15m`, `1h`, `7d`), named in the error.
 pub fn duration(s: &str, flag: &str) -> anyhow::Result<std::time::Duration> {
-    ferry::gc::parse_duration(s).map_err(|e| usage(format!("{flag}: {e}")))
+    ferry::duration::parse_duration(s).map_err(|e| usage(format!("{flag}: {e}")))
 }
 
 /// A regular-expression flag, named in the error.

@@ -222,7 +222,7 @@ impl Bucket {
         // A stalled store is noticed after this long without a byte (FERRY_S3_READ_TIMEOUT,
         // e.g. `10s`); each request is retried three times within 30 s before it fails.
         let read_timeout = match var("FERRY_S3_READ_TIMEOUT") {
-            Some(v) => crate::gc::parse_duration(&v)
+            Some(v) => crate::duration::parse_duration(&v)
                 .map_err(|e| usage(format!("FERRY_S3_READ_TIMEOUT: {e}")))?,
             None => Duration::from_secs(30),
         };

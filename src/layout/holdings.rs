@@ -281,7 +281,7 @@ impl Store {
     /// bucket (whose blocking reads wait on its runtime) in `block_in_place`.
     async fn walk_sync(&self, roots: Vec<(Digest, String)>) -> Result<HashSet<Digest>> {
         let walk = || -> Result<HashSet<Digest>> {
-            let mut g = crate::verify::Graph::new(self);
+            let mut g = crate::layout::graph::Graph::new(self);
             let live = g.mark(roots.iter().map(|(d, mt)| (d, mt.as_str())))?;
             Ok(live.into_iter().collect())
         };
@@ -315,7 +315,7 @@ impl Store {
             _ => None,
         };
         let idx = self.index_sync()?;
-        let mut graph = crate::verify::Graph::new(self);
+        let mut graph = crate::layout::graph::Graph::new(self);
         let mut per_repo: HashMap<String, Vec<Digest>> = HashMap::new();
         for d in &idx.file.manifests {
             let Some(repo) = d.repo_and_tag().0 else {

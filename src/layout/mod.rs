@@ -20,6 +20,7 @@
 //! the lock, and readers pick up a new one (from this or another process) on their next request.
 
 pub mod bucket;
+pub mod graph;
 mod holdings;
 pub mod index;
 pub mod read;
