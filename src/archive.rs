@@ -927,7 +927,7 @@ impl Archive {
                 "is not an OCI image layout archive (no oci-layout member)",
             ));
         }
-        let bytes = self.read_small("index.json", crate::layout::MAX_INDEX_BYTES)?;
+        let bytes = self.read_small("index.json", crate::layout::index::MAX_INDEX_BYTES)?;
         let file = IndexFile::parse(&bytes)
             .map_err(|e| arch_err(self.describe(), format!("index.json: {e}")))?;
         Ok(Index::new(file))

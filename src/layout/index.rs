@@ -17,6 +17,12 @@ use crate::error::Error;
 use crate::media;
 use crate::reference::{is_valid_name, is_valid_tag, truncate};
 
+/// Largest `index.json` read (about 90,000 tags of ferry's, ~350 bytes each); a larger one is
+/// refused, not loaded. Parsed, an index costs about five times its size in memory (a review
+/// measured ~330 MiB for 60 MiB), so this keeps one under ~200 MiB. A store with more tags
+/// belongs in a bucket, which keeps one object per tag and never reads them as one file.
+pub const MAX_INDEX_BYTES: u64 = 32 << 20;
+
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const FERRY_REPOSITORY: &str = "io.ferry.repository";
 pub const FERRY_SUBJECT: &str = "io.ferry.subject";

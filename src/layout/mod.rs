@@ -46,11 +46,7 @@ use upload::Uploads;
 
 pub const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
-/// Largest `index.json` read (about 90,000 tags of ferry's, ~350 bytes each); a larger one is
-/// refused, not loaded. Parsed, an index costs about five times its size in memory (a review
-/// measured ~330 MiB for 60 MiB), so this keeps one under ~200 MiB. A store with more tags
-/// belongs in a bucket, which keeps one object per tag and never reads them as one file.
-pub const MAX_INDEX_BYTES: u64 = 32 << 20;
+pub use index::MAX_INDEX_BYTES;
 /// A temp file older than this belongs to no live writer; a start removes it.
 const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Largest `oci-layout` file read.

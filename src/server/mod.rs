@@ -118,10 +118,30 @@ impl AsRef<Store> for App {
     }
 }
 
+impl crate::ui::Site for App {
+    fn store(&self) -> &Store {
+        &self.store
+    }
+    fn ui(&self) -> &crate::ui::Ui {
+        &self.ui
+    }
+}
+
+/// The web page, behind the same credentials as reads.
+async fn page(app: Arc<App>, req: Request) -> axum::response::Response {
+    if let Err(denied) =
+        handlers::authorize(&app, req.headers(), handlers::client_of(&req), false).await
+    {
+        return denied;
+    }
+    let params = handlers::query_params(&req);
+    crate::ui::handle(app, req, params).await
+}
+
 /// The registry as an axum `Router` (useful on its own in tests).
 pub fn router(app: Arc<App>) -> Router {
     let (a1, a2, a3, a4) = (app.clone(), app.clone(), app.clone(), app.clone());
-    let page = move |req: Request| crate::ui::handle(a4.clone(), req);
+    let page = move |req: Request| page(a4.clone(), req);
     Router::new()
         .route("/", axum::routing::any(page.clone()))
         .route("/ui", axum::routing::any(page.clone()))

@@ -21,7 +21,14 @@ use axum::response::{IntoResponse, Response};
 
 use crate::layout::index::Index;
 use crate::layout::Store;
-use crate::server::App;
+
+/// What the page needs from the running mirror, which provides it (the server's `App`): the
+/// store, and the page's own state kept between requests. The server checks credentials before
+/// it hands a request to [`handle`].
+pub trait Site: Send + Sync + 'static {
+    fn store(&self) -> &Store;
+    fn ui(&self) -> &Ui;
+}
 
 /// Rows per page of a table.
 pub const PAGE: usize = 100;
@@ -62,34 +69,35 @@ impl Ui {
     /// Blobs on the store and their bytes (blocking). A listing of the store costs a stat per
     /// blob (0.3 s for 40,000), so after the first one it is served from the last count and
     /// refreshed in the background once that is older than [`STORED_TTL`].
-    pub fn stored(app: &Arc<App>) -> (usize, u64, Instant) {
-        let count = |app: &App| {
-            let blobs = app.store.list_blobs_sync().unwrap_or_default();
+    pub fn stored<S: Site>(site: &Arc<S>) -> (usize, u64, Instant) {
+        let count = |site: &S| {
+            let blobs = site.store().list_blobs_sync().unwrap_or_default();
             (blobs.len(), blobs.iter().map(|b| b.size).sum::<u64>())
         };
-        let mut c = app.ui.stored.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = site.ui().stored.lock().unwrap_or_else(|p| p.into_inner());
         match c.as_ref() {
             Some((at, v)) => {
                 let (v, at) = (*v, *at);
                 if at.elapsed() >= STORED_TTL
-                    && !app
-                        .ui
+                    && !site
+                        .ui()
                         .counting
                         .swap(true, std::sync::atomic::Ordering::AcqRel)
                 {
-                    let a = app.clone();
+                    let a = site.clone();
                     tokio::task::spawn_blocking(move || {
                         let v = count(&a);
-                        *a.ui.stored.lock().unwrap_or_else(|p| p.into_inner()) =
+                        *a.ui().stored.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some((Instant::now(), v));
-                        a.ui.counting
+                        a.ui()
+                            .counting
                             .store(false, std::sync::atomic::Ordering::Release);
                     });
                 }
                 (v.0, v.1, at)
             }
             None => {
-                let v = count(app);
+                let v = count(site);
                 let at = Instant::now();
                 *c = Some((at, v));
                 (v.0, v.1, at)
@@ -100,11 +108,11 @@ impl Ui {
     /// Read every manifest once in the background, so the first visit to the page is nearly as
     /// fast as the next ones. The stored-blob count is not taken here: a count made while the
     /// first pushes arrive would be shown as current; the first page counts instead.
-    pub fn warm(app: Arc<App>) {
+    pub fn warm<S: Site>(site: Arc<S>) {
         tokio::task::spawn_blocking(move || {
             let start = Instant::now();
-            if let Ok(index) = app.store.index_sync() {
-                let c = app.ui.catalog(&app.store, index);
+            if let Ok(index) = site.store().index_sync() {
+                let c = site.ui().catalog(site.store(), index);
                 tracing::debug!(
                     entries = c.rows.len(),
                     ms = start.elapsed().as_millis() as u64,
@@ -140,23 +148,13 @@ fn view(p: &[(String, String)]) -> View {
     }
 }
 
-/// `GET /`, `/ui/`, `/ui/repo?name=…`, `/ui/tag?repo=…&tag=…` (or `&digest=…`).
-pub async fn handle(app: Arc<App>, req: Request) -> Response {
-    if let Err(denied) = crate::server::handlers::authorize(
-        &app,
-        req.headers(),
-        crate::server::handlers::client_of(&req),
-        false,
-    )
-    .await
-    {
-        return denied;
-    }
+/// `GET /`, `/ui/`, `/ui/repo?name=…`, `/ui/tag?repo=…&tag=…` (or `&digest=…`), with the
+/// request's query parameters `p` as the server decoded them; credentials already checked.
+pub async fn handle<S: Site>(site: Arc<S>, req: Request, p: Vec<(String, String)>) -> Response {
     if req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, "the page is read-only\n").into_response();
     }
     let path = req.uri().path().to_owned();
-    let p = crate::server::handlers::query_params(&req);
     let host = req
         .headers()
         .get(header::HOST)
@@ -170,17 +168,18 @@ pub async fn handle(app: Arc<App>, req: Request) -> Response {
         .unwrap_or("localhost:5000")
         .to_owned();
     let start = Instant::now();
-    let a = app.clone();
+    let a = site.clone();
     let page = tokio::task::spawn_blocking(move || {
-        let index = a.store.index_sync()?;
-        let catalog = a.ui.catalog(&a.store, index);
+        let index = a.store().index_sync()?;
+        let catalog = a.ui().catalog(a.store(), index);
         let ctx = pages::Ctx {
-            app: &a,
+            store: a.store(),
+            ui: a.ui(),
             catalog: catalog.as_ref(),
             host: &host,
         };
         Ok::<_, crate::Error>(match path.as_str() {
-            "/" | "/ui" | "/ui/" => Some(pages::mirror(&ctx, &view(&p))),
+            "/" | "/ui" | "/ui/" => Some(pages::mirror(&ctx, &view(&p), Ui::stored(&a))),
             "/ui/repo" => param(&p, "name").and_then(|n| pages::repo(&ctx, &n, &view(&p))),
             "/ui/tag" => param(&p, "repo").and_then(|r| {
                 pages::tag(

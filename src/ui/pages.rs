@@ -6,11 +6,12 @@ use std::time::SystemTime;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::model::{Catalog, Child, Sharers, Summary, TagRow};
-use super::{View, PAGE};
-use crate::server::App;
+use super::{Ui, View, PAGE};
+use crate::layout::Store;
 
 pub struct Ctx<'a> {
-    pub app: &'a std::sync::Arc<App>,
+    pub store: &'a Store,
+    pub ui: &'a Ui,
     pub catalog: &'a Catalog,
     /// The address clients use (from `Host`), for the lines to copy.
     pub host: &'a str,
@@ -42,7 +43,7 @@ ul.tree{list-style:none;padding-left:18px;margin:4px 0}ul.tree>li{margin:3px 0;b
 "#;
 
 fn layout(ctx: &Ctx, title: &str, body: Markup) -> String {
-    let store = &ctx.app.store;
+    let store = ctx.store;
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -258,10 +259,11 @@ fn card(key: &str, id: &str, value: Markup, sub: Option<Markup>) -> Markup {
 }
 
 /// The mirror: what is on it, how much space each repository takes, and whether it is used.
-pub fn mirror(ctx: &Ctx, v: &View) -> String {
+/// `stored`: blobs on the store, their bytes, and when they were counted.
+pub fn mirror(ctx: &Ctx, v: &View, stored: (usize, u64, std::time::Instant)) -> String {
     let c = ctx.catalog;
-    let store = &ctx.app.store;
-    let (blob_count, stored, counted) = super::Ui::stored(ctx.app);
+    let store = ctx.store;
+    let (blob_count, stored, counted) = stored;
     let tags: usize = c.repos.iter().map(|r| r.tags).sum();
     let last_gc = store.last_gc_sync().and_then(|(b, at)| {
         serde_json::from_slice::<crate::gc::GcReport>(&b)
@@ -440,7 +442,7 @@ pub fn repo(ctx: &Ctx, name: &str, v: &View) -> Option<String> {
                     tr data-tag=(r.tag.clone().unwrap_or_default()) data-digest=(r.summary.digest.to_string()) data-bytes=(r.summary.bytes()) {
                         td { a href=(href) { @match &r.tag { Some(t) => (t), None => span.muted { "untagged" } } } }
                         td { (kind_badge(&r.summary)) }
-                        td.mono { (ctx.app.ui.summaries.platforms(&ctx.app.store, &r.summary).join(", ")) }
+                        td.mono { (ctx.ui.summaries.platforms(ctx.store, &r.summary).join(", ")) }
                         td.n { (size(r.summary.bytes())) }
                         td.n { (when_ms(r.pushed_ms)) }
                         td.n { (when_ms(ms_of(r.last_read))) }
@@ -476,7 +478,7 @@ fn shared_note(ctx: &Ctx, sharers: &Sharers, d: &crate::digest::Digest) -> Marku
 }
 
 fn node(ctx: &Ctx, sharers: &Sharers, c: &Child, depth: usize) -> Markup {
-    let stored = ctx.app.store.blob_size_sync(&c.digest).is_some();
+    let stored = ctx.store.blob_size_sync(&c.digest).is_some();
     html! {
         li.node data-digest=(c.digest.to_string()) data-size=(c.size) data-role=(c.role.label()) {
             div.head {
@@ -510,7 +512,7 @@ pub fn tag(ctx: &Ctx, repo: &str, tag: Option<&str>, digest: Option<&str>) -> Op
             }
     })?;
     let s = &row.summary;
-    let platforms = ctx.app.ui.summaries.platforms(&ctx.app.store, s);
+    let platforms = ctx.ui.summaries.platforms(ctx.store, s);
     let sharers = c.sharers(i);
     let frees = sharers.frees(s);
     let body = html! {
