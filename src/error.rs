@@ -4,7 +4,7 @@
 //! ([`Error::code`]); the HTTP layer turns that into status + JSON body in one place
 //! (`server::error`). Storage code never sees HTTP types.
 
-use crate::digest::Digest;
+use crate::vocab::digest::Digest;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

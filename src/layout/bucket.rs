@@ -44,8 +44,8 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 use super::index::{Descriptor, IndexFile};
-use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{Error, Result};
+use crate::vocab::digest::{Algorithm, Digest, Hasher};
 
 /// Multipart part size: S3's minimum (all parts but the last). Bounds what one upload holds in
 /// memory.
@@ -167,7 +167,7 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
             .unwrap_or(all.clone()),
     };
     let line: String = line.split_whitespace().collect::<Vec<_>>().join(" ");
-    crate::reference::truncate(&line)
+    crate::vocab::reference::truncate(&line)
 }
 
 fn is_not_found(e: &object_store::Error) -> bool {
@@ -213,7 +213,7 @@ impl Bucket {
                 .map(|(_, v)| v.clone())
                 .or_else(|| std::env::var(k).ok())
         };
-        let here = crate::location::Location::Bucket {
+        let here = crate::vocab::location::Location::Bucket {
             bucket: name.to_owned(),
             prefix: prefix.to_owned(),
         }
@@ -222,7 +222,7 @@ impl Bucket {
         // A stalled store is noticed after this long without a byte (FERRY_S3_READ_TIMEOUT,
         // e.g. `10s`); each request is retried three times within 30 s before it fails.
         let read_timeout = match var("FERRY_S3_READ_TIMEOUT") {
-            Some(v) => crate::duration::parse_duration(&v)
+            Some(v) => crate::vocab::duration::parse_duration(&v)
                 .map_err(|e| usage(format!("FERRY_S3_READ_TIMEOUT: {e}")))?,
             None => Duration::from_secs(30),
         };
@@ -340,7 +340,7 @@ impl Bucket {
     }
 
     pub fn describe(&self) -> String {
-        crate::location::Location::Bucket {
+        crate::vocab::location::Location::Bucket {
             bucket: self.name.clone(),
             prefix: self.prefix.clone(),
         }

@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout::Store;
-use crate::media::{self, EdgeKind};
+use crate::vocab::digest::Digest;
+use crate::vocab::media::{self, EdgeKind};
 
 /// Everything reachable from one manifest: (digests, digests missing from the store).
 ///

@@ -36,9 +36,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{blocking, read, write, Backend, Store};
-use crate::digest::Digest;
 use crate::error::Result;
-use crate::reference::RepoName;
+use crate::vocab::digest::Digest;
+use crate::vocab::reference::RepoName;
 
 /// Present once the store keeps links.
 const MARKER: &str = ".ferry/links.v1";

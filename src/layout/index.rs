@@ -12,10 +12,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::digest::Digest;
 use crate::error::Error;
-use crate::media;
-use crate::reference::{is_valid_name, is_valid_tag, truncate};
+use crate::vocab::digest::Digest;
+use crate::vocab::media;
+use crate::vocab::reference::{is_valid_name, is_valid_tag, truncate};
 
 /// Largest `index.json` read (about 90,000 tags of ferry's, ~350 bytes each); a larger one is
 /// refused, not loaded. Parsed, an index costs about five times its size in memory (a review

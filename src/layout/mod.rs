@@ -37,10 +37,10 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde_json::{json, Value};
 
-use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
-use crate::media::{self, EdgeKind};
-use crate::reference::{Reference, RepoName};
+use crate::vocab::digest::{Algorithm, Digest};
+use crate::vocab::media::{self, EdgeKind};
+use crate::vocab::reference::{Reference, RepoName};
 use index::{Index, IndexFile, NewEntry};
 use upload::Uploads;
 
@@ -77,7 +77,7 @@ pub struct BlobReader {
 enum Source {
     File(File),
     Object(Arc<bucket::Bucket>, String),
-    Archive(Arc<crate::archive::Archive>, Digest),
+    Archive(Arc<crate::carry::archive::Archive>, Digest),
 }
 
 impl BlobReader {
@@ -137,7 +137,7 @@ enum Backend {
     Dir(StoreFiles),
     Bucket(Arc<bucket::Bucket>),
     /// An `oci-archive:` served read-only: its members read by offset, its index fixed.
-    Archive(Arc<crate::archive::Archive>, Arc<Index>),
+    Archive(Arc<crate::carry::archive::Archive>, Arc<Index>),
 }
 
 fn archive_read_only() -> Error {
@@ -271,18 +271,18 @@ impl Store {
 
     /// Open the store a location names: a directory ([`Store::open`]) or a bucket, checked at
     /// once (a missing bucket, refused credentials, an unreachable endpoint: one line).
-    pub async fn open_at(loc: &crate::location::Location, read_only: bool) -> Result<Store> {
+    pub async fn open_at(loc: &crate::vocab::location::Location, read_only: bool) -> Result<Store> {
         Store::open_at_with(loc, read_only, &[]).await
     }
 
     /// [`Store::open_at`] with S3 settings that take precedence over the environment's
     /// (`("AWS_ENDPOINT_URL", …)`, …): several stores on different endpoints in one process.
     pub async fn open_at_with(
-        loc: &crate::location::Location,
+        loc: &crate::vocab::location::Location,
         read_only: bool,
         settings: &[(String, String)],
     ) -> Result<Store> {
-        use crate::location::Location;
+        use crate::vocab::location::Location;
         match loc {
             Location::Dir { path } => {
                 let path = path.clone();
@@ -314,7 +314,7 @@ impl Store {
             Location::OciArchive { path } if read_only => {
                 let path = path.clone();
                 let (a, idx) = blocking(move || {
-                    let a = crate::archive::Archive::open(&path)?;
+                    let a = crate::carry::archive::Archive::open(&path)?;
                     let idx = a.index()?;
                     Ok((a, idx))
                 })
@@ -1343,7 +1343,7 @@ impl Store {
                 std::fs::create_dir_all(dir)?;
             }
             let mut f = read::open_private(&p, true, true)?;
-            let (h, len) = crate::digest::hash_reader(&mut f, alg)?;
+            let (h, len) = crate::vocab::digest::hash_reader(&mut f, alg)?;
             Ok((f, len, h))
         })
         .await?;
@@ -1943,7 +1943,7 @@ async fn open_for_append(path: &Path, len: u64) -> Result<File> {
 
 /// Hash a whole file (used for sha512 uploads and by tests).
 pub fn hash_file(path: &Path, alg: Algorithm) -> Result<Digest> {
-    let (h, _) = crate::digest::hash_reader(File::open(path)?, alg)?;
+    let (h, _) = crate::vocab::digest::hash_reader(File::open(path)?, alg)?;
     Ok(h.finish())
 }
 
@@ -2015,11 +2015,13 @@ impl StoreFiles {
 
     fn rehash(&self, d: &Digest) -> Checked {
         match read::open_regular(&self.canon, &self.blob_path(d)) {
-            Ok(read::Found::File(f, _)) => match crate::digest::hash_reader(f, d.algorithm()) {
-                Ok((h, n)) if h.clone().finish() == *d => Checked::Intact(n),
-                Ok((_, n)) => Checked::Corrupt(n),
-                Err(e) => Checked::Refused(format!("unreadable ({e})")),
-            },
+            Ok(read::Found::File(f, _)) => {
+                match crate::vocab::digest::hash_reader(f, d.algorithm()) {
+                    Ok((h, n)) if h.clone().finish() == *d => Checked::Intact(n),
+                    Ok((_, n)) => Checked::Corrupt(n),
+                    Err(e) => Checked::Refused(format!("unreadable ({e})")),
+                }
+            }
             Ok(read::Found::Refused(why)) => Checked::Refused(why),
             Ok(read::Found::Missing) => Checked::Missing,
             Err(e) => Checked::Refused(format!("unreadable ({e})")),

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::digest::{Algorithm, Hasher};
 use crate::error::{Error, Result};
+use crate::vocab::digest::{Algorithm, Hasher};
 
 /// The state of one upload session. Invariant: `hasher` has seen exactly the `len` bytes of the file.
 pub struct Upload {
@@ -84,7 +84,7 @@ impl Uploads {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             };
-            let (hasher, len) = crate::digest::hash_reader(f, Algorithm::Sha256)?;
+            let (hasher, len) = crate::vocab::digest::hash_reader(f, Algorithm::Sha256)?;
             let id = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

@@ -14,7 +14,7 @@ use std::path::Path;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
-use crate::digest::Hasher;
+use crate::vocab::digest::Hasher;
 
 /// Chunks queued between the network and the disk thread. A chunk is what hyper read off the
 /// socket (at most its 64 KiB read buffer), so a pusher whose disk lags holds at most this many

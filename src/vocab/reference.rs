@@ -18,8 +18,8 @@
 
 use std::fmt;
 
-use crate::digest::Digest;
 use crate::error::Error;
+use crate::vocab::digest::Digest;
 
 /// Longest repository name accepted (Distribution uses 255 for the whole name).
 pub const MAX_NAME_LEN: usize = 255;

@@ -18,9 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout::Store;
+use crate::vocab::digest::Digest;
 
 pub const USED_FILE: &str = "used.json";
 pub const MISSES_FILE: &str = "misses.json";
@@ -543,14 +543,15 @@ pub fn carried_by_tags(store: &Store, list: &[Used]) -> std::collections::HashSe
     let mut out = std::collections::HashSet::new();
     for u in list.iter().filter(|u| !u.reference.contains(':')) {
         out.insert(u.digest.clone());
-        let Ok(bytes) = store.read_small_sync(&u.digest, crate::media::MAX_MANIFEST_BYTES) else {
+        let Ok(bytes) = store.read_small_sync(&u.digest, crate::vocab::media::MAX_MANIFEST_BYTES)
+        else {
             continue;
         };
-        if let Ok(info) = crate::media::parse_manifest(&bytes, None) {
+        if let Ok(info) = crate::vocab::media::parse_manifest(&bytes, None) {
             out.extend(
                 info.edges
                     .into_iter()
-                    .filter(|e| matches!(e.kind, crate::media::EdgeKind::Manifest))
+                    .filter(|e| matches!(e.kind, crate::vocab::media::EdgeKind::Manifest))
                     .map(|e| e.digest),
             );
         }

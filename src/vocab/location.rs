@@ -19,9 +19,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::digest::Digest;
 use crate::error::Error;
-use crate::reference::{is_valid_name, is_valid_tag, Reference};
+use crate::vocab::digest::Digest;
+use crate::vocab::reference::{is_valid_name, is_valid_tag, Reference};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
@@ -39,7 +39,7 @@ pub enum Location {
         bucket: String,
         prefix: String,
     },
-    /// A tar of an OCI image layout, one file or split volumes (`crate::archive`).
+    /// A tar of an OCI image layout, one file or split volumes (`crate::carry::archive`).
     OciArchive {
         path: PathBuf,
     },

@@ -35,11 +35,11 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::digest::Digest;
+use crate::carry::remote::{Registry, RemoteOptions};
 use crate::error::{Error, Result};
 use crate::layout::{ManifestMeta, Store};
-use crate::reference::{Reference, RepoName};
-use crate::remote::{Registry, RemoteOptions};
+use crate::vocab::digest::Digest;
+use crate::vocab::reference::{Reference, RepoName};
 
 /// The default bound on one upstream blob: larger than any layer a build makes, small enough
 /// that a body that never ends cannot fill a disk.
@@ -640,10 +640,10 @@ async fn run_fetch(
 fn spool(
     fetch: &Fetch,
     dir: &std::path::Path,
-    mut hasher: crate::digest::Hasher,
+    mut hasher: crate::vocab::digest::Hasher,
     mut chunks: tokio::sync::mpsc::Receiver<Bytes>,
     progress: &watch::Sender<FetchState>,
-) -> Result<(crate::digest::Hasher, u64, PathBuf)> {
+) -> Result<(crate::vocab::digest::Hasher, u64, PathBuf)> {
     use std::os::unix::fs::FileExt;
     // Readable like every other blob once renamed into place (tempfile's default is 0600).
     let (file, path) = tempfile::Builder::new()

@@ -12,10 +12,10 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
-use crate::digest::Digest;
 use crate::layout::index::Index;
 use crate::layout::Store;
-use crate::media;
+use crate::vocab::digest::Digest;
+use crate::vocab::media;
 
 /// How deep an index of indexes is followed (the spec allows nesting; real ones are 1–2 deep).
 const MAX_DEPTH: usize = 4;

@@ -37,10 +37,10 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::layout::index::{Index, IndexFile};
-use crate::media;
+use crate::vocab::digest::{Algorithm, Digest};
+use crate::vocab::media;
 
 const BLOCK: u64 = 512;
 /// More members than any real layout has: a hostile archive cannot make the scan hold more.
@@ -246,7 +246,7 @@ struct Volumes {
     pos: u64,
     /// Bytes before this offset are already in finished volumes: skipped.
     skip_to: u64,
-    file: Option<(File, PathBuf, crate::digest::Hasher, u64)>,
+    file: Option<(File, PathBuf, crate::vocab::digest::Hasher, u64)>,
     done: Vec<Volume>,
     plan_id: String,
 }
@@ -727,7 +727,7 @@ fn check_volumes(files: &[File], vols: &[Volume]) -> Vec<String> {
                 };
                 let r = f
                     .try_clone()
-                    .and_then(|f| crate::digest::hash_reader(f, Algorithm::Sha256));
+                    .and_then(|f| crate::vocab::digest::hash_reader(f, Algorithm::Sha256));
                 let why = match r.map(|(h, _)| h.finish()) {
                     Ok(d) if d.hex() == v.sha256 => continue,
                     Ok(_) => format!(

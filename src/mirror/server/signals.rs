@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::tls::ServerTls;
+use crate::mirror::tls::ServerTls;
 
 pub struct Signals {
     hangup: Signal,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::App;
-use crate::retention::Policy;
+use crate::keep::retention::Policy;
 
 /// How often each chore runs.
 #[derive(Clone, Debug)]
@@ -61,13 +61,14 @@ pub async fn run(app: Arc<App>, schedule: Schedule) {
 pub async fn collect(app: &Arc<App>, schedule: &Schedule) {
     if let Some(policy) = schedule.retention.clone() {
         let a = app.clone();
-        let plan = tokio::task::spawn_blocking(move || crate::retention::plan(&a.store, &policy))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let plan =
+            tokio::task::spawn_blocking(move || crate::keep::retention::plan(&a.store, &policy))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
         match plan {
             Ok(plan) if plan.remove.is_empty() => {}
-            Ok(plan) => match crate::retention::apply(&app.store, &plan).await {
+            Ok(plan) => match crate::keep::retention::apply(&app.store, &plan).await {
                 Ok(n) => {
                     app.metrics
                         .retention_tags_removed
@@ -85,7 +86,7 @@ pub async fn collect(app: &Arc<App>, schedule: &Schedule) {
     }
     let a = app.clone();
     let grace = schedule.gc_grace;
-    let r = tokio::task::spawn_blocking(move || crate::gc::gc(&a.store, grace, false)).await;
+    let r = tokio::task::spawn_blocking(move || crate::keep::gc::gc(&a.store, grace, false)).await;
     match r {
         Ok(Ok(r)) => {
             app.metrics.gc_runs.fetch_add(1, Relaxed);

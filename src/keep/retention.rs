@@ -31,9 +31,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout::Store;
+use crate::vocab::digest::Digest;
 
 /// What to keep in the repositories `repo` matches (all, when `None`).
 #[derive(Clone, Debug, Default)]
@@ -127,7 +127,7 @@ impl Policy {
                 keep_read_within: r
                     .keep_read_within
                     .map(|d| {
-                        crate::duration::parse_duration(&d)
+                        crate::vocab::duration::parse_duration(&d)
                             .map_err(|e| format!("{}: {e}", what("keep-read-within")))
                     })
                     .transpose()?,

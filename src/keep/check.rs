@@ -8,12 +8,12 @@
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::digest::Digest;
+use crate::carry::remote::RemoteOptions;
+use crate::carry::sync::{ref_matches, walk, Place};
 use crate::error::Result;
-use crate::location::Location;
-use crate::media;
-use crate::remote::RemoteOptions;
-use crate::sync::{ref_matches, walk, Place};
+use crate::vocab::digest::Digest;
+use crate::vocab::location::Location;
+use crate::vocab::media;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RefReport {
@@ -110,7 +110,7 @@ pub async fn check(
 }
 
 /// Check one root: every manifest readable, every blob present and hashing to its digest.
-pub async fn check_root(place: &Place, root: &crate::sync::Root) -> RefReport {
+pub async fn check_root(place: &Place, root: &crate::carry::sync::Root) -> RefReport {
     let mut rep = RefReport {
         reference: root.to_string(),
         ..Default::default()
@@ -176,9 +176,9 @@ pub async fn check_root(place: &Place, root: &crate::sync::Root) -> RefReport {
 /// the name a mirror holds it by, or as synced without its registry name) and intact?
 pub async fn check_needs(
     loc: &Location,
-    needs: &[crate::dockerfile::Need],
+    needs: &[crate::keep::dockerfile::Need],
     opts: &RemoteOptions,
-) -> Result<Vec<(crate::dockerfile::Need, RefReport)>> {
+) -> Result<Vec<(crate::keep::dockerfile::Need, RefReport)>> {
     let place = Place::open(loc, opts, false).await?;
     let host = match loc {
         Location::Registry { host, .. } => Some(host.as_str()),
@@ -187,8 +187,8 @@ pub async fn check_needs(
     let mut out = Vec::new();
     for need in needs {
         let reference = match need.reference.parse::<Digest>() {
-            Ok(d) => crate::reference::Reference::Digest(d),
-            Err(_) => crate::reference::Reference::Tag(need.reference.clone()),
+            Ok(d) => crate::vocab::reference::Reference::Digest(d),
+            Err(_) => crate::vocab::reference::Reference::Tag(need.reference.clone()),
         };
         let mut names = Vec::new();
         if let Some(rest) = host.and_then(|h| need.repository.strip_prefix(&format!("{h}/"))) {
@@ -198,14 +198,14 @@ pub async fn check_needs(
         // As synced without its registry's name (`library/alpine`, or `app` of
         // `mirror:5000/app`).
         if let Some((first, rest)) = need.repository.split_once('/') {
-            if crate::proxy::is_host(first) {
+            if crate::mirror::proxy::is_host(first) {
                 names.push(rest.to_owned());
             }
         }
         names.dedup();
         let mut found = None;
         for n in &names {
-            if crate::reference::RepoName::parse(n).is_err() {
+            if crate::vocab::reference::RepoName::parse(n).is_err() {
                 continue;
             }
             if place.manifest(n, &reference).await.is_ok() {
@@ -214,7 +214,7 @@ pub async fn check_needs(
             }
         }
         let rep = match found {
-            Some(n) => check_root(&place, &crate::sync::Root::new(n, reference)).await,
+            Some(n) => check_root(&place, &crate::carry::sync::Root::new(n, reference)).await,
             None => RefReport {
                 reference: need.reference_string(),
                 error: Some(format!("not on {loc} (looked for {})", names.join(", "))),

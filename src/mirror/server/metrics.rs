@@ -68,7 +68,7 @@ impl Metrics {
         &self,
         store: &crate::layout::Store,
         uploads_in_flight: usize,
-        pull: Option<&crate::proxy::Counters>,
+        pull: Option<&crate::mirror::proxy::Counters>,
     ) -> String {
         let mut out = String::new();
         let _ = writeln!(

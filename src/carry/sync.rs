@@ -1,7 +1,7 @@
 //! `ferry sync`: copy content graphs between registries and directories, in all four directions.
 //!
 //! For each root (a tag, or a manifest by digest) the graph is walked by media type
-//! ([`crate::media`]: BuildKit's legacy cache indexes have blob children), then copied in the
+//! ([`crate::vocab::media`]: BuildKit's legacy cache indexes have blob children), then copied in the
 //! order that keeps the destination valid at every instant: blobs (only the ones the destination
 //! lacks; verified; in parallel), then child manifests, then the root, then its tag. An
 //! interrupted sync therefore never publishes a tag whose content is missing, and manifests are
@@ -23,18 +23,18 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::archive::{self, Member, Plan};
-use crate::digest::Digest;
+use crate::carry::archive::{self, Member, Plan};
+use crate::carry::remote::RemoteOptions;
 use crate::error::{Error, Result};
 use crate::layout::index::{IndexFile, NewEntry};
 use crate::layout::Store;
-use crate::location::Location;
-use crate::media::{self};
-use crate::reference::Reference;
-use crate::remote::RemoteOptions;
+use crate::vocab::digest::Digest;
+use crate::vocab::location::Location;
+use crate::vocab::media::{self};
+use crate::vocab::reference::Reference;
 
-pub(crate) use crate::place::{walk, BlobRef, Graph};
-pub use crate::place::{Place, Root};
+pub(crate) use crate::carry::place::{walk, BlobRef, Graph};
+pub use crate::carry::place::{Place, Root};
 
 /// `--platform OS/ARCH[/VARIANT]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,9 +148,9 @@ pub struct SyncOptions {
     /// Write an archive destination as volumes smaller than this (`--split`).
     pub split: Option<u64>,
     /// Write a signed statement of the trip into the destination (`--sign`).
-    pub sign: Option<Arc<crate::trip::Signer>>,
+    pub sign: Option<Arc<crate::carry::trip::Signer>>,
     /// Refuse a source trip that this key did not sign as it is (`--verify-key`).
-    pub verify_key: Option<Arc<crate::trip::Verifier>>,
+    pub verify_key: Option<Arc<crate::carry::trip::Verifier>>,
 }
 
 /// What a sync did, for people (`Display`) and scripts (`--json`).
@@ -480,7 +480,7 @@ pub async fn sync(
     let src = Place::open(src_loc, &opts.src, false).await?;
     if let Some(key) = &opts.verify_key {
         // Before anything is read for copying, let alone published.
-        let st = crate::trip::verify(&src, key, opts.jobs).await?;
+        let st = crate::carry::trip::verify(&src, key, opts.jobs).await?;
         progress.message(&format!(
             "{src_loc}: signed by {} on {}, {} tag(s) and {} blob(s) as stated",
             st.key_id,
@@ -633,7 +633,7 @@ pub async fn sync(
 
 /// A directory trip's statement: everything it holds after the sync, signed, written beside
 /// `index.json` (each file replaced atomically).
-async fn sign_dir(store: &Store, signer: &crate::trip::Signer) -> Result<()> {
+async fn sign_dir(store: &Store, signer: &crate::carry::trip::Signer) -> Result<()> {
     let Some(root) = store.root().map(|p| p.to_owned()) else {
         return Err(Error::Usage("--sign: a bucket is not a trip".into()));
     };
@@ -654,7 +654,10 @@ async fn sign_dir(store: &Store, signer: &crate::trip::Signer) -> Result<()> {
         .collect();
     let (st, sig) = signer.sign(tags, digests)?;
     tokio::task::spawn_blocking(move || -> Result<()> {
-        for (name, bytes) in [(crate::trip::STATEMENT, st), (crate::trip::SIGNATURE, sig)] {
+        for (name, bytes) in [
+            (crate::carry::trip::STATEMENT, st),
+            (crate::carry::trip::SIGNATURE, sig),
+        ] {
             let tmp = root.join(format!(".{name}.tmp"));
             std::fs::write(&tmp, &bytes)?;
             std::fs::File::open(&tmp)?.sync_all()?;
@@ -974,12 +977,12 @@ async fn write_archive(
             .collect();
         let (st, sig) = signer.sign(tags, digests)?;
         plan.push(Member {
-            path: crate::trip::STATEMENT.into(),
+            path: crate::carry::trip::STATEMENT.into(),
             size: st.len() as u64,
             source: archive::Source::Fresh(st.into()),
         });
         plan.push(Member {
-            path: crate::trip::SIGNATURE.into(),
+            path: crate::carry::trip::SIGNATURE.into(),
             size: sig.len() as u64,
             source: archive::Source::Fresh(sig.into()),
         });
@@ -1043,13 +1046,12 @@ fn docker_entry(root: &Root, to: &Root, bytes: &[u8], mt: &str) -> Result<serde_
             "{root}: docker-archive holds images only, and this is a BuildKit cache (docker load cannot take it; use oci-archive:)"
         )));
     }
-    let path_of =
-        |d: &serde_json::Value| -> Result<String> {
-            let d: Digest = d.as_str().unwrap_or("").parse().map_err(
-                |e: crate::digest::DigestParseError| Error::ManifestInvalid(e.to_string()),
-            )?;
-            Ok(archive::blob_path(&d))
-        };
+    let path_of = |d: &serde_json::Value| -> Result<String> {
+        let d: Digest = d.as_str().unwrap_or("").parse().map_err(
+            |e: crate::vocab::digest::DigestParseError| Error::ManifestInvalid(e.to_string()),
+        )?;
+        Ok(archive::blob_path(&d))
+    };
     let layers = v["layers"]
         .as_array()
         .into_iter()

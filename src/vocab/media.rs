@@ -23,8 +23,8 @@
 
 use serde_json::Value;
 
-use crate::digest::Digest;
 use crate::error::Error;
+use crate::vocab::digest::Digest;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

@@ -9,10 +9,10 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::digest::Digest;
 use crate::error::Result;
 use crate::layout::{BlobEntry, Checked, Store};
 use crate::progress::Tally;
+use crate::vocab::digest::Digest;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct VerifyReport {

@@ -50,7 +50,7 @@ pub fn normalize(image: &str) -> Option<(String, String)> {
     }
     let (name, reference) = match image.split_once('@') {
         Some((n, d)) => {
-            let d: crate::digest::Digest = d.parse().ok()?;
+            let d: crate::vocab::digest::Digest = d.parse().ok()?;
             // `name:tag@digest`: the digest decides.
             let n = match n.rsplit_once(':') {
                 Some((a, t)) if !t.contains('/') => a,
@@ -60,14 +60,14 @@ pub fn normalize(image: &str) -> Option<(String, String)> {
         }
         None => match image.rsplit_once(':') {
             Some((n, t)) if !t.contains('/') => {
-                crate::reference::Reference::parse(t).ok()?;
+                crate::vocab::reference::Reference::parse(t).ok()?;
                 (n, t.to_owned())
             }
             _ => (image, "latest".to_owned()),
         },
     };
     let first = name.split('/').next().unwrap_or("");
-    let name = if name.contains('/') && crate::proxy::is_host(first) {
+    let name = if name.contains('/') && crate::mirror::proxy::is_host(first) {
         let (host, rest) = name.split_once('/')?;
         let host = if matches!(host, "index.docker.io" | "registry-1.docker.io") {
             "docker.io"

@@ -13,11 +13,11 @@ use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientP
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference as OciRef, RegistryOperation};
 
-use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::location::is_loopback_host;
-use crate::media;
-use crate::reference::Reference;
+use crate::vocab::digest::Digest;
+use crate::vocab::location::is_loopback_host;
+use crate::vocab::media;
+use crate::vocab::reference::Reference;
 
 /// How to reach a registry.
 #[derive(Clone, Debug, Default)]

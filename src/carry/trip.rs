@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use crate::carry::place::Place;
 use crate::error::{Error, Result};
-use crate::place::Place;
-use crate::reference::Reference;
+use crate::vocab::digest::Digest;
+use crate::vocab::reference::Reference;
 
 pub const STATEMENT: &str = "ferry-trip.json";
 pub const SIGNATURE: &str = "ferry-trip.json.minisig";

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
-use crate::archive::Archive;
-use crate::digest::Digest;
+use crate::carry::archive::Archive;
+use crate::carry::remote::{Registry, RemoteOptions};
 use crate::error::{Error, Result};
 use crate::layout::index::{Descriptor, REF_NAME};
 use crate::layout::Store;
-use crate::location::Location;
-use crate::media::{self, EdgeKind};
-use crate::reference::{Reference, RepoName};
-use crate::remote::{Registry, RemoteOptions};
+use crate::vocab::digest::Digest;
+use crate::vocab::location::Location;
+use crate::vocab::media::{self, EdgeKind};
+use crate::vocab::reference::{Reference, RepoName};
 
 /// One side of a sync.
 pub enum Place {
@@ -418,7 +418,7 @@ fn archive_roots(ar: &Archive) -> Result<Vec<(Root, Descriptor)>> {
                     .annotations
                     .as_ref()
                     .and_then(|a| a.get(REF_NAME))
-                    .filter(|t| crate::reference::is_valid_tag(t));
+                    .filter(|t| crate::vocab::reference::is_valid_tag(t));
                 match bare {
                     Some(t) => Root {
                         repo: fallback.clone(),
@@ -457,7 +457,7 @@ fn archive_repo_name(path: &std::path::Path) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
     let name = name.trim_matches('-').to_owned();
-    if crate::reference::is_valid_name(&name) {
+    if crate::vocab::reference::is_valid_name(&name) {
         name
     } else {
         "archive".to_owned()

@@ -14,10 +14,10 @@ use super::error::ApiError;
 use super::limits::{guarded_body, ClientAddr, UploadPermit};
 use super::range::{parse_content_range, parse_range, ByteRange};
 use super::App;
-use crate::digest::Digest;
 use crate::error::Error;
-use crate::media;
-use crate::reference::{truncate, Reference, RepoName};
+use crate::vocab::digest::Digest;
+use crate::vocab::media;
+use crate::vocab::reference::{truncate, Reference, RepoName};
 
 type HResult = Result<Response, ApiError>;
 
@@ -335,14 +335,14 @@ async fn dispatch(app: Arc<App>, req: Request) -> HResult {
     }
 }
 
-/// Which of the names a request may mean ([`crate::proxy::candidates`]) holds `d`, if any.
+/// Which of the names a request may mean ([`crate::mirror::proxy::candidates`]) holds `d`, if any.
 async fn holder(
     app: &App,
     name: &str,
     ns: Option<&str>,
     d: &Digest,
 ) -> Result<Option<RepoName>, ApiError> {
-    for n in crate::proxy::candidates(name, ns) {
+    for n in crate::mirror::proxy::candidates(name, ns) {
         let Ok(n) = RepoName::parse(&n) else { continue };
         if app.store.holds(&n, d).await? {
             return Ok(Some(n));
@@ -597,7 +597,7 @@ fn is_absent(e: &Error) -> bool {
     matches!(e, Error::ManifestUnknown(_) | Error::NameUnknown(_))
 }
 
-/// Find a manifest under the names a mirror's request may mean ([`crate::proxy::candidates`]),
+/// Find a manifest under the names a mirror's request may mean ([`crate::mirror::proxy::candidates`]),
 /// re-checking a pull-through tag whose TTL has passed; failing that, fetch it from the
 /// upstream its name routes to. Records what was used, or the miss.
 async fn resolve_manifest(
@@ -605,7 +605,7 @@ async fn resolve_manifest(
     asked: &Asked<'_>,
     reference: &Reference,
 ) -> Result<(crate::layout::ManifestMeta, RepoName), ApiError> {
-    let names: Vec<RepoName> = crate::proxy::candidates(asked.name.as_str(), asked.ns)
+    let names: Vec<RepoName> = crate::mirror::proxy::candidates(asked.name.as_str(), asked.ns)
         .iter()
         .filter_map(|n| RepoName::parse(n).ok())
         .collect();
@@ -661,7 +661,7 @@ async fn resolve_manifest(
         }
         None => {
             app.record.missed(
-                &crate::proxy::miss_name(asked.name.as_str(), asked.ns),
+                &crate::mirror::proxy::miss_name(asked.name.as_str(), asked.ns),
                 &reference.to_string(),
             );
             Err(failed
@@ -674,7 +674,7 @@ async fn resolve_manifest(
 /// A blob the store lacks, through pull-through (`None`: no upstream serves this name).
 async fn pull_blob(
     app: &Arc<App>,
-    pull: &Arc<crate::proxy::PullThrough>,
+    pull: &Arc<crate::mirror::proxy::PullThrough>,
     name: &str,
     ns: Option<&str>,
     (d, seen): (&Digest, u64),
@@ -687,12 +687,16 @@ async fn pull_blob(
     let names = if head {
         let mut v = Vec::new();
         if ns.is_some() {
-            v.extend(crate::proxy::candidates(name, ns).into_iter().take(1));
+            v.extend(
+                crate::mirror::proxy::candidates(name, ns)
+                    .into_iter()
+                    .take(1),
+            );
         }
         v.push(name.to_owned());
         v
     } else {
-        crate::proxy::candidates(name, ns)
+        crate::mirror::proxy::candidates(name, ns)
     };
     let Some(n) = names.into_iter().find(|n| pull.route(n).is_some()) else {
         return Ok(None);
@@ -701,8 +705,8 @@ async fn pull_blob(
     // 200, which HTTP allows and every client handles (it is stored, and ranged, by the next).
     let _ = headers;
     match pull.blob(app, &n, d, seen, 0, None).await? {
-        crate::proxy::BlobAnswer::Stored => Ok(None),
-        crate::proxy::BlobAnswer::Streaming(s) => {
+        crate::mirror::proxy::BlobAnswer::Stored => Ok(None),
+        crate::mirror::proxy::BlobAnswer::Streaming(s) => {
             // The upstream serves it under this name: the name holds it once it is stored.
             if let Ok(rn) = RepoName::parse(&n) {
                 app.store.link_pushed(&rn, d).await?;

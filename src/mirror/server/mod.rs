@@ -51,11 +51,11 @@ pub struct App {
     /// `--redirect`: blob GETs answered with a 307 to a presigned URL of the object store.
     pub redirect: bool,
     /// The web page's state (manifest summaries).
-    pub ui: crate::ui::Ui,
+    pub ui: crate::mirror::ui::Ui,
     /// `--upstream`: what the store lacks is fetched from these registries.
-    pub pull: Option<Arc<crate::proxy::PullThrough>>,
+    pub pull: Option<Arc<crate::mirror::proxy::PullThrough>>,
     /// What builds used and what could not be answered.
-    pub record: Arc<crate::record::Recorder>,
+    pub record: Arc<crate::mirror::record::Recorder>,
     /// `--read-only` beside `--upstream`: clients' writes are refused while pull-through still
     /// stores what it fetches (the store itself is writable).
     pub refuse_writes: bool,
@@ -89,7 +89,7 @@ impl App {
     }
 
     /// Fetch what the store lacks from upstream registries.
-    pub fn with_pull_through(mut self, pull: Option<crate::proxy::PullThrough>) -> App {
+    pub fn with_pull_through(mut self, pull: Option<crate::mirror::proxy::PullThrough>) -> App {
         self.pull = pull.map(Arc::new);
         self
     }
@@ -118,11 +118,11 @@ impl AsRef<Store> for App {
     }
 }
 
-impl crate::ui::Site for App {
+impl crate::mirror::ui::Site for App {
     fn store(&self) -> &Store {
         &self.store
     }
-    fn ui(&self) -> &crate::ui::Ui {
+    fn ui(&self) -> &crate::mirror::ui::Ui {
         &self.ui
     }
 }
@@ -135,7 +135,7 @@ async fn page(app: Arc<App>, req: Request) -> axum::response::Response {
         return denied;
     }
     let params = handlers::query_params(&req);
-    crate::ui::handle(app, req, params).await
+    crate::mirror::ui::handle(app, req, params).await
 }
 
 /// The registry as an axum `Router` (useful on its own in tests).
@@ -230,11 +230,11 @@ async fn common_headers_and_log(app: Arc<App>, req: Request, next: Next) -> Resp
 pub async fn run(
     listener: TcpListener,
     app: Arc<App>,
-    tls: Option<Arc<crate::tls::ServerTls>>,
+    tls: Option<Arc<crate::mirror::tls::ServerTls>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let router = router(app.clone());
-    crate::ui::Ui::warm(app.clone());
+    crate::mirror::ui::Ui::warm(app.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Set when the shutdown starts: a connection that has not sent its first byte yet has no
     // request in flight and is closed then, instead of holding the drain for the header

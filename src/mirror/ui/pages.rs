@@ -136,7 +136,7 @@ fn ms_of(t: Option<SystemTime>) -> Option<u64> {
         .map(|d| d.as_millis() as u64)
 }
 
-fn short(d: &crate::digest::Digest) -> String {
+fn short(d: &crate::vocab::digest::Digest) -> String {
     let s = d.to_string();
     match s.split_once(':') {
         Some((alg, hex)) => format!("{alg}:{}", &hex[..hex.len().min(12)]),
@@ -266,7 +266,7 @@ pub fn mirror(ctx: &Ctx, v: &View, stored: (usize, u64, std::time::Instant)) -> 
     let (blob_count, stored, counted) = stored;
     let tags: usize = c.repos.iter().map(|r| r.tags).sum();
     let last_gc = store.last_gc_sync().and_then(|(b, at)| {
-        serde_json::from_slice::<crate::gc::GcReport>(&b)
+        serde_json::from_slice::<crate::keep::gc::GcReport>(&b)
             .ok()
             .map(|r| (r, at))
     });
@@ -457,7 +457,7 @@ pub fn repo(ctx: &Ctx, name: &str, v: &View) -> Option<String> {
     Some(layout(ctx, name, body))
 }
 
-fn shared_note(ctx: &Ctx, sharers: &Sharers, d: &crate::digest::Digest) -> Markup {
+fn shared_note(ctx: &Ctx, sharers: &Sharers, d: &crate::vocab::digest::Digest) -> Markup {
     let others = sharers.of(d);
     if others.is_empty() {
         return html! { span.badge data-shared="0" title="no other tag reaches this blob: deleting this tag frees it" { "only this tag" } };

@@ -17,11 +17,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
 use crate::error::Result;
 use crate::layout::graph::Graph;
 use crate::layout::Store;
 use crate::progress::Tally;
+use crate::vocab::digest::Digest;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
