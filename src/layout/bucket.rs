@@ -588,6 +588,8 @@ impl Bucket {
                 return Ok(None);
             }
             self.delete(&blob_key(d)).await?;
+            // Its read marker (a manifest's) goes with it.
+            let _ = self.delete(&format!(".ferry/reads/{}", flat(d))).await;
             Ok(Some(m.size))
         }
         .await;

@@ -763,10 +763,32 @@ impl Store {
         }
     }
 
-    /// What GC does after a sweep: promise records past the grace period protect nothing.
+    /// What GC does after a sweep: promise records past the grace period protect nothing, and
+    /// read markers of manifests no longer stored (left by a ferry before sweeps removed them,
+    /// or by a sweep interrupted between the two) go.
     pub fn after_sweep_sync(&self, grace: std::time::Duration) -> Result<()> {
-        if let Backend::Bucket(b) = &self.backend {
-            b.block_on(b.expire_promises(grace))?;
+        match &self.backend {
+            Backend::Bucket(b) => {
+                b.block_on(b.expire_promises(grace))?;
+            }
+            Backend::Dir(files) => {
+                let Ok(rd) = std::fs::read_dir(files.root.join(".ferry/reads")) else {
+                    return Ok(());
+                };
+                for e in rd.flatten() {
+                    let name = e.file_name();
+                    let Some(d) = name
+                        .to_str()
+                        .and_then(|n| n.replacen('-', ":", 1).parse::<Digest>().ok())
+                    else {
+                        continue;
+                    };
+                    if std::fs::symlink_metadata(files.blob_path(&d)).is_err() {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+            Backend::Archive(..) => {}
         }
         Ok(())
     }
@@ -852,6 +874,10 @@ impl Store {
                 .is_some_and(|t| now.duration_since(*t) < std::time::Duration::from_secs(3600))
             {
                 return;
+            }
+            // Only the last hour matters: the map stays the size of an hour's distinct reads.
+            if reads.len() >= 4096 {
+                reads.retain(|_, t| now.duration_since(*t) < std::time::Duration::from_secs(3600));
             }
             reads.insert(d.clone(), now);
         }
@@ -2051,11 +2077,15 @@ impl StoreFiles {
         }
         // The repositories' links first: one a push makes after this stays, with its blob.
         holdings::remove_dir_links(&self.root, d, repos)?;
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(Some(if meta.is_file() { meta.len() } else { 0 })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(0)),
-            Err(e) => Err(e.into()),
-        }
+        let freed = match std::fs::remove_file(&path) {
+            Ok(()) => Some(if meta.is_file() { meta.len() } else { 0 }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Some(0),
+            Err(e) => return Err(e.into()),
+        };
+        // Its read marker (a manifest's) goes with it: markers of gone manifests would pile up
+        // for ever, and the page lists them all.
+        let _ = std::fs::remove_file(self.read_marker(d));
+        Ok(freed)
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {

@@ -958,3 +958,49 @@ async fn the_record_lives_in_the_store_and_flushes_merge_into_it() {
     let file = ferry::record::read_used(&store).unwrap();
     assert_eq!(file.len(), MAX_ENTRIES);
 }
+
+/// A manifest's read marker goes with it: GC removes the markers of what it sweeps, and the
+/// markers of manifests no longer stored (as an older ferry left them), so `.ferry/reads` stays
+/// the size of the store. (The 60-minute soak grew it to 71,000 markers for 700 tags, and the
+/// page lists them all at every start.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_removes_the_read_markers_of_what_it_sweeps() {
+    let srv = TestServer::start().await;
+    let u = srv.url.clone();
+    let gone = push_image(&u, "app", "1", 901).await;
+    let kept = push_image(&u, "app", "2", 902).await;
+    for tag in ["1", "2"] {
+        // The marker is written before the manifest is answered.
+        assert_eq!(
+            status(format!("{u}/v2/app/manifests/{tag}")).await,
+            StatusCode::OK
+        );
+    }
+    let reads = srv.dir.join(".ferry/reads");
+    let marker = |m: &[u8]| reads.join(format!("sha256-{}", sha256(m).hex()));
+    assert!(marker(&gone).exists() && marker(&kept).exists());
+    let stray = reads.join(format!("sha256-{}", "0".repeat(64)));
+    std::fs::write(&stray, b"").unwrap();
+    let r = http()
+        .delete(format!("{u}/v2/app/manifests/{}", sha256(&gone)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let store = srv.other_store().await;
+    let report =
+        tokio::task::spawn_blocking(move || ferry::gc::gc(&store, Duration::ZERO, false).unwrap())
+            .await
+            .unwrap();
+    assert!(report.swept >= 3, "{report}");
+    assert!(
+        !marker(&gone).exists(),
+        "the swept manifest's marker stayed"
+    );
+    assert!(
+        !stray.exists(),
+        "a marker of a manifest never stored stayed"
+    );
+    assert!(marker(&kept).exists(), "a stored manifest's marker went");
+    srv.stop().await;
+}
