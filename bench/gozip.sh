@@ -83,6 +83,9 @@ read -r et _ < <(best_time "$ferry" debug gozip encode --generation classic --le
 printf '\n%-44s %10s  %s\n' "256 MiB layer" "seconds" "result"
 printf '%-44s %10s  %s\n' "one encode (classic, level 6)" "$et" "-"
 in=/dev/null
+: >"$work/empty.gz"
+read -r ft _ < <(best_time "$ferry" debug gozip recognise "$work/empty.gz")
+printf '%-44s %10s  %s\n' "the process alone (an empty file)" "$ft" "$(cat "$work/out")"
 for f in go.gz gnu.gz gnu-os255.gz; do
   read -r rt _ < <(best_time "$ferry" debug gozip recognise "$work/$f")
   case $f in

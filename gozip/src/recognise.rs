@@ -1,8 +1,9 @@
 //! Which Go wrote a gzip blob: decompress it once (on a thread of its own) and re-encode it with
 //! every (generation, level) its header allows, comparing each encoder's output with the blob
 //! as it is produced. A wrong guess dies at its first differing byte (within the first block,
-//! tens of KiB of input), so a matching blob costs one encode and a non-Go one little; the
-//! header alone rules out GNU gzip, pigz and zlib streams (OS byte, flags, magic).
+//! tens of KiB of input), so a matching blob costs one encode and a non-Go one little. The
+//! header (magic, flags, OS byte) and the last bytes before the trailer (each generation ends
+//! its stream its own way) rule out GNU gzip, pigz and zlib streams without decoding anything.
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
@@ -142,6 +143,17 @@ pub fn recognise<S: Source + ?Sized>(src: &S) -> Result<Recognition, GozipError>
         _ => return not("the header's XFL byte is not one Go writes"),
     };
     let mtime = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    // How each generation ends its stream, before the 8-byte trailer: the classic one with an
+    // empty final stored block (`00 00 ff ff` last), Go 1.27 with a final fixed block holding
+    // only its end (so a last byte of 0). Four bytes rule out most other encoders at once.
+    let mut tail = [0u8; 4];
+    let mut seq = Seq { src, pos: len - 12 };
+    seq.read_exact(&mut tail)?;
+    let ends_classic = len >= 23 && tail == [0, 0, 0xff, 0xff];
+    let ends_127 = tail[3] == 0;
+    if !ends_classic && !ends_127 {
+        return not("the stream does not end as Go's writers end it");
+    }
     struct Candidate<'a, S: Source + ?Sized> {
         generation: Generation,
         level: i32,
@@ -149,6 +161,13 @@ pub fn recognise<S: Source + ?Sized>(src: &S) -> Result<Recognition, GozipError>
     }
     let mut live = Vec::new();
     for generation in Generation::ALL {
+        let ends_right = match generation {
+            Generation::Classic => ends_classic,
+            Generation::Go127 => ends_127,
+        };
+        if !ends_right {
+            continue;
+        }
         for &level in levels {
             let cmp = Compare {
                 src,

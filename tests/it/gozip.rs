@@ -506,8 +506,13 @@ fn recognises_other_encoders_and_damage_as_not_go() {
         assert!(out.status.success(), "{cmd} {args:?} failed");
         out.stdout
     };
+    let gnu = run("gzip", &["-6", "-n", "-c"]);
+    // GNU gzip's stream with the OS byte Go writes: only the stream itself can tell.
+    let mut gnu_255 = gnu.clone();
+    gnu_255[9] = 255;
     let mut others: Vec<(&str, Vec<u8>)> = vec![
-        ("GNU gzip -6 -n", run("gzip", &["-6", "-n", "-c"])),
+        ("GNU gzip -6 -n", gnu),
+        ("GNU gzip -6 -n, OS byte 255", gnu_255),
         ("GNU gzip -6 (with the name)", run("gzip", &["-6", "-c"])),
     ];
     if let Some(pigz) = tool("pigz", &["/usr/bin/pigz"]) {
