@@ -77,8 +77,6 @@ pub enum GozipError {
     Level(i32),
     #[error("unknown Go gzip generation {0:?} (classic or 1.27)")]
     Generation(String),
-    #[error("the Go 1.27 encoder is not built yet")]
-    Unsupported,
     #[error(transparent)]
     Io(#[from] io::Error),
 }

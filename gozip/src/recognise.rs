@@ -175,15 +175,12 @@ pub fn recognise<S: Source + ?Sized>(src: &S) -> Result<Recognition, GozipError>
                 pos: 0,
                 buf: Vec::new(),
             };
-            match GzipEncoder::with_mtime(cmp, generation, level, mtime) {
-                Ok(enc) => live.push(Candidate {
-                    generation,
-                    level,
-                    enc,
-                }),
-                Err(GozipError::Unsupported) => {}
-                Err(e) => return Err(e),
-            }
+            let enc = GzipEncoder::with_mtime(cmp, generation, level, mtime)?;
+            live.push(Candidate {
+                generation,
+                level,
+                enc,
+            });
         }
     }
     let decode_error = std::thread::scope(|scope| {
