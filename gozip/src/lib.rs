@@ -28,6 +28,7 @@
 
 pub mod classic;
 pub mod go127;
+mod shared;
 
 use std::io::{self, Read, Write};
 

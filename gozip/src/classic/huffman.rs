@@ -6,6 +6,8 @@
 
 use std::sync::OnceLock;
 
+use crate::shared::{codegen_symbols, run_length_codegen, BAD_CODE, CODEGEN_ORDER};
+
 use super::token::{length_code, offset_code, Token, MATCH_TYPE};
 
 pub const MAX_NUM_LIT: usize = 286;
@@ -13,7 +15,6 @@ const OFFSET_CODE_COUNT: usize = 30;
 const END_BLOCK_MARKER: usize = 256;
 const LENGTH_CODES_START: usize = 257;
 const CODEGEN_CODE_COUNT: usize = 19;
-const BAD_CODE: u8 = 255;
 pub const MAX_STORE_BLOCK_SIZE: usize = 65535;
 
 const LENGTH_EXTRA_BITS: [u8; 29] = [
@@ -32,9 +33,6 @@ const OFFSET_BASE: [u32; 30] = [
     0x000018, 0x000020, 0x000030, 0x000040, 0x000060, 0x000080, 0x0000c0, 0x000100, 0x000180,
     0x000200, 0x000300, 0x000400, 0x000600, 0x000800, 0x000c00, 0x001000, 0x001800, 0x002000,
     0x003000, 0x004000, 0x006000,
-];
-const CODEGEN_ORDER: [usize; 19] = [
-    16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
 ];
 
 /// A code: its bits (already reversed for LSB-first output) and its length.
@@ -365,58 +363,8 @@ impl BitWriter {
             *c = code.len as u8;
         }
         codegen[num_literals + num_offsets] = BAD_CODE;
-        let mut size = codegen[0];
-        let mut count: i32 = 1;
-        let mut out_index = 0usize;
-        let mut in_index = 1usize;
-        while size != BAD_CODE {
-            let next_size = codegen[in_index];
-            in_index += 1;
-            if next_size == size {
-                count += 1;
-                continue;
-            }
-            if size != 0 {
-                codegen[out_index] = size;
-                out_index += 1;
-                self.codegen_freq[size as usize] += 1;
-                count -= 1;
-                while count >= 3 {
-                    let n = count.min(6);
-                    codegen[out_index] = 16;
-                    codegen[out_index + 1] = (n - 3) as u8;
-                    out_index += 2;
-                    self.codegen_freq[16] += 1;
-                    count -= n;
-                }
-            } else {
-                while count >= 11 {
-                    let n = count.min(138);
-                    codegen[out_index] = 18;
-                    codegen[out_index + 1] = (n - 11) as u8;
-                    out_index += 2;
-                    self.codegen_freq[18] += 1;
-                    count -= n;
-                }
-                if count >= 3 {
-                    codegen[out_index] = 17;
-                    codegen[out_index + 1] = (count - 3) as u8;
-                    out_index += 2;
-                    self.codegen_freq[17] += 1;
-                    count = 0;
-                }
-            }
-            count -= 1;
-            while count >= 0 {
-                codegen[out_index] = size;
-                out_index += 1;
-                self.codegen_freq[size as usize] += 1;
-                count -= 1;
-            }
-            size = next_size;
-            count = 1;
-        }
-        codegen[out_index] = BAD_CODE;
+        let freq = &mut self.codegen_freq;
+        run_length_codegen(codegen, &mut |c| freq[c as usize] += 1);
     }
 
     fn dynamic_size(&self, huff_offset: bool, extra_bits: i64) -> (i64, usize) {
@@ -474,25 +422,12 @@ impl BitWriter {
             let value = self.codegen_encoding.codes[o].len as u32;
             self.write_bits(value, 3);
         }
-        let mut i = 0;
-        loop {
-            let code_word = self.codegen[i];
-            i += 1;
-            if code_word == BAD_CODE {
-                break;
-            }
-            let c = self.codegen_encoding.codes[code_word as usize];
+        let codegen = self.codegen;
+        for (word, value, bits) in codegen_symbols(&codegen) {
+            let c = self.codegen_encoding.codes[word as usize];
             self.write_code(c);
-            let extra = match code_word {
-                16 => 2,
-                17 => 3,
-                18 => 7,
-                _ => 0,
-            };
-            if extra > 0 {
-                let v = self.codegen[i] as u32;
-                self.write_bits(v, extra);
-                i += 1;
+            if bits > 0 {
+                self.write_bits(value, bits);
             }
         }
     }

@@ -6,6 +6,8 @@
 
 use std::sync::OnceLock;
 
+use crate::shared::{codegen_symbols, run_length_codegen, BAD_CODE, CODEGEN_ORDER};
+
 use super::token::{
     Token, Tokens, END_BLOCK_MARKER, LENGTH_CODES, LENGTH_EXTRA_BITS, LITERAL_COUNT,
     OFFSET_CODE_COUNT, OFFSET_EXTRA_BITS,
@@ -13,7 +15,6 @@ use super::token::{
 
 const LENGTH_CODES_START: usize = 257;
 const CODEGEN_CODE_COUNT: usize = 19;
-const BAD_CODE: u8 = 255;
 const MAX_PREDEFINED_TOKENS: u16 = 250;
 pub const MAX_STORE_BLOCK_SIZE: usize = 65535;
 const LENGTH_EXTRA_BITS_MIN_CODE: u32 = 8;
@@ -26,9 +27,6 @@ const OFFSET_COMBINED: [u32; 32] = [
     0x0, 0x0, 0x0, 0x0, 0x401, 0x601, 0x802, 0xc02, 0x1003, 0x1803, 0x2004, 0x3004, 0x4005, 0x6005,
     0x8006, 0xc006, 0x10007, 0x18007, 0x20008, 0x30008, 0x40009, 0x60009, 0x8000a, 0xc000a,
     0x10000b, 0x18000b, 0x20000c, 0x30000c, 0x40000d, 0x60000d, 0x0, 0x0,
-];
-const CODEGEN_ORDER: [usize; 19] = [
-    16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
 ];
 
 /// Go's `hcode`: the length in the low 8 bits, the (reversed) code above.
@@ -412,58 +410,8 @@ impl BitWriter {
             *c = hlen(code) as u8;
         }
         codegen[num_literals + num_offsets] = BAD_CODE;
-        let mut size = codegen[0];
-        let mut count: i32 = 1;
-        let mut out_index = 0usize;
-        let mut in_index = 1usize;
-        while size != BAD_CODE {
-            let next_size = codegen[in_index];
-            in_index += 1;
-            if next_size == size {
-                count += 1;
-                continue;
-            }
-            if size != 0 {
-                codegen[out_index] = size;
-                out_index += 1;
-                self.codegen_freq[size as usize] += 1;
-                count -= 1;
-                while count >= 3 {
-                    let n = count.min(6);
-                    codegen[out_index] = 16;
-                    codegen[out_index + 1] = (n - 3) as u8;
-                    out_index += 2;
-                    self.codegen_freq[16] += 1;
-                    count -= n;
-                }
-            } else {
-                while count >= 11 {
-                    let n = count.min(138);
-                    codegen[out_index] = 18;
-                    codegen[out_index + 1] = (n - 11) as u8;
-                    out_index += 2;
-                    self.codegen_freq[18] += 1;
-                    count -= n;
-                }
-                if count >= 3 {
-                    codegen[out_index] = 17;
-                    codegen[out_index + 1] = (count - 3) as u8;
-                    out_index += 2;
-                    self.codegen_freq[17] += 1;
-                    count = 0;
-                }
-            }
-            count -= 1;
-            while count >= 0 {
-                codegen[out_index] = size;
-                out_index += 1;
-                self.codegen_freq[size as usize] += 1;
-                count -= 1;
-            }
-            size = next_size;
-            count = 1;
-        }
-        codegen[out_index] = BAD_CODE;
+        let freq = &mut self.codegen_freq;
+        run_length_codegen(codegen, &mut |c| freq[c as usize] += 1);
     }
 
     fn codegens(&self) -> usize {
@@ -538,25 +486,12 @@ impl BitWriter {
             let value = hlen(self.codegen_encoding.codes[o]);
             self.write_bits(value, 3);
         }
-        let mut i = 0;
-        loop {
-            let code_word = self.codegen[i];
-            i += 1;
-            if code_word == BAD_CODE {
-                break;
-            }
-            let c = self.codegen_encoding.codes[code_word as usize];
+        let codegen = self.codegen;
+        for (word, value, bits) in codegen_symbols(&codegen) {
+            let c = self.codegen_encoding.codes[word as usize];
             self.write_code(c);
-            let extra = match code_word {
-                16 => 2,
-                17 => 3,
-                18 => 7,
-                _ => 0,
-            };
-            if extra > 0 {
-                let v = self.codegen[i] as u32;
-                self.write_bits(v, extra);
-                i += 1;
+            if bits > 0 {
+                self.write_bits(value, bits);
             }
         }
     }
