@@ -1163,12 +1163,7 @@ impl Store {
             return Ok(0);
         };
         for e in rd.flatten() {
-            let old = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .is_some_and(|age| age >= max_age);
+            let old = write::age_of(&e, now).is_some_and(|age| age >= max_age);
             if old && std::fs::remove_file(e.path()).is_ok() {
                 self.uploads.forget(&e.file_name().to_string_lossy());
                 n += 1;

@@ -79,12 +79,7 @@ pub fn remove_older_than(dir: &Path, age: std::time::Duration) {
         return;
     };
     for e in rd.flatten() {
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|m| now.duration_since(m).ok())
-            .is_none_or(|a| a >= age);
+        let old = age_of(&e, now).is_none_or(|a| a >= age);
         if old {
             let _ = std::fs::remove_file(e.path());
         }
@@ -264,4 +259,10 @@ where
         }
         Err(e) => Err(e.to_string()),
     })
+}
+
+/// How long ago a directory entry was last modified (`None`: unknown, or in the future).
+pub fn age_of(e: &std::fs::DirEntry, now: std::time::SystemTime) -> Option<std::time::Duration> {
+    let modified = e.metadata().and_then(|m| m.modified()).ok()?;
+    now.duration_since(modified).ok()
 }
