@@ -497,9 +497,8 @@ impl Bucket {
             .map_err(|e| self.err("presign GET", &key, e))
     }
 
-    /// Every blob: digest, size and age.
-    pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64, Duration)>> {
-        let now = SystemTime::now();
+    /// Every blob: digest, size and when it was written.
+    pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64, SystemTime)>> {
         Ok(self
             .list("blobs/")
             .await?
@@ -508,10 +507,7 @@ impl Bucket {
                 let rest = k.strip_prefix("blobs/")?;
                 let (alg, hex) = rest.split_once('/')?;
                 let d: Digest = format!("{alg}:{hex}").parse().ok()?;
-                let age = now
-                    .duration_since(SystemTime::from(m.last_modified))
-                    .unwrap_or_default();
-                Some((d, m.size, age))
+                Some((d, m.size, SystemTime::from(m.last_modified)))
             })
             .collect())
     }

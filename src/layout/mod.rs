@@ -115,8 +115,9 @@ impl BlobReader {
 pub struct BlobEntry {
     pub digest: Digest,
     pub size: u64,
-    /// Since it was written (or last promised, in a directory).
-    pub age: std::time::Duration,
+    /// When it was written (or last promised, in a directory); `None` when the store cannot say
+    /// (GC then counts it as young).
+    pub modified: Option<std::time::SystemTime>,
     /// What it is when it is no content (a FIFO, a socket, a symlink, a directory).
     pub not_content: Option<&'static str>,
 }
@@ -626,24 +627,21 @@ impl Store {
             Backend::Bucket(b) => Ok(b
                 .block_on(b.list_blobs())?
                 .into_iter()
-                .map(|(digest, size, age)| BlobEntry {
+                .map(|(digest, size, modified)| BlobEntry {
                     digest,
                     size,
-                    age,
+                    modified: Some(modified),
                     not_content: None,
                 })
                 .collect()),
             Backend::Archive(a, _) => {
-                let age = a
-                    .modified()
-                    .and_then(|m| m.elapsed().ok())
-                    .unwrap_or_default();
+                let modified = a.modified();
                 Ok(a.blobs()
                     .into_iter()
                     .map(|(digest, size)| BlobEntry {
                         digest,
                         size,
-                        age,
+                        modified,
                         not_content: None,
                     })
                     .collect())
@@ -2002,7 +2000,6 @@ impl StoreFiles {
     }
 
     fn list_blobs(&self) -> Vec<BlobEntry> {
-        let now = std::time::SystemTime::now();
         let mut out = Vec::new();
         for alg in ["sha256", "sha512"] {
             let Ok(rd) = std::fs::read_dir(self.root.join("blobs").join(alg)) else {
@@ -2018,15 +2015,10 @@ impl StoreFiles {
                 let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
                     continue;
                 };
-                let age = meta
-                    .modified()
-                    .ok()
-                    .and_then(|m| now.duration_since(m).ok())
-                    .unwrap_or_default();
                 out.push(BlobEntry {
                     digest,
                     size: if meta.is_file() { meta.len() } else { 0 },
-                    age,
+                    modified: meta.modified().ok(),
                     not_content: (!meta.is_file()).then(|| read::kind_of(meta.file_type())),
                 });
             }

@@ -859,3 +859,14 @@ impl Drop for FaultProxy {
         self.set(ProxyMode::Stall);
     }
 }
+
+/// A flag a background loop polls to end; set when this is dropped, so a test that fails
+/// (unwinds) early cannot leave the loop running for ever.
+#[derive(Default)]
+pub struct StopOnDrop(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -207,28 +207,31 @@ async fn tags_published_at_once_through_three_replicas_are_all_kept() {
 /// The 40-client race of `storage::pushes_racing_a_gc_loop_never_lose_a_promised_blob`, across
 /// three replicas: clients are told "exists" by one, push their manifests through another, while
 /// GC runs in a loop through the third. An object's age cannot be set back in S3, so the blobs
-/// age for real: the grace period is 20 s and the test waits for it once.
+/// age for real (a few seconds past a short grace period), and GC's clock is stopped at the
+/// moment the promises begin: every promise stays younger than the grace period however long
+/// the pushes take on a loaded machine, and every blob nobody was promised is older than it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pushes_racing_gc_on_another_replica_never_lose_a_promised_blob() {
     let Some((g, prefix, rs)) = three(no_upload_caps).await else {
         return;
     };
-    let grace = Duration::from_secs(20);
+    let grace = Duration::from_secs(2);
     let shared: Vec<Vec<u8>> = (0..24).map(|i| bytes(20_000, 400 + i)).collect();
     let own: Vec<Vec<u8>> = (0..40).map(|i| bytes(10_000, 500 + i)).collect();
-    for b in shared.iter().chain(&own) {
+    // Pushed with the others and never asked about: GC must sweep these during the race.
+    let strays: Vec<Vec<u8>> = (0..8).map(|i| bytes(5_000, 600 + i)).collect();
+    for b in shared.iter().chain(&own).chain(&strays) {
         push_blob(&rs[0].url, "race/app", b).await;
     }
-    // Unreferenced and older than the grace period: exactly what a sweep removes.
-    tokio::time::sleep(grace + Duration::from_secs(1)).await;
+    // Older than the grace period (and its second of Last-Modified rounding) at GC's clock.
+    tokio::time::sleep(grace + Duration::from_millis(1500)).await;
+    let gc_now = std::time::SystemTime::now();
     let mut plans = Vec::new();
     for i in 0..40usize {
         let mut layers: Vec<Vec<u8>> = (0..3)
             .map(|k| shared[(i * 7 + k * 5) % shared.len()].clone())
             .collect();
         layers.push(own[i].clone());
-        // A promise lasts the grace period from here on.
-        let promised_at = std::time::Instant::now();
         for l in &layers {
             let r = http()
                 .head(format!("{}/v2/race/app/blobs/{}", rs[0].url, sha256(l)))
@@ -237,38 +240,37 @@ async fn pushes_racing_gc_on_another_replica_never_lose_a_promised_blob() {
                 .unwrap();
             assert_eq!(r.status(), StatusCode::OK);
         }
-        plans.push((layers, promised_at));
+        plans.push(layers);
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = StopOnDrop::default();
     let gc_store = open_s3(g, &prefix, false).await;
     let gc_loop = {
-        let stop = stop.clone();
+        let stop = stop.0.clone();
         tokio::task::spawn_blocking(move || {
             let mut runs = 0;
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let mut swept = 0;
             // At least two runs, the last one after every push.
-            while (runs < 2 || !stop.load(std::sync::atomic::Ordering::Relaxed))
-                && std::time::Instant::now() < deadline
-            {
-                ferry::gc::gc(&gc_store, grace, false).unwrap();
+            while runs < 2 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let tally = ferry::progress::Tally::default();
+                let r = ferry::gc::gc_as_of(&gc_store, grace, false, &tally, || gc_now);
+                swept += r.map_err(|e| format!("GC run {runs}: {e}"))?.swept;
                 runs += 1;
             }
-            runs
+            Ok::<_, String>((runs, swept))
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut pushes = Vec::new();
-    for (i, (layers, promised_at)) in plans.into_iter().enumerate() {
+    for (i, layers) in plans.into_iter().enumerate() {
         let url = rs[1 + i % 2].url.clone();
         pushes.push(tokio::spawn(async move {
             let config = format!("{{\"push\":{i}}}").into_bytes();
             push_blob(&url, "race/app", &config).await;
             let refs: Vec<&[u8]> = layers.iter().map(Vec::as_slice).collect();
             let m = image_manifest(&config, &refs);
-            let st = put_manifest(&url, "race/app", &format!("p{i}"), OCI_MANIFEST, &m)
+            put_manifest(&url, "race/app", &format!("p{i}"), OCI_MANIFEST, &m)
                 .await
-                .status();
-            (st, promised_at.elapsed())
+                .status()
         }));
     }
     let mut statuses = Vec::new();
@@ -276,26 +278,27 @@ async fn pushes_racing_gc_on_another_replica_never_lose_a_promised_blob() {
         statuses.push(p.await.unwrap());
     }
     // One more sweep after the last manifest: nothing it references may go.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    // A promise is kept for the grace period: a push whose manifest came later than that after
-    // its HEADs (a machine loaded enough to stretch the HEAD phase past 20 s) may lose its blobs
-    // by design. Every push within the grace period must succeed, and there must be some.
-    let within: Vec<StatusCode> = statuses
-        .iter()
-        .filter(|(_, took)| *took + Duration::from_secs(1) < grace)
-        .map(|(s, _)| *s)
-        .collect();
+    drop(stop);
+    let (runs, swept) = gc_loop.await.unwrap().unwrap();
     assert!(
-        within.len() >= statuses.len() / 2,
-        "too few pushes finished within the grace period to test anything: {statuses:?}"
-    );
-    assert!(
-        within.iter().all(|s| *s == StatusCode::CREATED),
+        statuses.iter().all(|s| *s == StatusCode::CREATED),
         "a manifest push lost a blob it was promised: {statuses:?}"
     );
-    let runs = gc_loop.await.unwrap();
     assert!(runs >= 2, "GC ran {runs} times during the pushes");
+    assert_eq!(swept, strays.len(), "GC was to sweep exactly the strays");
+    for b in &strays {
+        let st = http()
+            .head(format!("{}/v2/race/app/blobs/{}", rs[1].url, sha256(b)))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(
+            st,
+            StatusCode::NOT_FOUND,
+            "a stray blob outlived the GC loop"
+        );
+    }
     let store = open_s3(g, &prefix, true).await;
     let v = tokio::task::spawn_blocking(move || ferry::verify::verify(&store, 2, false).unwrap())
         .await

@@ -385,11 +385,14 @@ async fn pushes_racing_a_gc_loop_never_lose_a_promised_blob() {
     // uses three shared ones and one of its own that no other manifest will ever reference.
     let shared: Vec<Vec<u8>> = (0..24).map(|i| bytes(20_000, 400 + i)).collect();
     let own: Vec<Vec<u8>> = (0..40).map(|i| bytes(10_000, 500 + i)).collect();
-    for b in shared.iter().chain(&own) {
+    // Pushed with the others and never asked about: GC must sweep these during the race.
+    let strays: Vec<Vec<u8>> = (0..8).map(|i| bytes(5_000, 600 + i)).collect();
+    for b in shared.iter().chain(&own).chain(&strays) {
         push_blob(&s.url, "race/app", b).await;
     }
     age_all_blobs(&s.dir, Duration::from_secs(7200));
     // 1. Clients ask whether the layers exist (as docker does before uploading): all are there.
+    let gc_now = std::time::SystemTime::now();
     let mut plans = Vec::new();
     for i in 0..40usize {
         let mut layers: Vec<Vec<u8>> = (0..3)
@@ -406,20 +409,20 @@ async fn pushes_racing_a_gc_loop_never_lose_a_promised_blob() {
         }
         plans.push(layers);
     }
-    // 2. GC runs in a loop while the (slow) clients get on with their pushes ...
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 2. GC runs in a loop while the (slow) clients get on with their pushes; its clock stopped
+    //    when the promises began, so they last however long the pushes take ...
+    let stop = StopOnDrop::default();
     let gc_loop = {
         let dir = s.dir.clone();
-        let stop = stop.clone();
+        let stop = stop.0.clone();
         tokio::task::spawn_blocking(move || {
             let store = Store::open(&dir, false).unwrap();
             let mut runs = 0;
-            // Bounded, so that a failing push (which ends the test early) cannot leave it spinning.
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed)
-                && std::time::Instant::now() < deadline
-            {
-                ferry::gc::gc(&store, Duration::from_secs(60), false).unwrap();
+            // At least two runs, the last one after every push.
+            while runs < 2 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let tally = ferry::progress::Tally::default();
+                ferry::gc::gc_as_of(&store, Duration::from_secs(60), false, &tally, || gc_now)
+                    .unwrap();
                 runs += 1;
             }
             runs
@@ -450,13 +453,26 @@ async fn pushes_racing_a_gc_loop_never_lose_a_promised_blob() {
     for p in pushes {
         statuses.push(p.await.unwrap());
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(stop);
     assert!(
         statuses.iter().all(|s| *s == StatusCode::CREATED),
         "a manifest push lost a blob it was promised: {statuses:?}"
     );
     let runs = gc_loop.await.unwrap();
     assert!(runs >= 2, "GC ran {runs} times during the pushes");
+    for b in &strays {
+        let st = http()
+            .head(format!("{}/v2/race/app/blobs/{}", s.url, sha256(b)))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(
+            st,
+            StatusCode::NOT_FOUND,
+            "a stray blob outlived the GC loop"
+        );
+    }
     let store = Store::open(&s.dir, true).unwrap();
     let v = ferry::verify::verify(&store, 2, false).unwrap();
     assert!(v.ok(), "{v}");
