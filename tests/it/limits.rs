@@ -366,37 +366,50 @@ async fn a_client_that_stops_reading_a_download_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_server_is_slow_to_answer_is_not_cut_as_idle() {
-    let (srv, _tmp) = server(short()).await;
+    let (srv, tmp) = server(short()).await;
     let config = b"{}".to_vec();
     let layer = bytes(1000, 5);
     push_blob(&srv.url, "lim", &config).await;
     push_blob(&srv.url, "lim", &layer).await;
-    // Another process holds the store's index lock for 3 s (as a slow fsync or a second writer
-    // would): the manifest PUT waits in its handler, nothing moves on the wire for longer than
-    // the 1-s idle timeout, and the connection must survive it.
+    // Another process holds the store's index lock (as a slow fsync or a second writer would)
+    // until the test lets it go, 2 s after the PUT was sent: the manifest PUT waits in its
+    // handler, nothing moves on the wire for longer than the 1-s idle timeout, and the
+    // connection must survive it.
     let lock = srv.dir.join(".ferry/lock");
+    let (held, release) = (tmp.path().join("held"), tmp.path().join("release"));
     let mut holder = std::process::Command::new("flock")
         .arg(&lock)
-        .args(["sleep", "3"])
+        .args([
+            "sh",
+            "-c",
+            r#"touch "$1"; while [ ! -e "$2" ]; do sleep 0.05; done"#,
+            "sh",
+        ])
+        .args([&held, &release])
         .spawn()
         .expect("flock (util-linux)");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let start = Instant::now();
+    while !held.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let m = image_manifest(&config, &[&layer]);
-    let r = put_manifest(
-        &srv.url,
-        "lim",
-        "slow",
-        "application/vnd.oci.image.manifest.v1+json",
-        &m,
-    )
-    .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    assert!(
-        start.elapsed() > Duration::from_secs(2),
-        "the lock was not held: {:?}",
-        start.elapsed()
-    );
+    let put = {
+        let url = srv.url.clone();
+        tokio::spawn(async move {
+            put_manifest(
+                &url,
+                "lim",
+                "slow",
+                "application/vnd.oci.image.manifest.v1+json",
+                &m,
+            )
+            .await
+            .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!put.is_finished(), "the PUT did not wait for the lock");
+    std::fs::write(&release, b"").unwrap();
+    assert_eq!(put.await.unwrap(), StatusCode::CREATED);
     let _ = holder.wait();
     srv.stop().await;
 }
