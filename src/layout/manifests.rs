@@ -52,7 +52,7 @@ impl Store {
             .await
     }
 
-    pub(super) async fn put_manifest_refs(
+    async fn put_manifest_refs(
         &self,
         repo: &RepoName,
         reference: &Reference,
@@ -158,7 +158,7 @@ impl Store {
 
     /// Promise every reference of a manifest (see [`Store::put_manifest_checked`]): each exists,
     /// with the size the manifest gives, and is kept by any sweep that has not happened yet.
-    pub(super) async fn promise_references(&self, edges: &[&media::Edge]) -> Result<()> {
+    async fn promise_references(&self, edges: &[&media::Edge]) -> Result<()> {
         use futures_util::StreamExt;
         let digests: Vec<Digest> = edges.iter().map(|e| e.digest.clone()).collect();
         let sizes: Vec<Result<Option<u64>>> = futures_util::stream::iter(digests)
@@ -189,11 +189,7 @@ impl Store {
 
     /// A manifest's own bytes, stored under its digest and promised like a reference: written
     /// when missing (or swept meanwhile: each write is new, so younger than any GC's mark).
-    pub(super) async fn promise_manifest_bytes(
-        &self,
-        digest: &Digest,
-        bytes: &Bytes,
-    ) -> Result<()> {
+    async fn promise_manifest_bytes(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
         if self.promise_blob(digest).await? == Some(bytes.len() as u64) {
             return Ok(());
         }
