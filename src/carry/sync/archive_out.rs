@@ -189,12 +189,7 @@ pub(super) async fn write_archive(
 
 /// One image's entry in `docker save`'s `manifest.json`: its config, layers and tag, as paths
 /// inside the archive (the OCI layout's own blob paths, as Docker 25 writes them too).
-fn docker_entry(
-    root: &Root,
-    to: &Root,
-    bytes: &[u8],
-    mt: &str,
-) -> Result<serde_json::Value> {
+fn docker_entry(root: &Root, to: &Root, bytes: &[u8], mt: &str) -> Result<serde_json::Value> {
     let v: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| Error::ManifestInvalid(e.to_string()))?;
     let config_mt = v["config"]["mediaType"].as_str().unwrap_or("");
