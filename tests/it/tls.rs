@@ -273,3 +273,121 @@ async fn sync_over_tls_with_ca_file_and_credentials() {
     mirror.stop().await;
     plain.stop().await;
 }
+
+/// Issue #25, item 8: an HTTPS registry whose challenge names a plain-HTTP token service must not
+/// receive `--src-creds` there in clear text. The registry here is hostile and written in the
+/// test: every request gets `401` with `Bearer realm="http://…"`, and the token service records
+/// every request it is sent. ferry refuses, says why, and the token service sees no credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_never_sent_to_a_plain_http_token_realm() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(ip) = require_lan_ip("credentials_are_never_sent_to_a_plain_http_token_realm") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    tls_init(&tls, &[&ip.to_string()], 5000, false);
+    let ca = tls.join("ca.crt").display().to_string();
+    // The token service, plain HTTP: keeps every request head it is sent.
+    let token = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let token_addr = token.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::<String>::new()));
+    let token_task = {
+        let heads = heads.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut c, _)) = token.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 16 << 10];
+                let n = c.read(&mut buf).await.unwrap_or(0);
+                heads
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let body = br#"{"token":"t","access_token":"t"}"#;
+                let _ = c
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                let _ = c.write_all(body).await;
+            }
+        })
+    };
+    // The registry, HTTPS with the certificate `tls init` made: a challenge for everything.
+    let server_tls =
+        ferry::tls::ServerTls::load(&tls.join("server.crt"), &tls.join("server.key")).unwrap();
+    // HTTP/1.1 only: the answers below are written by hand.
+    let mut config = (*server_tls.config()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let registry = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let registry_addr = registry.local_addr().unwrap();
+    let challenge = format!(
+        "Bearer realm=\"http://{token_addr}/token\",service=\"hostile\",scope=\"repository:app:pull\""
+    );
+    let registry_task = tokio::spawn(async move {
+        loop {
+            let Ok((c, _)) = registry.accept().await else {
+                return;
+            };
+            let (acceptor, challenge) = (acceptor.clone(), challenge.clone());
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(c).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 16 << 10];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {challenge}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+                    );
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let src = format!("docker://{registry_addr}/app:v1");
+    let out = tmp.path().join("usb").display().to_string();
+    let o = ferry(&[
+        "sync",
+        &src,
+        &out,
+        "--src-creds",
+        "ci:s3cret",
+        "--ca-file",
+        &ca,
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!o.status.success(), "{text}");
+    let heads = heads.lock().unwrap().clone();
+    let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ci:s3cret");
+    assert!(
+        heads
+            .iter()
+            .all(|h| !h.contains(&basic) && !h.to_ascii_lowercase().contains("authorization:")),
+        "credentials reached the plain-HTTP token service: {heads:?}"
+    );
+    assert!(
+        text.contains(&format!(
+            "its token service http://{token_addr}/token is plain HTTP"
+        )),
+        "the error should name the plain-HTTP token service: {text}"
+    );
+    token_task.abort();
+    registry_task.abort();
+}
