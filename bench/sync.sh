@@ -2,6 +2,8 @@
 # ferry sync vs skopeo sync, against the machine's limit, on the same data in the same run.
 #
 #   bash bench/sync.sh
+#   FERRY_BASELINE=/path/to/old/ferry bash bench/sync.sh   also runs an older ferry's rows in the
+#                                        same run (before/after a change)
 #
 # Data: 20 images x (config + 9 layers) = 200 blobs, sizes 16 KiB..40 MiB log-uniform (~1 GiB),
 # served by CNCF Distribution 2.8 (docker-registry) on loopback. Then a no-op re-sync of 1,000
@@ -12,6 +14,7 @@ cd "$(dirname "$0")/.."
 bench_init ferry-syncbench
 cargo build --release --quiet --bin ferry --example gendata
 ferry=./target/release/ferry
+base="${FERRY_BASELINE:-}"
 
 registry() { # registry NAME: starts Distribution, sets $reg to host:port
   local port; port=$(free_port)
@@ -39,6 +42,7 @@ $ferry sync --json "$work/many" "docker://$src" >/dev/null
 # Registry -> directory.
 printf 'bench/img%02d\n' $(seq 0 19) > "$work/refs20"
 timed "ferry registry->dir" $ferry sync --json "docker://$src" "$work/f-dir" --refs-file "$work/refs20"
+[ -z "$base" ] || timed "ferry-before registry->dir" "$base" sync --json "docker://$src" "$work/b-dir" --refs-file "$work/refs20"
 {
   echo "$src:"; echo "  tls-verify: false"; echo "  images:"
   for i in $(seq -f '%02g' 0 19); do echo "    bench/img$i: []"; done
@@ -48,6 +52,7 @@ timed "skopeo registry->dir" skopeo sync --src yaml --dest dir "$work/skopeo.yml
 # Directory -> registry.
 registry dst1; dst1=$reg; registry dst2; dst2=$reg
 timed "ferry dir->registry" $ferry sync --json "$work/f-dir" "docker://$dst1"
+if [ -n "$base" ]; then registry dst3; timed "ferry-before dir->registry" "$base" sync --json "$work/f-dir" "docker://$reg"; fi
 timed "skopeo dir->registry" skopeo sync --src dir --dest docker --dest-tls-verify=false "$work/s-dir" "$dst2/bench"
 
 # The machine's limit: copy the same bytes and hash them.
@@ -56,6 +61,7 @@ timed "limit: cp -r + sha256sum" bash -c "cp -r '$work/data/blobs' '$work/cp' &&
 # No-op re-sync of 1,000 blobs (100 images x 10).
 $ferry sync --json "$work/many" "$work/many-dir" >/dev/null
 timed "ferry no-op re-sync registry->dir (1,000 blobs)" $ferry sync --json "docker://$src" "$work/many-dir" --tags '^1$' --refs-file <(printf 'bench/many%02d\n' $(seq 0 99))
+[ -z "$base" ] || timed "ferry-before no-op re-sync registry->dir (1,000 blobs)" "$base" sync --json "docker://$src" "$work/many-dir" --tags '^1$' --refs-file <(printf 'bench/many%02d\n' $(seq 0 99))
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $bytes bytes in 200 blobs, $(skopeo --version)"
 echo "| run | seconds | MB/s | peak RSS |"

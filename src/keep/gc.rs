@@ -60,7 +60,7 @@ impl std::fmt::Display for GcReport {
 }
 
 fn mark(store: &Store, tally: &Tally) -> Result<BTreeSet<Digest>> {
-    let idx = store.index_sync()?;
+    let idx = store.wait(store.index())?;
     tally.phase("marking", idx.file.manifests.len() as u64, 0);
     let live = Graph::new(store).mark(
         idx.file
@@ -94,14 +94,14 @@ pub fn gc_as_of(
 ) -> Result<GcReport> {
     let start = std::time::Instant::now();
     let mut live = mark(store, tally)?;
-    let files = store.list_blobs_sync()?;
+    let files = store.wait(store.list_blobs())?;
     // Manifests recorded while we were marking are live too. A blob promised less than `grace`
     // before this moment may be referenced by a manifest recorded after it: the sweep keeps those
     // (however long the sweep itself takes).
     let marked_at = now();
     live.extend(mark(store, tally)?);
     // Repositories' links to what is swept go with it (links made later are of later pushes).
-    let repos = store.link_repos_sync()?;
+    let repos = store.wait(store.link_repos())?;
     store.pause_sync("gc:marked");
     tally.phase("sweeping", files.len() as u64, 0);
     let mut r = GcReport {
@@ -138,7 +138,7 @@ pub fn gc_as_of(
             continue;
         }
         // Checked again at the moment of removal, ordered against promises.
-        match store.sweep_blob_sync(d, grace, marked_at, &repos)? {
+        match store.wait(store.sweep_blob(d, grace, marked_at, &repos))? {
             Some(freed) => {
                 r.swept += 1;
                 r.bytes_freed += freed;
@@ -147,12 +147,12 @@ pub fn gc_as_of(
         }
     }
     if !dry_run {
-        store.after_sweep_sync(grace)?;
+        store.wait(store.after_sweep(grace))?;
     }
     r.seconds = start.elapsed().as_secs_f64();
     if !dry_run {
         if let Ok(bytes) = serde_json::to_vec(&r) {
-            store.record_gc_sync(&bytes);
+            store.wait(store.record_gc(&bytes));
         }
     }
     Ok(r)

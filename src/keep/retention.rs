@@ -221,7 +221,7 @@ fn millis(t: SystemTime) -> u64 {
 
 /// Work out what the policy removes. Reads the store; changes nothing.
 pub fn plan(store: &Store, policy: &Policy) -> Result<Plan> {
-    let idx = store.index_sync()?;
+    let idx = store.wait(store.index())?;
     let now = SystemTime::now();
     let mut tags: Vec<TagInfo> = Vec::new();
     let mut graph = crate::layout::graph::Graph::new(store);
@@ -232,13 +232,13 @@ pub fn plan(store: &Store, policy: &Policy) -> Result<Plan> {
         let (reach, _) = graph.reachable(&d.digest, &d.media_type)?;
         let tagged = d
             .tagged_at()
-            .unwrap_or_else(|| store.stored_at(&d.digest).map_or(0, millis));
+            .unwrap_or_else(|| store.wait(store.stored_at(&d.digest)).map_or(0, millis));
         tags.push(TagInfo {
             repo: repo.to_owned(),
             tag: tag.to_owned(),
             digest: d.digest.clone(),
             tagged,
-            read: store.last_read(&d.digest),
+            read: store.wait(store.last_read(&d.digest)),
             reach,
         });
     }
@@ -249,7 +249,7 @@ pub fn plan(store: &Store, policy: &Policy) -> Result<Plan> {
         for b in &t.reach {
             *refs.entry(b.clone()).or_default() += 1;
             size.entry(b.clone())
-                .or_insert_with(|| store.blob_size_sync(b).unwrap_or(0));
+                .or_insert_with(|| store.wait(store.blob_size(b)).ok().flatten().unwrap_or(0));
         }
     }
     let mut plan = Plan {

@@ -91,7 +91,7 @@ pub fn rehash(store: &Store, blobs: &[BlobEntry], jobs: usize, tally: &Tally) ->
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(e) = blobs.get(i) else { break };
                 let d = &e.digest;
-                let ok = match store.rehash_sync(d) {
+                let ok = match store.wait(store.rehash(d)) {
                     Checked::Intact(n) => {
                         bytes.fetch_add(n, Ordering::Relaxed);
                         tally.done(1, n);
@@ -147,7 +147,7 @@ pub fn verify_with(
     tally: &Tally,
 ) -> Result<VerifyReport> {
     let start = std::time::Instant::now();
-    let files = store.list_blobs_sync()?;
+    let files = store.wait(store.list_blobs())?;
     let total: u64 = files.iter().map(|e| e.size).sum();
     tally.phase("re-hashing", files.len() as u64, total);
     let Rehashed {
@@ -166,7 +166,7 @@ pub fn verify_with(
         ..Default::default()
     };
     let corrupt_set: HashSet<Digest> = corrupt.iter().cloned().collect();
-    let idx = store.index_sync()?;
+    let idx = store.wait(store.index())?;
     let mut missing_all = BTreeSet::new();
     let mut graph = Graph::new(store);
     let roots = idx
@@ -195,7 +195,7 @@ pub fn verify_with(
     report.missing = missing_all.iter().map(ToString::to_string).collect();
     if repair {
         for d in &corrupt {
-            store.quarantine_sync(d)?;
+            store.wait(store.quarantine(d))?;
             report.quarantined.push(d.to_string());
         }
     }

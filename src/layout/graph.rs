@@ -64,7 +64,7 @@ impl<'a> Graph<'a> {
         };
         // Present means a regular file (or a symlink inside the layout to one): a FIFO or a
         // symlink leaving the layout under this name is missing content, and never opened.
-        let Some(size) = self.store.blob_size_checked_sync(d)? else {
+        let Some(size) = self.store.wait(self.store.blob_size(d))? else {
             return Ok(absent);
         };
         let mut node = Node {
@@ -75,7 +75,10 @@ impl<'a> Graph<'a> {
         if size > media::MAX_MANIFEST_BYTES {
             return Ok(node);
         }
-        let bytes = match self.store.read_small_sync(d, media::MAX_MANIFEST_BYTES) {
+        let bytes = match self
+            .store
+            .wait(self.store.read_small(d, media::MAX_MANIFEST_BYTES))
+        {
             Ok(b) => b,
             Err(Error::BlobUnknown(_) | Error::BlobUnreadable { .. }) => return Ok(absent),
             Err(e) => return Err(e),

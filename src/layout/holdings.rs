@@ -33,28 +33,26 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
-use super::{blocking, read, write, Backend, Store};
+use super::{read, write, Store};
 use crate::error::Result;
 use crate::vocab::digest::Digest;
 use crate::vocab::reference::RepoName;
 
 /// Present once the store keeps links.
-const MARKER: &str = ".ferry/links.v1";
-const LINKS: &str = ".ferry/links/";
+pub(super) const MARKER: &str = ".ferry/links.v1";
+pub(super) const LINKS: &str = ".ferry/links/";
 
 fn flat(d: &Digest) -> String {
     format!("{}-{}", d.algorithm().as_str(), d.hex())
 }
 
 /// `.ferry/links/<repo>/_/` (relative to the store's root).
-fn repo_dir(repo: &str) -> String {
+pub(super) fn repo_dir(repo: &str) -> String {
     format!("{LINKS}{repo}/_/")
 }
 
 /// The repository a link key or path names, from its part after `.ferry/links/`.
-fn repo_of(rest: &str) -> Option<&str> {
+pub(super) fn repo_of(rest: &str) -> Option<&str> {
     rest.rsplit_once("/_/").map(|(r, _)| r)
 }
 
@@ -69,7 +67,7 @@ pub(super) struct Reach {
 
 impl Store {
     /// Does this store keep links (else: read-only, answered from reachability)?
-    fn keeps_links(&self) -> bool {
+    pub(super) fn keeps_links(&self) -> bool {
         self.links.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -89,17 +87,7 @@ impl Store {
 
     async fn has_link(&self, repo: &str, d: &Digest) -> Result<bool> {
         let rel = format!("{}{}", repo_dir(repo), flat(d));
-        match &self.backend {
-            // One stat, on the calling thread (as the records' own stat is): a hop to the
-            // blocking pool would cost more than the call, on every blob HEAD and GET.
-            Backend::Dir(files) => match std::fs::symlink_metadata(files.root.join(&rel)) {
-                Ok(m) => Ok(m.is_file()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(e.into()),
-            },
-            Backend::Bucket(b) => Ok(b.head(&rel).await?.is_some()),
-            Backend::Archive(..) => Ok(false),
-        }
+        self.backend.has_link(&rel).await
     }
 
     /// Make `ds` held by `repo` (what a manifest references): durable when it returns, since the
@@ -120,29 +108,9 @@ impl Store {
         if ds.is_empty() || !self.keeps_links() || self.read_only {
             return Ok(());
         }
-        let dir = repo_dir(repo.as_str());
-        match &self.backend {
-            Backend::Dir(files) => {
-                let (root, dir) = (files.root.clone(), files.root.join(&dir));
-                let ds = ds.to_vec();
-                blocking(move || Ok(link_files(&root, &dir, &ds, durable)?)).await
-            }
-            Backend::Bucket(b) => {
-                use futures_util::StreamExt;
-                let b = b.clone();
-                let names: Vec<String> = ds.iter().map(flat).collect();
-                let results: Vec<Result<()>> = futures_util::stream::iter(names)
-                    .map(|n| {
-                        let (b, key) = (b.clone(), format!("{dir}{n}"));
-                        async move { b.put(&key, Bytes::new()).await }
-                    })
-                    .buffer_unordered(16)
-                    .collect()
-                    .await;
-                results.into_iter().collect()
-            }
-            Backend::Archive(..) => Ok(()),
-        }
+        self.backend
+            .add_links(&repo_dir(repo.as_str()), ds, durable)
+            .await
     }
 
     /// Take `d` from `repo` (a blob or manifest DELETE). Returns whether it held a link.
@@ -152,95 +120,15 @@ impl Store {
             return Ok(false);
         }
         let rel = format!("{}{}", repo_dir(repo.as_str()), flat(d));
-        match &self.backend {
-            Backend::Dir(files) => {
-                let path = files.root.join(&rel);
-                blocking(move || match std::fs::remove_file(&path) {
-                    Ok(()) => {
-                        if let Some(dir) = path.parent() {
-                            write::fsync_dir(dir)?;
-                        }
-                        Ok(true)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-                    Err(e) => Err(e.into()),
-                })
-                .await
-            }
-            Backend::Bucket(b) => {
-                if b.head(&rel).await?.is_none() {
-                    return Ok(false);
-                }
-                b.delete(&rel).await?;
-                Ok(true)
-            }
-            Backend::Archive(..) => Ok(false),
-        }
+        self.backend.remove_link(&rel).await
     }
 
     /// Every repository that has links (GC removes the links of what it sweeps from each).
-    /// Blocking.
-    pub fn link_repos_sync(&self) -> Result<Vec<String>> {
+    pub async fn link_repos(&self) -> Result<Vec<String>> {
         if !self.keeps_links() {
             return Ok(Vec::new());
         }
-        match &self.backend {
-            Backend::Dir(files) => {
-                let mut out = Vec::new();
-                let top = files.root.join(LINKS);
-                let mut stack = vec![top.clone()];
-                while let Some(dir) = stack.pop() {
-                    let rd = match std::fs::read_dir(&dir) {
-                        Ok(rd) => rd,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(e.into()),
-                    };
-                    for e in rd.flatten() {
-                        if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                            continue;
-                        }
-                        if e.file_name() == "_" {
-                            if let Ok(rel) = dir.strip_prefix(&top) {
-                                out.push(rel.to_string_lossy().into_owned());
-                            }
-                        } else {
-                            stack.push(e.path());
-                        }
-                    }
-                }
-                Ok(out)
-            }
-            Backend::Bucket(b) => {
-                let keys = b.block_on(b.list(LINKS))?;
-                let mut out: Vec<String> = keys
-                    .iter()
-                    .filter_map(|(k, _)| repo_of(k.strip_prefix(LINKS)?).map(str::to_owned))
-                    .collect();
-                out.sort();
-                out.dedup();
-                Ok(out)
-            }
-            Backend::Archive(..) => Ok(Vec::new()),
-        }
-    }
-
-    /// The links of a swept blob, in every repository of `repos`. Blocking; a directory's are
-    /// removed under GC's exclusive lock, by the sweep itself, before the blob.
-    pub(super) fn unlink_swept_sync(&self, d: &Digest, repos: &[String]) -> Result<()> {
-        if !self.keeps_links() {
-            return Ok(());
-        }
-        let name = flat(d);
-        match &self.backend {
-            Backend::Dir(files) => Ok(remove_dir_links(&files.root, d, repos)?),
-            Backend::Bucket(b) => {
-                for r in repos {
-                    b.block_on(b.delete(&format!("{}{name}", repo_dir(r))))?;
-                }
-                Ok(())
-            }
-            Backend::Archive(..) => Ok(()),
-        }
+        self.backend.link_repos().await
     }
 
     /// What `repo` reaches from its records, for a store without links (worked out once per
@@ -276,29 +164,19 @@ impl Store {
         Ok(set)
     }
 
-    /// Everything `roots` reach. The walk reads through `self` with blocking reads: inline for
-    /// a directory or an archive (local files, once per version of the records), and for a
-    /// bucket (whose blocking reads wait on its runtime) in `block_in_place`.
+    /// Everything `roots` reach. The walk reads through `self` with blocking reads ([`Store::wait`]:
+    /// inline for a directory or an archive, local files read once per version of the records;
+    /// a bucket's wait on the runtime).
     async fn walk_sync(&self, roots: Vec<(Digest, String)>) -> Result<HashSet<Digest>> {
-        let walk = || -> Result<HashSet<Digest>> {
-            let mut g = crate::layout::graph::Graph::new(self);
-            let live = g.mark(roots.iter().map(|(d, mt)| (d, mt.as_str())))?;
-            Ok(live.into_iter().collect())
-        };
-        match &self.backend {
-            Backend::Bucket(_) => tokio::task::block_in_place(walk),
-            Backend::Dir(_) | Backend::Archive(..) => walk(),
-        }
+        let mut g = crate::layout::graph::Graph::new(self);
+        let live = g.mark(roots.iter().map(|(d, mt)| (d, mt.as_str())))?;
+        Ok(live.into_iter().collect())
     }
 
     /// Give a writable store its links if it has none yet (module docs), or note whether a
     /// read-only one keeps them. Blocking; run once, when the store is opened.
-    pub(super) fn init_links_sync(&self) -> Result<()> {
-        let marked = match &self.backend {
-            Backend::Dir(files) => files.root.join(MARKER).exists(),
-            Backend::Bucket(b) => b.block_on(b.head(MARKER))?.is_some(),
-            Backend::Archive(..) => false,
-        };
+    pub(super) fn init_links(&self) -> Result<()> {
+        let marked = self.wait(self.backend.links_marked())?;
         if marked || self.read_only {
             self.links
                 .store(marked, std::sync::atomic::Ordering::Relaxed);
@@ -306,15 +184,8 @@ impl Store {
         }
         // Every record's graph, linked into its repository; under the records' lock for a
         // directory, so no manifest is recorded meanwhile without its links.
-        let _lock = match &self.backend {
-            Backend::Dir(files) => {
-                let l = read::open_private(&files.root.join(".ferry/lock"), true, false)?;
-                l.lock()?;
-                Some(l)
-            }
-            _ => None,
-        };
-        let idx = self.index_sync()?;
+        let _lock = self.backend.lock_records()?;
+        let idx = self.wait(self.index())?;
         let mut graph = crate::layout::graph::Graph::new(self);
         let mut per_repo: HashMap<String, Vec<Digest>> = HashMap::new();
         for d in &idx.file.manifests {
@@ -325,27 +196,7 @@ impl Store {
             per_repo.entry(repo.to_owned()).or_default().extend(reach);
         }
         let linked: usize = per_repo.values().map(Vec::len).sum();
-        match &self.backend {
-            Backend::Dir(files) => {
-                for (repo, mut ds) in per_repo {
-                    ds.sort();
-                    ds.dedup();
-                    link_files(&files.root, &files.root.join(repo_dir(&repo)), &ds, true)?;
-                }
-                write::write_atomic(&files.tmp_dir(), &files.root.join(MARKER), b"1\n")?;
-            }
-            Backend::Bucket(b) => {
-                for (repo, ds) in per_repo {
-                    for d in ds {
-                        b.block_on(
-                            b.put(&format!("{}{}", repo_dir(&repo), flat(&d)), Bytes::new()),
-                        )?;
-                    }
-                }
-                b.block_on(b.put(MARKER, Bytes::from_static(b"1\n")))?;
-            }
-            Backend::Archive(..) => {}
-        }
+        self.wait(self.backend.give_links(per_repo))?;
         if linked > 0 {
             tracing::info!(
                 data = %self.describe(),
@@ -371,7 +222,7 @@ static ANCHOR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::
 /// over, and the link would keep the old copy's space.) When an anchor has as many links as the
 /// filesystem allows (EMLINK; 65,000 on ext4), the next anchor is made; a filesystem without
 /// hard links gets empty files.
-fn link_files(
+pub(super) fn link_files(
     root: &std::path::Path,
     dir: &std::path::Path,
     ds: &[Digest],

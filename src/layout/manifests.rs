@@ -193,15 +193,8 @@ impl Store {
         if self.promise_blob(digest).await? == Some(bytes.len() as u64) {
             return Ok(());
         }
-        match &self.backend {
-            Backend::Dir(files) => {
-                let (tmp, target) = (files.tmp_dir(), files.blob_path(digest));
-                let b = bytes.clone();
-                blocking(move || Ok(write::write_atomic(&tmp, &target, &b)?)).await
-            }
-            Backend::Bucket(b) => b.put_blob_bytes(digest, bytes.clone()).await,
-            Backend::Archive(..) => Err(archive_read_only()),
-        }
+        self.ensure_writable()?;
+        self.backend.put_small_blob(digest, bytes.clone()).await
     }
 
     /// Let a test hold the store at a named step of an operation (`Store::set_pause_hook`).
@@ -231,32 +224,20 @@ impl Store {
     /// Find a manifest by tag or digest.
     pub async fn manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestMeta> {
         let unknown = || Error::ManifestUnknown(format!("{repo}:{reference}"));
-        let (digest, media_type) = match (reference, &self.backend) {
-            // A bucket's tag is one object, read fresh: a tag another replica just published is
-            // served on the next request, without listing every record.
-            (Reference::Tag(t), Backend::Bucket(b)) => {
-                let d = b.tag_record(repo.as_str(), t).await?.ok_or_else(unknown)?;
+        let (digest, media_type) = match reference {
+            Reference::Tag(t) => {
+                let d = self
+                    .backend
+                    .tag(repo.as_str(), t)
+                    .await?
+                    .ok_or_else(unknown)?;
                 (d.digest, Some(d.media_type))
             }
-            (Reference::Tag(t), Backend::Dir(_) | Backend::Archive(..)) => {
-                let idx = self.index().await?;
-                let d = idx.tag(repo.as_str(), t).ok_or_else(unknown)?;
-                (d.digest.clone(), Some(d.media_type.clone()))
-            }
-            (Reference::Digest(d), backend) => {
+            Reference::Digest(d) => {
                 if !self.holds(repo, d).await? {
                     return Err(unknown());
                 }
-                let known = match backend {
-                    Backend::Bucket(_) => self
-                        .last_records
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_ref()
-                        .and_then(|i| i.by_digest(repo.as_str(), d).map(|x| x.media_type.clone())),
-                    Backend::Dir(_) | Backend::Archive(..) => None,
-                };
-                let media_type = match known {
+                let media_type = match self.backend.known_media_type(repo.as_str(), d) {
                     Some(mt) => Some(mt),
                     None => self
                         .index()

@@ -2,9 +2,11 @@
 //! these — on a disk, or in an S3-compatible bucket ([`bucket`]).
 //!
 //! [`Store`] is the registry's rules, written once: verify before visible, references before
-//! manifests, tags last, GC promises, upload sessions, retention. Under it is one of three
-//! backends — a directory (`dir.rs`), a bucket ([`bucket`]) or a read-only archive — and nothing
-//! above the Store knows which.
+//! manifests, tags last, GC promises, upload sessions, retention. Under it is one
+//! `Arc<dyn Backend>` (`backend.rs`: what differs between the places bytes are kept) — a
+//! directory (`dir.rs`), a bucket ([`bucket`]) or a read-only archive (`archive.rs`) — and
+//! nothing above the Store knows which. Every operation is async; blocking callers (GC, verify,
+//! retention, the page) use [`Store::wait`].
 //!
 //! The rules are split by what they act on: the records (here), `blobs.rs`, `manifests.rs`,
 //! upload sessions ([`upload`]) and `state.rs` (promises, read markers, ferry's own files).
@@ -23,6 +25,8 @@
 //! stored only when everything it references exists; `index.json` is replaced atomically under
 //! the lock, and readers pick up a new one (from this or another process) on their next request.
 
+mod archive;
+mod backend;
 mod blobs;
 pub mod bucket;
 mod dir;
@@ -49,9 +53,9 @@ use crate::error::{Error, Result};
 use crate::vocab::digest::{Algorithm, Digest};
 use crate::vocab::media::{self, EdgeKind};
 use crate::vocab::reference::{Reference, RepoName};
-use dir::StoreFiles;
+use backend::{blocking, Backend};
+use dir::{DirBackend, StoreFiles};
 use index::{Index, IndexFile, NewEntry};
-use upload::Uploads;
 
 pub const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
@@ -60,14 +64,6 @@ pub use index::MAX_INDEX_BYTES;
 const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Largest `oci-layout` file read.
 const MAX_LAYOUT_FILE_BYTES: u64 = 64 << 10;
-
-/// Identity of an `index.json` version: a rename gives a new inode, a rewrite a new mtime.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct Stamp {
-    ino: u64,
-    mtime_ns: i128,
-    len: u64,
-}
 
 /// A manifest found by [`Store::manifest`].
 #[derive(Clone, Debug)]
@@ -142,18 +138,6 @@ pub enum Checked {
     Missing,
 }
 
-/// Where a store keeps its bytes.
-enum Backend {
-    Dir(StoreFiles),
-    Bucket(Arc<bucket::Bucket>),
-    /// An `oci-archive:` served read-only: its members read by offset, its index fixed.
-    Archive(Arc<crate::carry::archive::Archive>, Arc<Index>),
-}
-
-fn archive_read_only() -> Error {
-    Error::Unsupported("this registry serves an archive, which is read-only".into())
-}
-
 /// What [`Store::import_blob`] moved.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Imported {
@@ -171,16 +155,13 @@ pub struct PutManifest {
 }
 
 pub struct Store {
-    backend: Backend,
+    backend: Arc<dyn Backend>,
+    /// The runtime a store was opened on: blocking callers on no runtime's thread wait there.
+    rt: Option<tokio::runtime::Handle>,
     read_only: bool,
     /// When each manifest's read marker was last refreshed by this process (rate limit).
     reads: Mutex<std::collections::HashMap<Digest, std::time::Instant>>,
-    cache: Mutex<Option<(Stamp, Arc<Index>)>>,
-    /// A bucket's records as last read: a manifest's recorded media type never changes, so a
-    /// lookup by digest that finds it here needs no listing.
-    last_records: Mutex<Option<Arc<Index>>>,
     index_write: tokio::sync::Mutex<()>,
-    uploads: Uploads,
     pause: Mutex<Option<PauseHook>>,
     /// Whole small objects (manifests) read by blocking callers: what a walk of the graph costs.
     small_reads: std::sync::atomic::AtomicU64,
@@ -206,15 +187,26 @@ enum Refs {
 /// See [`Store::set_pause_hook`].
 pub type PauseHook = Arc<dyn Fn(&'static str) + Send + Sync>;
 
-fn blocking_err(e: tokio::task::JoinError) -> Error {
-    Error::Io(io::Error::other(format!("blocking task failed: {e}")))
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(blocking_err)?
-}
-
 impl Store {
+    fn with_backend(
+        backend: Arc<dyn Backend>,
+        rt: Option<tokio::runtime::Handle>,
+        read_only: bool,
+    ) -> Store {
+        Store {
+            backend,
+            rt,
+            read_only,
+            reads: Mutex::new(Default::default()),
+            index_write: tokio::sync::Mutex::new(()),
+            pause: Mutex::new(None),
+            small_reads: Default::default(),
+            links: Default::default(),
+            reach: Default::default(),
+            vouched: Default::default(),
+        }
+    }
+
     /// Open (and, unless read-only, create) a layout directory.
     pub fn open(root: impl Into<PathBuf>, read_only: bool) -> Result<Store> {
         let root: PathBuf = root.into();
@@ -258,24 +250,15 @@ impl Store {
             root: root.clone(),
         };
         if !read_only {
-            Store::init(&files)?;
+            files.init()?;
         }
         files.canon = std::fs::canonicalize(&files.root)?;
-        let store = Store {
-            uploads: Uploads::new(root.join(".ferry/uploads")),
-            backend: Backend::Dir(files),
+        let store = Store::with_backend(
+            Arc::new(DirBackend::new(files)),
+            tokio::runtime::Handle::try_current().ok(),
             read_only,
-            reads: Mutex::new(Default::default()),
-            cache: Mutex::new(None),
-            last_records: Mutex::new(None),
-            index_write: tokio::sync::Mutex::new(()),
-            pause: Mutex::new(None),
-            small_reads: Default::default(),
-            links: Default::default(),
-            reach: Default::default(),
-            vouched: Default::default(),
-        };
-        store.init_links_sync()?;
+        );
+        store.init_links()?;
         Ok(store)
     }
 
@@ -300,23 +283,14 @@ impl Store {
             }
             Location::Bucket { bucket, prefix } => {
                 let b = bucket::Bucket::open(bucket, prefix, read_only, settings).await?;
-                let store = Store {
-                    backend: Backend::Bucket(Arc::new(b)),
+                let store = Store::with_backend(
+                    Arc::new(bucket::BucketBackend::new(b)),
+                    tokio::runtime::Handle::try_current().ok(),
                     read_only,
-                    reads: Mutex::new(Default::default()),
-                    cache: Mutex::new(None),
-                    last_records: Mutex::new(None),
-                    index_write: tokio::sync::Mutex::new(()),
-                    pause: Mutex::new(None),
-            small_reads: Default::default(),
-            links: Default::default(),
-            reach: Default::default(),
-            vouched: Default::default(),
-                    uploads: Uploads::new(PathBuf::new()),
-                };
-                // The bucket's blocking calls wait on the runtime: off its worker threads.
+                );
+                // Giving it its links waits on the runtime: off its worker threads.
                 blocking(move || {
-                    store.init_links_sync()?;
+                    store.init_links()?;
                     Ok(store)
                 })
                 .await
@@ -332,20 +306,14 @@ impl Store {
                 for why in idx.skipped() {
                     tracing::warn!(data = %a.describe(), "index.json: {why}");
                 }
-                Ok(Store {
-                    backend: Backend::Archive(Arc::new(a), Arc::new(idx)),
+                Ok(Store::with_backend(
+                    Arc::new(archive::ArchiveBackend {
+                        archive: Arc::new(a),
+                        index: Arc::new(idx),
+                    }),
+                    tokio::runtime::Handle::try_current().ok(),
                     read_only,
-                    reads: Mutex::new(Default::default()),
-                    cache: Mutex::new(None),
-                    last_records: Mutex::new(None),
-                    index_write: tokio::sync::Mutex::new(()),
-                    pause: Mutex::new(None),
-            small_reads: Default::default(),
-            links: Default::default(),
-            reach: Default::default(),
-            vouched: Default::default(),
-                    uploads: Uploads::new(PathBuf::new()),
-                })
+                ))
             }
             Location::OciArchive { .. } => Err(Error::Usage(format!(
                 "{loc} is an archive: it is read whole and served read-only (--read-only), never written in place"
@@ -359,66 +327,21 @@ impl Store {
         }
     }
 
-    /// The directory backend, when this is one.
-    fn dir(&self) -> Option<&StoreFiles> {
-        match &self.backend {
-            Backend::Dir(f) => Some(f),
-            Backend::Bucket(_) | Backend::Archive(..) => None,
-        }
+    /// Run an operation of this store's async API to its end on a blocking caller's thread
+    /// (GC, verify, retention, the page's workers): the one adapter for blocking callers (see
+    /// the backend module's docs).
+    pub fn wait<F: std::future::Future>(&self, f: F) -> F::Output {
+        backend::wait(self.rt.as_ref(), f)
     }
 
     /// Where this store is, for messages: a directory or `s3://bucket/prefix`.
     pub fn describe(&self) -> String {
-        match &self.backend {
-            Backend::Dir(f) => f.root.display().to_string(),
-            Backend::Bucket(b) => b.describe(),
-            Backend::Archive(a, _) => format!("oci-archive:{}", a.describe()),
-        }
-    }
-
-    fn init(files: &StoreFiles) -> Result<()> {
-        for d in [
-            "blobs/sha256",
-            "blobs/sha512",
-            ".ferry/uploads",
-            ".ferry/tmp",
-            ".ferry/partial",
-        ] {
-            std::fs::create_dir_all(files.root.join(d))?;
-        }
-        // Leftovers of a crash: temp files are never referenced, so they can go — but only old
-        // ones: another process on the same directory (a server, while `ferry gc` or `sync`
-        // opens it) may be writing one right now (index.json's replacement, a state file). The
-        // soak found a server's writes failing with ENOENT when `ferry gc` started beside it.
-        write::remove_older_than(&files.tmp_dir(), STALE_TEMP);
-        if !files.root.join("oci-layout").exists() {
-            write::write_atomic(
-                &files.tmp_dir(),
-                &files.root.join("oci-layout"),
-                OCI_LAYOUT_CONTENT,
-            )?;
-        }
-        if !files.root.join("index.json").exists() {
-            let bytes = IndexFile::default().to_bytes();
-            write::write_atomic(&files.tmp_dir(), &files.root.join("index.json"), &bytes)?;
-        }
-        Ok(())
+        self.backend.describe()
     }
 
     /// The directory of a directory store (`None` for a bucket).
     pub fn root(&self) -> Option<&Path> {
-        self.dir().map(|f| f.root.as_path())
-    }
-
-    /// Read a small file of the layout (index.json) through [`read::read_regular`].
-    fn read_layout_file(files: &StoreFiles, path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
-        match read::read_regular(&files.canon, path, limit)? {
-            Ok(b) => Ok(Some(b)),
-            Err(read::Unread::Missing) => Ok(None),
-            Err(read::Unread::Refused(why)) => {
-                Err(Error::Layout(format!("{} is {why}", path.display())))
-            }
-        }
+        self.backend.root()
     }
 
     pub fn read_only(&self) -> bool {
@@ -440,55 +363,7 @@ impl Store {
     /// The current records (a directory's `index.json`, re-read only when the file changed; a
     /// bucket's records, re-read only where they changed).
     pub async fn index(&self) -> Result<Arc<Index>> {
-        match &self.backend {
-            Backend::Dir(files) => self.dir_index(files),
-            Backend::Bucket(b) => {
-                let idx = Arc::new(Index::new(b.load_index().await?));
-                *self.last_records.lock().unwrap_or_else(|p| p.into_inner()) = Some(idx.clone());
-                Ok(idx)
-            }
-            Backend::Archive(_, idx) => Ok(idx.clone()),
-        }
-    }
-
-    /// [`Store::index`] for blocking callers (verify, GC, retention).
-    pub fn index_sync(&self) -> Result<Arc<Index>> {
-        match &self.backend {
-            Backend::Dir(files) => self.dir_index(files),
-            Backend::Bucket(b) => Ok(Arc::new(Index::new(b.block_on(b.load_index())?))),
-            Backend::Archive(_, idx) => Ok(idx.clone()),
-        }
-    }
-
-    fn dir_index(&self, files: &StoreFiles) -> Result<Arc<Index>> {
-        let path = files.root.join("index.json");
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(Arc::new(Index::default()));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let stamp = Stamp {
-            ino: meta.ino(),
-            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-            len: meta.len(),
-        };
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((s, idx)) = cache.as_ref() {
-            if *s == stamp {
-                return Ok(idx.clone());
-            }
-        }
-        let Some(bytes) = Store::read_layout_file(files, &path, MAX_INDEX_BYTES)? else {
-            return Ok(Arc::new(Index::default()));
-        };
-        let idx = Arc::new(Index::new(IndexFile::parse(&bytes)?));
-        for why in idx.skipped() {
-            tracing::warn!(data = %files.root.display(), "index.json: {why}");
-        }
-        *cache = Some((stamp, idx.clone()));
-        Ok(idx)
+        self.backend.records().await
     }
 
     /// Read-modify-write the records: a directory's `index.json` under the in-process mutex and
@@ -501,38 +376,17 @@ impl Store {
     {
         self.ensure_writable()?;
         let _guard = self.index_write.lock().await;
-        let files = match &self.backend {
-            Backend::Dir(files) => files.clone(),
-            Backend::Bucket(b) => {
-                let before = b.load_index().await?;
-                let mut after = before.clone();
-                let (out, changed) = f(&mut after)?;
-                if changed {
-                    b.write_index_diff(&before, &after).await?;
-                }
-                return Ok(out);
-            }
-            Backend::Archive(..) => return Err(archive_read_only()),
-        };
-        let (root, canon, tmp) = (files.root.clone(), files.canon.clone(), files.tmp_dir());
-        blocking(move || {
-            let lock = read::open_private(&root.join(".ferry/lock"), true, false)?;
-            lock.lock()?; // released when `lock` is dropped
-            let path = root.join("index.json");
-            let mut file = match read::read_regular(&canon, &path, MAX_INDEX_BYTES)? {
-                Ok(b) => IndexFile::parse(&b)?,
-                Err(read::Unread::Missing) => IndexFile::default(),
-                Err(read::Unread::Refused(why)) => {
-                    return Err(Error::Layout(format!("{} is {why}", path.display())))
-                }
-            };
-            let (out, changed) = f(&mut file)?;
-            if changed {
-                write::write_atomic(&tmp, &path, &file.to_bytes())?;
-            }
-            Ok(out)
-        })
-        .await
+        let out = Arc::new(Mutex::new(None));
+        let slot = out.clone();
+        self.backend
+            .update_records(Box::new(move |file| {
+                let (v, changed) = f(file)?;
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+                Ok(changed)
+            }))
+            .await?;
+        let v = out.lock().unwrap_or_else(|p| p.into_inner()).take();
+        v.ok_or_else(|| Error::Io(io::Error::other("the records' update gave no answer")))
     }
 }
 

@@ -1,47 +1,25 @@
 //! What the store keeps beside the content: promises to clients (against GC), manifests' read
 //! markers (retention), ferry's own state files, GC's last report, disk space.
 
+use super::backend::Fill;
 use super::*;
 
 impl Store {
-    /// Promise a blob to a client (HEAD, mount): check that it exists and refresh its mtime, under
-    /// a shared lock that the GC sweep takes exclusively per victim. Either the sweep removed the
-    /// blob first (and the answer is "unknown"), or the blob is now younger than the grace period
-    /// and the sweep keeps it — so a client that was told "it exists" can reference it.
+    /// Promise a blob to a client (HEAD, mount): check that it exists and make it young for GC,
+    /// ordered against GC's sweep of it (a directory: a shared lock on `.ferry/gc.lock`, which
+    /// the sweep takes exclusively per victim; a bucket: the marker protocol of [`bucket`]).
+    /// Either the sweep removed the blob first (and the answer is "unknown"), or the blob is now
+    /// younger than the grace period and the sweep keeps it — so a client that was told "it
+    /// exists" can reference it.
     pub async fn promise_blob(&self, d: &Digest) -> Result<Option<u64>> {
         if self.read_only {
             return self.blob_size(d).await;
         }
-        let files = match &self.backend {
-            Backend::Dir(files) => files,
-            Backend::Bucket(b) => return b.promise(d).await,
-            Backend::Archive(a, _) => return Ok(a.blob_size(d)),
-        };
-        let path = files.blob_path(d);
-        let canon = files.canon.clone();
-        let lock = files.gc_lock_path();
-        blocking(move || {
-            // A file descriptor of our own: flock is per open file, so concurrent promises in this
-            // process hold independent shared locks.
-            let l = read::open_private(&lock, true, false)?;
-            l.lock_shared()?;
-            let r = match read::open_regular(&canon, &path) {
-                Ok(read::Found::File(f, len)) => {
-                    // Needs a writable open only on filesystems that refuse utimes via a read fd.
-                    let _ = f.set_modified(std::time::SystemTime::now());
-                    Ok(Some(len))
-                }
-                Ok(read::Found::Missing) | Ok(read::Found::Refused(_)) => Ok(None),
-                Err(e) => Err(e.into()),
-            };
-            drop(l);
-            r
-        })
-        .await
+        self.backend.promise(d).await
     }
 
     /// Record that a manifest was read (retention's "read in the last D days"). Cheap: the
-    /// marker file's mtime, refreshed at most once an hour per manifest, never index.json.
+    /// marker's time, refreshed at most once an hour per manifest, never index.json.
     pub async fn note_read(&self, d: &Digest) {
         if self.read_only {
             return;
@@ -61,144 +39,49 @@ impl Store {
             }
             reads.insert(d.clone(), now);
         }
-        let files = match &self.backend {
-            Backend::Dir(files) => files,
-            Backend::Bucket(b) => {
-                let _ = b.note_read(d).await;
-                return;
-            }
-            Backend::Archive(..) => return,
-        };
-        let path = files.read_marker(d);
-        let _ = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let f = read::open_private(&path, true, false)?;
-            f.set_modified(std::time::SystemTime::now())
-        })
-        .await;
+        self.backend.note_read(d).await
     }
 
     /// When a manifest was last read, if ever (through this data directory's servers).
-    pub fn last_read(&self, d: &Digest) -> Option<std::time::SystemTime> {
-        match &self.backend {
-            Backend::Dir(files) => std::fs::metadata(files.read_marker(d))
-                .ok()?
-                .modified()
-                .ok(),
-            Backend::Bucket(b) => b.block_on(b.last_read(d)),
-            Backend::Archive(..) => None,
-        }
+    pub async fn last_read(&self, d: &Digest) -> Option<std::time::SystemTime> {
+        self.backend.last_read(d).await
     }
 
     /// Every manifest's last read at once (the web page's "last read" column): one listing of
-    /// the read markers instead of one stat or HEAD per manifest. Blocking.
-    pub fn reads_sync(&self) -> std::collections::HashMap<Digest, std::time::SystemTime> {
-        let mut out = std::collections::HashMap::new();
-        let parse = |name: &str| name.replacen('-', ":", 1).parse::<Digest>().ok();
-        match &self.backend {
-            Backend::Dir(files) => {
-                let Ok(rd) = std::fs::read_dir(files.root.join(".ferry/reads")) else {
-                    return out;
-                };
-                for e in rd.flatten() {
-                    let name = e.file_name();
-                    let (Some(d), Ok(m)) = (name.to_str().and_then(parse), e.metadata()) else {
-                        continue;
-                    };
-                    if let Ok(t) = m.modified() {
-                        out.insert(d, t);
-                    }
-                }
-            }
-            Backend::Bucket(b) => {
-                if let Ok(list) = b.block_on(b.list(".ferry/reads/")) {
-                    for (key, meta) in list {
-                        let name = key.rsplit('/').next().unwrap_or("");
-                        if let Some(d) = parse(name) {
-                            out.insert(d, std::time::SystemTime::from(meta.last_modified));
-                        }
-                    }
-                }
-            }
-            Backend::Archive(..) => {}
-        }
-        out
+    /// the read markers instead of one stat or HEAD per manifest.
+    pub async fn reads(&self) -> std::collections::HashMap<Digest, std::time::SystemTime> {
+        self.backend.reads().await
     }
 
     /// Write one of ferry's own small state files (`.ferry/NAME` in a directory, the same key in
     /// a bucket). Allowed on a read-only store: what a served USB disk records (its misses) is
-    /// not registry content. Blocking.
-    pub fn write_state_sync(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        let rel = format!(".ferry/{name}");
-        match &self.backend {
-            Backend::Dir(files) => Ok(write::write_atomic(
-                &files.tmp_dir(),
-                &files.root.join(&rel),
-                bytes,
-            )?),
-            Backend::Bucket(b) => b.block_on(b.put(&rel, Bytes::copy_from_slice(bytes))),
-            Backend::Archive(..) => Err(archive_read_only()),
-        }
+    /// not registry content.
+    pub async fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.backend
+            .write_state(name, Bytes::copy_from_slice(bytes))
+            .await
     }
 
-    /// [`Store::write_state_sync`] with the bytes written by `fill`: streamed to a directory's
-    /// file through a small buffer (a bucket's object is one request, so it is gathered first).
-    pub fn write_state_with(
-        &self,
-        name: &str,
-        fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
-    ) -> Result<()> {
-        let rel = format!(".ferry/{name}");
-        match &self.backend {
-            Backend::Dir(files) => Ok(write::write_atomic_with(
-                &files.tmp_dir(),
-                &files.root.join(&rel),
-                fill,
-            )?),
-            Backend::Bucket(b) => {
-                let mut buf = Vec::new();
-                fill(&mut buf)?;
-                b.block_on(b.put(&rel, Bytes::from(buf)))
-            }
-            Backend::Archive(..) => Err(archive_read_only()),
-        }
+    /// [`Store::write_state`] with the bytes written by `fill`: streamed to a directory's file
+    /// through a small buffer (a bucket's object is one request, so it is gathered first).
+    /// `fill` runs on the caller's thread.
+    pub async fn write_state_with(&self, name: &str, fill: Fill<'_>) -> Result<()> {
+        self.backend.write_state_with(name, fill).await
     }
 
     /// A state file as a reader (`None` if there is none), at most `limit` bytes: a directory's
-    /// file is read as it is parsed, never whole. Blocking.
-    pub fn open_state_sync(&self, name: &str, limit: u64) -> Result<Option<Box<dyn io::Read>>> {
-        let rel = format!(".ferry/{name}");
-        match &self.backend {
-            Backend::Dir(files) => {
-                match read::open_regular(&files.canon, &files.root.join(&rel))? {
-                    read::Found::File(f, len) if len <= limit => Ok(Some(Box::new(
-                        io::BufReader::with_capacity(64 << 10, io::Read::take(f, limit)),
-                    ))),
-                    read::Found::File(_, len) => Err(Error::Layout(format!(
-                        ".ferry/{name} is {len} bytes, more than the {limit} allowed"
-                    ))),
-                    read::Found::Missing => Ok(None),
-                    read::Found::Refused(why) => {
-                        Err(Error::Layout(format!(".ferry/{name} is {why}")))
-                    }
-                }
-            }
-            _ => Ok(self
-                .read_state_sync(name, limit)?
-                .map(|b| Box::new(io::Cursor::new(b)) as Box<dyn io::Read>)),
-        }
+    /// file is read as it is parsed, never whole.
+    pub async fn open_state(
+        &self,
+        name: &str,
+        limit: u64,
+    ) -> Result<Option<Box<dyn io::Read + Send>>> {
+        self.backend.open_state(name, limit).await
     }
 
-    /// Read a state file written by [`Store::write_state_sync`] (`None` if there is none). Blocking.
-    pub fn read_state_sync(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>> {
-        let rel = format!(".ferry/{name}");
-        match &self.backend {
-            Backend::Dir(files) => Self::read_layout_file(files, &files.root.join(&rel), limit),
-            Backend::Bucket(b) => Ok(b.block_on(b.get_small(&rel, limit))?.map(|b| b.to_vec())),
-            Backend::Archive(..) => Ok(None),
-        }
+    /// Read a state file written by [`Store::write_state`] (`None` if there is none).
+    pub async fn read_state(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        self.backend.read_state(name, limit).await
     }
 
     /// Where a blob being fetched from elsewhere is spooled while clients read it: the store's
@@ -206,10 +89,7 @@ impl Store {
     /// bucket. Cleared at start like every temp file.
     pub fn spool_dir(&self) -> Result<PathBuf> {
         self.ensure_writable()?;
-        Ok(match &self.backend {
-            Backend::Dir(files) => files.tmp_dir(),
-            Backend::Bucket(_) | Backend::Archive(..) => std::env::temp_dir(),
-        })
+        Ok(self.backend.spool_dir())
     }
 
     /// Make a spooled file (from [`Store::spool_dir`]) the blob `expected`, if `computed` (its
@@ -221,73 +101,23 @@ impl Store {
         expected: &Digest,
     ) -> Result<()> {
         self.ensure_writable()?;
-        match &self.backend {
-            Backend::Dir(files) => Store::commit_file(files, path, computed, expected).await,
-            Backend::Bucket(_) => {
-                if &computed != expected {
-                    let _ = tokio::fs::remove_file(&path).await;
-                    return Err(Error::DigestInvalid(format!(
-                        "expected {expected}, content hashes to {computed}"
-                    )));
-                }
-                let res = match tokio::fs::File::open(&path).await {
-                    Ok(f) => {
-                        let body = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024);
-                        self.put_blob(body, expected).await
-                    }
-                    Err(e) => Err(e.into()),
-                };
-                let _ = tokio::fs::remove_file(&path).await;
-                res
-            }
-            Backend::Archive(..) => Err(archive_read_only()),
-        }
+        self.backend.adopt_blob(path, computed, expected).await
     }
 
     /// Keep the report of the last collection that removed something (or not), for the web page.
-    /// Best effort: a GC that cannot write this has still done its work. Blocking.
-    pub fn record_gc_sync(&self, report: &[u8]) {
+    /// Best effort: a GC that cannot write this has still done its work.
+    pub async fn record_gc(&self, report: &[u8]) {
         if self.read_only {
             return;
         }
-        let r = match &self.backend {
-            Backend::Dir(files) => write::write_atomic(
-                &files.tmp_dir(),
-                &files.root.join(".ferry/last-gc.json"),
-                report,
-            )
-            .map_err(Error::from),
-            Backend::Bucket(b) => {
-                b.block_on(b.put(".ferry/last-gc.json", Bytes::copy_from_slice(report)))
-            }
-            Backend::Archive(..) => return,
-        };
-        if let Err(e) = r {
+        if let Err(e) = self.write_state("last-gc.json", report).await {
             tracing::warn!(error = %e, "recording the GC report failed");
         }
     }
 
-    /// The report [`Store::record_gc_sync`] kept, and when it was written. Blocking.
-    pub fn last_gc_sync(&self) -> Option<(Vec<u8>, std::time::SystemTime)> {
-        match &self.backend {
-            Backend::Dir(files) => {
-                let path = files.root.join(".ferry/last-gc.json");
-                let bytes = Self::read_layout_file(files, &path, 64 * 1024).ok()??;
-                let at = std::fs::metadata(&path).ok()?.modified().ok()?;
-                Some((bytes, at))
-            }
-            Backend::Bucket(b) => {
-                let meta = b.block_on(b.head(".ferry/last-gc.json")).ok()??;
-                let bytes = b
-                    .block_on(b.get_small(".ferry/last-gc.json", 64 * 1024))
-                    .ok()??;
-                Some((
-                    bytes.to_vec(),
-                    std::time::SystemTime::from(meta.last_modified),
-                ))
-            }
-            Backend::Archive(..) => None,
-        }
+    /// The report [`Store::record_gc`] kept, and when it was written.
+    pub async fn last_gc(&self) -> Option<(Vec<u8>, std::time::SystemTime)> {
+        self.backend.state_and_time("last-gc.json", 64 * 1024).await
     }
 
     /// Total and free bytes of the filesystem a directory store lives on (`None` for a bucket,
@@ -312,43 +142,12 @@ impl Store {
     }
 
     /// When a manifest was stored (retention's age of a tag without a recorded time).
-    pub fn stored_at(&self, d: &Digest) -> Option<std::time::SystemTime> {
-        match &self.backend {
-            Backend::Dir(files) => std::fs::symlink_metadata(files.blob_path(d))
-                .and_then(|m| m.modified())
-                .ok(),
-            Backend::Bucket(b) => {
-                let m = b.block_on(b.head(&bucket::blob_key(d))).ok()??;
-                Some(std::time::SystemTime::from(m.last_modified))
-            }
-            Backend::Archive(a, _) => a.modified(),
-        }
+    pub async fn stored_at(&self, d: &Digest) -> Option<std::time::SystemTime> {
+        self.backend.stored_at(d).await
     }
 
     /// Remove upload sessions idle for longer than `max_age` (also those left by a crash).
-    /// Blocking.
-    pub fn expire_uploads(&self, max_age: std::time::Duration) -> Result<usize> {
-        let files = match &self.backend {
-            Backend::Dir(files) => files,
-            Backend::Bucket(b) => return b.block_on(b.expire_uploads(max_age)),
-            Backend::Archive(..) => return Ok(0),
-        };
-        // Temp files a dead writer left, by the same age (a start keeps young ones: they may be
-        // another process's writes in progress).
-        write::remove_older_than(&files.tmp_dir(), max_age);
-        let now = std::time::SystemTime::now();
-        let dir = files.root.join(".ferry/uploads");
-        let mut n = 0;
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            return Ok(0);
-        };
-        for e in rd.flatten() {
-            let old = write::age_of(&e, now).is_some_and(|age| age >= max_age);
-            if old && std::fs::remove_file(e.path()).is_ok() {
-                self.uploads.forget(&e.file_name().to_string_lossy());
-                n += 1;
-            }
-        }
-        Ok(n)
+    pub async fn expire_uploads(&self, max_age: std::time::Duration) -> Result<usize> {
+        self.backend.expire_uploads(max_age).await
     }
 }

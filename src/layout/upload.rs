@@ -121,28 +121,26 @@ impl Uploads {
 
 use super::*;
 
+/// A client's body as a backend takes it.
+fn body<'a, S, E>(body: S) -> super::backend::Body<'a>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send + 'a,
+    E: std::fmt::Display,
+{
+    use futures_util::StreamExt;
+    body.map(|r| r.map_err(|e| io::Error::other(e.to_string())))
+        .boxed()
+}
+
 impl Store {
     pub async fn upload_start(&self) -> Result<String> {
         self.ensure_writable()?;
-        match &self.backend {
-            Backend::Dir(_) => self.uploads.start().await,
-            Backend::Bucket(b) => {
-                let id = uuid::Uuid::new_v4().hyphenated().to_string();
-                b.upload_start(&id).await?;
-                Ok(id)
-            }
-            Backend::Archive(..) => Err(archive_read_only()),
-        }
+        self.backend.upload_start().await
     }
 
     /// Bytes received so far by a session.
     pub async fn upload_status(&self, id: &str) -> Result<u64> {
-        if let Backend::Bucket(b) = &self.backend {
-            return b.upload_len(upload::checked_id(id)?).await;
-        }
-        let h = self.uploads.get(id).await?;
-        let up = h.lock().await;
-        Ok(up.len)
+        self.backend.upload_status(id).await
     }
 
     /// Append a chunk. `range_start` is the first byte of `Content-Range`, which must be where the
@@ -158,34 +156,9 @@ impl Store {
         E: std::fmt::Display,
     {
         self.ensure_writable()?;
-        if let Backend::Bucket(b) = &self.backend {
-            return b
-                .upload_append(upload::checked_id(id)?, range_start, body)
-                .await;
-        }
-        let h = self.uploads.get(id).await?;
-        let mut up = h.lock().await;
-        if let Some(start) = range_start {
-            if start != up.len {
-                return Err(Error::RangeInvalid(format!(
-                    "chunk starts at {start}, the upload has {} bytes",
-                    up.len
-                )));
-            }
-        }
-        let file = open_for_append(&up.path, up.len).await?;
-        let out = write::stream_to_file(file, up.len, up.hasher.clone(), body, None).await?;
-        if let Some(e) = out.disk_error {
-            return Err(e.into());
-        }
-        up.len += out.written;
-        up.hasher = out.hasher;
-        if let Some(e) = out.body_error {
-            return Err(Error::BlobUploadInvalid(format!(
-                "request body failed: {e}"
-            )));
-        }
-        Ok(up.len)
+        self.backend
+            .upload_append(id, range_start, self::body(body))
+            .await
     }
 
     /// Append the last chunk (if any), verify against `digest`, and publish the blob.
@@ -200,38 +173,15 @@ impl Store {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
-        let files = match &self.backend {
-            Backend::Dir(files) => files,
-            Backend::Bucket(b) => {
-                self.ensure_writable()?;
-                return b
-                    .upload_finish(upload::checked_id(id)?, range_start, body, digest)
-                    .await;
-            }
-            Backend::Archive(..) => return Err(archive_read_only()),
-        };
-        self.upload_append(id, range_start, body).await?;
-        let h = self.uploads.get(id).await?;
-        let up = h.lock().await;
-        let res =
-            Store::commit_file(files, up.path.clone(), up.hasher.clone().finish(), digest).await;
-        // Success renamed the file; a digest mismatch removed it. Either way the session is over.
-        if !matches!(res, Err(Error::Io(_)) | Err(Error::NoSpace)) {
-            self.uploads.forget(&up.id);
-        }
-        res
+        self.ensure_writable()?;
+        self.backend
+            .upload_finish(id, range_start, self::body(body), digest)
+            .await
     }
 
     pub async fn upload_cancel(&self, id: &str) -> Result<()> {
         self.ensure_writable()?;
-        if let Backend::Bucket(b) = &self.backend {
-            return b.upload_cancel(upload::checked_id(id)?).await;
-        }
-        let h = self.uploads.get(id).await?;
-        let up = h.lock().await;
-        let _ = tokio::fs::remove_file(&up.path).await;
-        self.uploads.forget(&up.id);
-        Ok(())
+        self.backend.upload_cancel(id).await
     }
 
     /// A whole blob in one request (`POST ?digest=`), through a temporary session.
@@ -250,28 +200,6 @@ impl Store {
 
     /// Upload sessions this process holds open.
     pub fn open_uploads(&self) -> usize {
-        match &self.backend {
-            Backend::Dir(_) => self.uploads.open_count(),
-            Backend::Bucket(b) => b.sessions_here(),
-            Backend::Archive(..) => 0,
-        }
+        self.backend.open_uploads()
     }
-}
-
-async fn open_for_append(path: &Path, len: u64) -> Result<File> {
-    let path = path.to_owned();
-    blocking(move || {
-        let f = match read::open_private(&path, false, false) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::BlobUploadUnknown),
-            Err(e) => return Err(e.into()),
-        };
-        // Trust the session's length over the file's: bytes past it were never acknowledged.
-        f.set_len(len)?;
-        use std::io::Seek;
-        let mut f = f;
-        f.seek(io::SeekFrom::Start(len))?;
-        Ok(f)
-    })
-    .await
 }

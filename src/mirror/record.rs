@@ -102,7 +102,7 @@ fn slot<V>(
 }
 
 /// An entry of either list: how two records of the same (repository, reference) add up.
-trait Entry: Clone + Serialize + serde::de::DeserializeOwned {
+trait Entry: Clone + Send + Sync + Serialize + serde::de::DeserializeOwned {
     fn key(&self) -> Key;
     fn last(&self) -> u64;
     /// `newer` happened after `self`: counts add, times widen, the newer answer wins.
@@ -180,7 +180,7 @@ fn each<T: serde::de::DeserializeOwned>(
 /// Each entry of the state file `name`, one at a time; a file that cannot be read or parsed is
 /// named and counts as empty (recording starts afresh rather than refusing to serve). Blocking.
 fn each_stored<T: serde::de::DeserializeOwned>(store: &Store, name: &str, f: &mut dyn FnMut(T)) {
-    let r = match store.open_state_sync(name, MAX_FILE_BYTES) {
+    let r = match store.wait(store.open_state(name, MAX_FILE_BYTES)) {
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err(e) => {
@@ -281,7 +281,7 @@ fn write_merged<T: Entry>(
     pending: &BTreeMap<Key, T>,
     gone: &BTreeSet<Key>,
 ) -> Result<()> {
-    store.write_state_with(name, &mut |w| {
+    store.wait(store.write_state_with(name, &mut |w| {
         w.write_all(b"[")?;
         let mut first = true;
         merged(store, name, pending, gone, &mut |e| {
@@ -290,7 +290,7 @@ fn write_merged<T: Entry>(
             serde_json::to_writer(&mut *w, e).map_err(std::io::Error::other)
         })?;
         w.write_all(b"\n]\n")
-    })
+    }))
 }
 
 /// The merged list in memory (`used_list`, `miss_list`: tests and small callers).
@@ -463,7 +463,7 @@ pub fn read_misses(store: &Store) -> Result<Vec<Miss>> {
 }
 
 fn read_file<T: serde::de::DeserializeOwned>(store: &Store, name: &str) -> Result<Vec<T>> {
-    match store.read_state_sync(name, MAX_FILE_BYTES)? {
+    match store.wait(store.read_state(name, MAX_FILE_BYTES))? {
         None => Ok(Vec::new()),
         Some(bytes) => serde_json::from_slice(&bytes)
             .map_err(|e| Error::Layout(format!(".ferry/{name} does not parse: {e}"))),
@@ -543,7 +543,8 @@ pub fn carried_by_tags(store: &Store, list: &[Used]) -> std::collections::HashSe
     let mut out = std::collections::HashSet::new();
     for u in list.iter().filter(|u| !u.reference.contains(':')) {
         out.insert(u.digest.clone());
-        let Ok(bytes) = store.read_small_sync(&u.digest, crate::vocab::media::MAX_MANIFEST_BYTES)
+        let Ok(bytes) =
+            store.wait(store.read_small(&u.digest, crate::vocab::media::MAX_MANIFEST_BYTES))
         else {
             continue;
         };

@@ -116,7 +116,7 @@ async fn kill_9_during_pushes_leaves_a_valid_store_and_retries_succeed() {
     }
     // Nothing of the crashes is left once upload expiry has run.
     let store = ferry::layout::Store::open(&dir, false).unwrap();
-    store.expire_uploads(Duration::ZERO).unwrap();
+    store.expire_uploads(Duration::ZERO).await.unwrap();
     assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();

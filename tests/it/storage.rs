@@ -219,6 +219,7 @@ async fn idle_upload_sessions_expire() {
     assert_eq!(
         store
             .expire_uploads(Duration::from_secs(24 * 3600))
+            .await
             .unwrap(),
         1
     );
@@ -786,7 +787,7 @@ async fn expiry_removes_half_ended_sessions_in_a_bucket() {
             .unwrap();
     }
     assert_eq!(g.keys(&format!("{prefix}.ferry/uploads/")).await.len(), 3);
-    let n = tokio::task::spawn_blocking(move || store.expire_uploads(Duration::ZERO))
+    let n = tokio::task::spawn_blocking(move || store.wait(store.expire_uploads(Duration::ZERO)))
         .await
         .unwrap()
         .unwrap();

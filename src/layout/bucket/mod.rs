@@ -48,7 +48,10 @@ use serde::{Deserialize, Serialize};
 
 mod blobs;
 mod records;
+mod store;
 mod uploads;
+
+pub(crate) use store::BucketBackend;
 
 use super::index::{Descriptor, IndexFile};
 use crate::error::{Error, Result};
@@ -66,8 +69,6 @@ pub struct Bucket {
     s3: Arc<AmazonS3>,
     name: String,
     prefix: String,
-    /// The runtime this bucket was opened in: blocking callers (verify, GC) run requests on it.
-    rt: tokio::runtime::Handle,
     /// Records already read, by key, with the ETag they had: a reload reads only what changed.
     records: Mutex<HashMap<String, (Option<String>, Descriptor)>>,
     /// One PATCH at a time per session within this process.
@@ -209,8 +210,6 @@ impl Bucket {
             s3: Arc::new(s3),
             name: name.to_owned(),
             prefix: prefix.to_owned(),
-            rt: tokio::runtime::Handle::try_current()
-                .map_err(|_| usage("opened outside the async runtime".into()))?,
             records: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
         };
@@ -301,11 +300,6 @@ impl Bucket {
             what: format!("{}: {op} {rel}", self.describe()),
             message: innermost(&e),
         }
-    }
-
-    /// Run a request from a blocking thread (verify, GC, retention run on the blocking pool).
-    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.rt.block_on(f)
     }
 
     // ------------------------------------------------------------ objects

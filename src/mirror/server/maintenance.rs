@@ -27,7 +27,7 @@ const MAX_TICK: Duration = Duration::from_secs(3600);
 
 /// Remove upload sessions idle for longer than `max_age`, and say how many went.
 pub fn expire_uploads(app: &App, max_age: Duration) -> crate::Result<usize> {
-    let n = app.store.expire_uploads(max_age)?;
+    let n = app.store.wait(app.store.expire_uploads(max_age))?;
     if n > 0 {
         tracing::info!(removed = n, "expired upload sessions");
     }

@@ -58,7 +58,7 @@ impl Metrics {
                 return (n, b);
             }
         }
-        let (n, b) = store.stored_sync();
+        let (n, b) = store.wait(store.stored());
         *cache = Some((Instant::now(), n, b));
         (n, b)
     }

@@ -71,7 +71,10 @@ impl Ui {
     /// refreshed in the background once that is older than [`STORED_TTL`].
     pub fn stored<S: Site>(site: &Arc<S>) -> (usize, u64, Instant) {
         let count = |site: &S| {
-            let blobs = site.store().list_blobs_sync().unwrap_or_default();
+            let blobs = site
+                .store()
+                .wait(site.store().list_blobs())
+                .unwrap_or_default();
             (blobs.len(), blobs.iter().map(|b| b.size).sum::<u64>())
         };
         let mut c = site.ui().stored.lock().unwrap_or_else(|p| p.into_inner());
@@ -111,7 +114,7 @@ impl Ui {
     pub fn warm<S: Site>(site: Arc<S>) {
         tokio::task::spawn_blocking(move || {
             let start = Instant::now();
-            if let Ok(index) = site.store().index_sync() {
+            if let Ok(index) = site.store().wait(site.store().index()) {
                 let c = site.ui().catalog(site.store(), index);
                 tracing::debug!(
                     entries = c.rows.len(),
@@ -170,7 +173,7 @@ pub async fn handle<S: Site>(site: Arc<S>, req: Request, p: Vec<(String, String)
     let start = Instant::now();
     let a = site.clone();
     let page = tokio::task::spawn_blocking(move || {
-        let index = a.store().index_sync()?;
+        let index = a.store().wait(a.store().index())?;
         let catalog = a.ui().catalog(a.store(), index);
         let ctx = pages::Ctx {
             store: a.store(),

@@ -220,7 +220,7 @@ impl Summaries {
             incomplete: false,
         };
         let parsed = store
-            .read_small_sync(digest, media::MAX_MANIFEST_BYTES)
+            .wait(store.read_small(digest, media::MAX_MANIFEST_BYTES))
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
         let Some(v) = parsed else {
@@ -395,7 +395,7 @@ impl Summaries {
                 Some(p) => p,
                 None => {
                     let p = store
-                        .read_small_sync(d, MAX_CONFIG)
+                        .wait(store.read_small(d, MAX_CONFIG))
                         .ok()
                         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
                         .and_then(|c| platform_of(&c));
@@ -498,7 +498,7 @@ impl Catalog {
     /// per repository: one hash lookup per (row, blob) in all.
     pub fn build(store: &Store, index: &Index, summaries: &Summaries) -> Catalog {
         summaries.prefetch(store, index);
-        let reads = store.reads_sync();
+        let reads = store.wait(store.reads());
         let mut rows = Vec::with_capacity(index.file.manifests.len());
         for d in &index.file.manifests {
             let (Some(repo), tag) = d.repo_and_tag() else {

@@ -265,7 +265,7 @@ pub fn mirror(ctx: &Ctx, v: &View, stored: (usize, u64, std::time::Instant)) -> 
     let store = ctx.store;
     let (blob_count, stored, counted) = stored;
     let tags: usize = c.repos.iter().map(|r| r.tags).sum();
-    let last_gc = store.last_gc_sync().and_then(|(b, at)| {
+    let last_gc = store.wait(store.last_gc()).and_then(|(b, at)| {
         serde_json::from_slice::<crate::keep::gc::GcReport>(&b)
             .ok()
             .map(|r| (r, at))
@@ -478,7 +478,12 @@ fn shared_note(ctx: &Ctx, sharers: &Sharers, d: &crate::vocab::digest::Digest) -
 }
 
 fn node(ctx: &Ctx, sharers: &Sharers, c: &Child, depth: usize) -> Markup {
-    let stored = ctx.store.blob_size_sync(&c.digest).is_some();
+    let stored = ctx
+        .store
+        .wait(ctx.store.blob_size(&c.digest))
+        .ok()
+        .flatten()
+        .is_some();
     html! {
         li.node data-digest=(c.digest.to_string()) data-size=(c.size) data-role=(c.role.label()) {
             div.head {
