@@ -3,7 +3,8 @@
 #
 #   bash bench/registry.sh [SCALE]       SCALE 1.0 = the issue's sizes (1 GiB, 1,000 x 64 KiB, 256 MiB)
 #   FERRY_BASELINE=/path/to/old/ferry bash bench/registry.sh   also runs an older ferry binary in the
-#                                        same run (before/after a change; the ratio column is then left out)
+#                                        same run (before/after a change; the ratio column is then left out);
+#                                        FERRY_BASELINE_FIRST=1 measures it first
 #
 # Prints a markdown table (paste it into BENCHMARKS.md). Both servers store on the same filesystem
 # (a directory under $BENCH_DIR, default /tmp). Needs: cargo, docker-registry (apt-get install
@@ -40,6 +41,8 @@ fi
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), scale $scale"
 echo "# ferry $(./target/release/ferry --version | cut -d' ' -f2), $("$registry" --version 2>&1 | head -1)"
-./target/release/examples/regbench --scale "$scale" \
-  --target "ferry=http://127.0.0.1:$fport,$fpid" \
-  --target "distribution=http://127.0.0.1:$dport,$dpid" "${baseline[@]}"
+targets=(--target "ferry=http://127.0.0.1:$fport,$fpid" --target "distribution=http://127.0.0.1:$dport,$dpid")
+# FERRY_BASELINE_FIRST=1: the older ferry measured first (whoever goes first finds the page
+# cache and the disk's write-back in another state; a reversed run shows how much that moves).
+if [ -n "${FERRY_BASELINE_FIRST:-}" ]; then targets=("${baseline[@]}" "${targets[@]}"); else targets+=("${baseline[@]}"); fi
+./target/release/examples/regbench --scale "$scale" "${targets[@]}"
