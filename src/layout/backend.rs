@@ -262,3 +262,71 @@ pub(crate) async fn blocking<T: Send + 'static>(
     }
     tokio::task::spawn_blocking(f).await.map_err(blocking_err)?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory's work under `wait` runs on the caller's thread, with or without a runtime
+    /// around it, and `blocking` outside `wait` still hops to the blocking pool.
+    #[test]
+    fn waited_blocking_work_runs_inline_on_the_callers_thread() {
+        let me = std::thread::current().id();
+        fn on(_: ()) -> impl Future<Output = Result<std::thread::ThreadId>> + Send {
+            blocking(|| Ok(std::thread::current().id()))
+        }
+        // No runtime at all (a directory store opened by a plain test or tool).
+        assert_eq!(wait(None, on(())).unwrap(), me);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        // On a blocking-pool thread, as GC and verify run.
+        let (caller, ran) = rt
+            .block_on(rt.spawn_blocking(move || {
+                let caller = std::thread::current().id();
+                (caller, wait(None, on(())).unwrap())
+            }))
+            .unwrap();
+        assert_eq!(caller, ran);
+        // Not waited for: off the worker thread.
+        let (caller, ran) = rt.block_on(async {
+            tokio::spawn(async { (std::thread::current().id(), on(()).await.unwrap()) })
+                .await
+                .unwrap()
+        });
+        assert_ne!(caller, ran);
+        // The flag does not outlive the wait.
+        assert!(!WAITING.with(|w| w.get()));
+    }
+
+    /// What has to wait for the runtime (a bucket's requests: here a timer) completes from a
+    /// worker thread, from a blocking-pool thread and from a thread of no runtime (through the
+    /// store's handle).
+    #[test]
+    fn waiting_on_the_runtime_works_from_every_kind_of_thread() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let later = || async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            7
+        };
+        let h = rt.handle().clone();
+        assert_eq!(
+            rt.block_on(rt.spawn(async move { wait(None, later()) }))
+                .unwrap(),
+            7
+        );
+        assert_eq!(
+            rt.block_on(rt.spawn_blocking(move || wait(None, later())))
+                .unwrap(),
+            7
+        );
+        let plain = std::thread::spawn(move || wait(Some(&h), later()));
+        assert_eq!(plain.join().unwrap(), 7);
+    }
+}
