@@ -151,7 +151,7 @@ impl Store {
             .filter(|d| d.repo_and_tag().0 == Some(repo))
             .map(|d| (d.digest.clone(), d.media_type.clone()))
             .collect();
-        let set = self.walk_sync(roots).await?;
+        let set = self.walk(roots)?;
         let set = Arc::new(set);
         let mut r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
         if !same(&r) {
@@ -167,7 +167,7 @@ impl Store {
     /// Everything `roots` reach. The walk reads through `self` with blocking reads ([`Store::wait`]:
     /// inline for a directory or an archive, local files read once per version of the records;
     /// a bucket's wait on the runtime).
-    async fn walk_sync(&self, roots: Vec<(Digest, String)>) -> Result<HashSet<Digest>> {
+    fn walk(&self, roots: Vec<(Digest, String)>) -> Result<HashSet<Digest>> {
         let mut g = crate::layout::graph::Graph::new(self);
         let live = g.mark(roots.iter().map(|(d, mt)| (d, mt.as_str())))?;
         Ok(live.into_iter().collect())
