@@ -555,6 +555,8 @@ struct Worker {
     /// Those tags, deleted again later (202 or 404 ends it), so the store does not grow with
     /// every cut request over a long run.
     pending: Vec<Told>,
+    /// Round trips through this worker's trip directory since it was last emptied.
+    trips: u32,
 }
 
 impl Worker {
@@ -844,6 +846,13 @@ impl Worker {
         let i = self.rng.below(self.images.len() as u64) as usize;
         let t = self.images[i].clone();
         let dir = ctx.work.join(format!("trip-w{}", self.id));
+        // A trip directory keeps what earlier trips carried (so a sync out copies only what is
+        // missing), but not for ever: an hour's trips left 1.4 GB per worker and filled the disk.
+        self.trips += 1;
+        if self.trips > 20 {
+            self.trips = 1;
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+        }
         let src = format!("docker://127.0.0.1:{}/{}:{}", ctx.port, t.repo, t.tag);
         sync(ctx, &src, &dir.display().to_string(), &[]).await?;
         self.images.remove(i);
@@ -1258,6 +1267,7 @@ async fn main() {
             caches: Vec::new(),
             uncertain: 0,
             pending: Vec::new(),
+            trips: 0,
         };
         async move {
             while w.images.len() < IMAGE_TAGS_MAX || w.caches.len() < CACHE_KEEP {
