@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::backend::{blocking, read_only_archive, Backend, Body, Fill, Opener, RecordsChange};
+use super::backend::{
+    blocking, checked, read_only_archive, Backend, Body, Fill, Opener, RecordsChange,
+};
 use super::index::Index;
 use super::{BlobEntry, BlobReader, Checked, Imported, Source};
 use crate::carry::archive::Archive;
@@ -65,12 +67,9 @@ impl Backend for ArchiveBackend {
 
     async fn rehash(&self, d: &Digest) -> Result<Checked> {
         let (a, d2) = (self.archive.clone(), d.clone());
-        Ok(match blocking(move || a.hash_blob(&d2)).await {
-            Ok((h, n)) if &h == d => Checked::Intact(n),
-            Ok((_, n)) => Checked::Corrupt(n),
-            Err(Error::BlobUnknown(_)) => Checked::Missing,
-            Err(e) => Checked::Refused(format!("unreadable ({e})")),
-        })
+        // A member that cannot be read is refused, never an error of the store.
+        Ok(checked(d, blocking(move || a.hash_blob(&d2)).await)
+            .unwrap_or_else(|e| Checked::Refused(format!("unreadable ({e})"))))
     }
 
     async fn quarantine(&self, _d: &Digest) -> Result<()> {

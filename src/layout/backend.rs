@@ -190,6 +190,34 @@ pub(crate) trait Backend: Send + Sync {
     async fn give_links(&self, per_repo: HashMap<String, Vec<Digest>>) -> Result<()>;
 }
 
+/// What re-hashing a blob gave, as [`Checked`]: an error other than "gone" is the store's to
+/// report (the caller decides whether it refuses the blob or fails).
+pub(crate) fn checked(d: &Digest, hashed: Result<(Digest, u64)>) -> Result<Checked> {
+    match hashed {
+        Ok((h, n)) if &h == d => Ok(Checked::Intact(n)),
+        Ok((_, n)) => Ok(Checked::Corrupt(n)),
+        Err(Error::BlobUnknown(_)) => Ok(Checked::Missing),
+        Err(e) => Err(e),
+    }
+}
+
+/// An import whose bytes did not hash to their digest: the source's content is corrupt (not the
+/// client's digest invalid, as for an upload).
+pub(crate) fn corrupt(d: &Digest) -> impl FnOnce(Error) -> Error + '_ {
+    move |e| match e {
+        Error::DigestInvalid(detail) => Error::Corrupt {
+            digest: d.clone(),
+            detail,
+        },
+        e => e,
+    }
+}
+
+/// The digest a flat name (`<alg>-<hex>`: a read marker, a promise) stands for.
+pub(crate) fn flat_digest(name: &str) -> Option<Digest> {
+    name.replacen('-', ":", 1).parse::<Digest>().ok()
+}
+
 pub(crate) fn read_only_archive() -> Error {
     Error::Unsupported("this registry serves an archive, which is read-only".into())
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use super::backend::{Backend, Body, Fill, Opener, RecordsChange};
+use super::backend::{corrupt, flat_digest, Backend, Body, Fill, Opener, RecordsChange};
 use super::upload::Uploads;
 use super::*;
 
@@ -248,16 +248,6 @@ impl StoreFiles {
     }
 }
 
-fn corrupt(d: &Digest) -> impl FnOnce(Error) -> Error + '_ {
-    move |e| match e {
-        Error::DigestInvalid(detail) => Error::Corrupt {
-            digest: d.clone(),
-            detail,
-        },
-        e => e,
-    }
-}
-
 async fn open_for_append(path: &Path, len: u64) -> Result<File> {
     let path = path.to_owned();
     blocking(move || {
@@ -420,10 +410,7 @@ impl Backend for DirBackend {
             };
             for e in rd.flatten() {
                 let name = e.file_name();
-                let Some(d) = name
-                    .to_str()
-                    .and_then(|n| n.replacen('-', ":", 1).parse::<Digest>().ok())
-                else {
+                let Some(d) = name.to_str().and_then(flat_digest) else {
                     continue;
                 };
                 if std::fs::symlink_metadata(files.blob_path(&d)).is_err() {
@@ -557,8 +544,9 @@ impl Backend for DirBackend {
     }
 
     async fn stored_at(&self, d: &Digest) -> Option<SystemTime> {
-        std::fs::symlink_metadata(self.files.blob_path(d))
-            .and_then(|m| m.modified())
+        let path = self.files.blob_path(d);
+        blocking(move || Ok(std::fs::symlink_metadata(path)?.modified()?))
+            .await
             .ok()
     }
 
@@ -637,24 +625,29 @@ impl Backend for DirBackend {
     }
 
     async fn expire_uploads(&self, max_age: Duration) -> Result<usize> {
-        let files = &self.files;
-        // Temp files a dead writer left, by the same age (a start keeps young ones: they may be
-        // another process's writes in progress).
-        write::remove_older_than(&files.tmp_dir(), max_age);
-        let now = SystemTime::now();
-        let dir = files.root.join(".ferry/uploads");
-        let mut n = 0;
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            return Ok(0);
-        };
-        for e in rd.flatten() {
-            let old = write::age_of(&e, now).is_some_and(|age| age >= max_age);
-            if old && std::fs::remove_file(e.path()).is_ok() {
-                self.uploads.forget(&e.file_name().to_string_lossy());
-                n += 1;
+        let files = self.files.clone();
+        let gone = blocking(move || {
+            // Temp files a dead writer left, by the same age (a start keeps young ones: they may
+            // be another process's writes in progress).
+            write::remove_older_than(&files.tmp_dir(), max_age);
+            let now = SystemTime::now();
+            let mut gone = Vec::new();
+            let Ok(rd) = std::fs::read_dir(files.root.join(".ferry/uploads")) else {
+                return Ok(gone);
+            };
+            for e in rd.flatten() {
+                let old = write::age_of(&e, now).is_some_and(|age| age >= max_age);
+                if old && std::fs::remove_file(e.path()).is_ok() {
+                    gone.push(e.file_name().to_string_lossy().into_owned());
+                }
             }
+            Ok(gone)
+        })
+        .await?;
+        for id in &gone {
+            self.uploads.forget(id);
         }
-        Ok(n)
+        Ok(gone.len())
     }
 
     async fn promise(&self, d: &Digest) -> Result<Option<u64>> {
@@ -695,27 +688,32 @@ impl Backend for DirBackend {
     }
 
     async fn last_read(&self, d: &Digest) -> Option<SystemTime> {
-        std::fs::metadata(self.files.read_marker(d))
-            .ok()?
-            .modified()
+        let path = self.files.read_marker(d);
+        blocking(move || Ok(std::fs::metadata(path)?.modified()?))
+            .await
             .ok()
     }
 
     async fn reads(&self) -> HashMap<Digest, SystemTime> {
-        let mut out = HashMap::new();
-        let Ok(rd) = std::fs::read_dir(self.files.root.join(".ferry/reads")) else {
-            return out;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name();
-            let (Some(d), Ok(m)) = (name.to_str().and_then(marker_digest), e.metadata()) else {
-                continue;
+        let dir = self.files.root.join(".ferry/reads");
+        blocking(move || {
+            let mut out = HashMap::new();
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return Ok(out);
             };
-            if let Ok(t) = m.modified() {
-                out.insert(d, t);
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let (Some(d), Ok(m)) = (name.to_str().and_then(flat_digest), e.metadata()) else {
+                    continue;
+                };
+                if let Ok(t) = m.modified() {
+                    out.insert(d, t);
+                }
             }
-        }
-        out
+            Ok(out)
+        })
+        .await
+        .unwrap_or_default()
     }
 
     async fn write_state(&self, name: &str, bytes: Bytes) -> Result<()> {
@@ -736,8 +734,12 @@ impl Backend for DirBackend {
     }
 
     async fn open_state(&self, name: &str, limit: u64) -> Result<Option<Box<dyn io::Read + Send>>> {
-        let path = self.files.root.join(".ferry").join(name);
-        match read::open_regular(&self.files.canon, &path)? {
+        let (canon, path) = (
+            self.files.canon.clone(),
+            self.files.root.join(".ferry").join(name),
+        );
+        let found = blocking(move || Ok(read::open_regular(&canon, &path)?)).await?;
+        match found {
             read::Found::File(f, len) if len <= limit => Ok(Some(Box::new(
                 io::BufReader::with_capacity(64 << 10, io::Read::take(f, limit)),
             ))),
@@ -756,10 +758,18 @@ impl Backend for DirBackend {
     }
 
     async fn state_and_time(&self, name: &str, limit: u64) -> Option<(Vec<u8>, SystemTime)> {
-        let path = self.files.root.join(".ferry").join(name);
-        let bytes = self.files.read_layout_file(&path, limit).ok()??;
-        let at = std::fs::metadata(&path).ok()?.modified().ok()?;
-        Some((bytes, at))
+        let (files, path) = (
+            self.files.clone(),
+            self.files.root.join(".ferry").join(name),
+        );
+        blocking(move || {
+            let Some(bytes) = files.read_layout_file(&path, limit)? else {
+                return Ok(None);
+            };
+            Ok(Some((bytes, std::fs::metadata(&path)?.modified()?)))
+        })
+        .await
+        .ok()?
     }
 
     async fn has_link(&self, rel: &str) -> Result<bool> {
@@ -823,7 +833,8 @@ impl Backend for DirBackend {
     }
 
     async fn links_marked(&self) -> Result<bool> {
-        Ok(self.files.root.join(holdings::MARKER).exists())
+        let marker = self.files.root.join(holdings::MARKER);
+        blocking(move || Ok(marker.exists())).await
     }
 
     async fn give_links(&self, per_repo: HashMap<String, Vec<Digest>>) -> Result<()> {
@@ -844,9 +855,4 @@ impl Backend for DirBackend {
         })
         .await
     }
-}
-
-/// The digest a read marker's name (`<alg>-<hex>`) stands for.
-pub(super) fn marker_digest(name: &str) -> Option<Digest> {
-    name.replacen('-', ":", 1).parse::<Digest>().ok()
 }

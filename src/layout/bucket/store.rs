@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::layout::backend::{Backend, Body, Fill, Opener, RecordsChange};
+use crate::layout::backend::{
+    checked, corrupt, flat_digest, Backend, Body, Fill, Opener, RecordsChange,
+};
 use crate::layout::index::Index;
 use crate::layout::{holdings, write, BlobEntry, BlobReader, Checked, Imported, Source};
 
@@ -24,12 +26,21 @@ impl BucketBackend {
     }
 }
 
-fn checked(d: &Digest, r: Result<(Digest, u64)>) -> Result<Checked> {
-    match r {
-        Ok((h, n)) if &h == d => Ok(Checked::Intact(n)),
-        Ok((_, n)) => Ok(Checked::Corrupt(n)),
-        Err(Error::BlobUnknown(_)) => Ok(Checked::Missing),
-        Err(e) => Err(e),
+impl BucketBackend {
+    /// A whole blob through a session of its own (multipart, verified, then copied into place);
+    /// the session goes if anything fails.
+    async fn put_stream<S, E>(&self, body: S, d: &Digest) -> Result<()>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        self.b.upload_start(&id).await?;
+        let res = self.b.upload_finish(&id, None, body, d).await;
+        if res.is_err() {
+            let _ = self.b.upload_cancel(&id).await;
+        }
+        res
     }
 }
 
@@ -166,25 +177,14 @@ impl Backend for BucketBackend {
     async fn import_blob(&self, d: &Digest, size: u64, open: Opener<'_>) -> Result<Imported> {
         // A bucket keeps no partial file: an interrupted import starts again (its whole parts
         // are not yet reused across runs).
-        let id = uuid::Uuid::new_v4().hyphenated().to_string();
-        self.b.upload_start(&id).await?;
         let (body, _) = open(0).await?;
-        let body = write::at_most(body, size);
-        let res = self.b.upload_finish(&id, None, body, d).await;
-        if res.is_err() {
-            let _ = self.b.upload_cancel(&id).await;
-        }
-        match res {
-            Ok(()) => Ok(Imported {
-                transferred: size,
-                resumed_from: 0,
-            }),
-            Err(Error::DigestInvalid(detail)) => Err(Error::Corrupt {
-                digest: d.clone(),
-                detail,
-            }),
-            Err(e) => Err(e),
-        }
+        self.put_stream(write::at_most(body, size), d)
+            .await
+            .map_err(corrupt(d))?;
+        Ok(Imported {
+            transferred: size,
+            resumed_from: 0,
+        })
     }
 
     async fn put_small_blob(&self, d: &Digest, bytes: Bytes) -> Result<()> {
@@ -201,13 +201,7 @@ impl Backend for BucketBackend {
         let res = match tokio::fs::File::open(&path).await {
             Ok(f) => {
                 let body = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024);
-                let id = uuid::Uuid::new_v4().hyphenated().to_string();
-                self.b.upload_start(&id).await?;
-                let res = self.b.upload_finish(&id, None, body, expected).await;
-                if res.is_err() {
-                    let _ = self.b.upload_cancel(&id).await;
-                }
-                res
+                self.put_stream(body, expected).await
             }
             Err(e) => Err(e.into()),
         };
@@ -286,7 +280,7 @@ impl Backend for BucketBackend {
         if let Ok(list) = self.b.list(".ferry/reads/").await {
             for (key, meta) in list {
                 let name = key.rsplit('/').next().unwrap_or("");
-                if let Some(d) = crate::layout::dir::marker_digest(name) {
+                if let Some(d) = flat_digest(name) {
                     out.insert(d, SystemTime::from(meta.last_modified));
                 }
             }
