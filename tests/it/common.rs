@@ -870,3 +870,16 @@ impl Drop for StopOnDrop {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// Every blob of `blobs` answers 404 under `repo` (swept, or never there).
+pub async fn assert_blobs_gone(url: &str, repo: &str, blobs: &[Vec<u8>], why: &str) {
+    for b in blobs {
+        let st = http()
+            .head(format!("{url}/v2/{repo}/blobs/{}", sha256(b)))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(st, reqwest::StatusCode::NOT_FOUND, "{why}");
+    }
+}

@@ -389,6 +389,11 @@ async fn a_request_the_server_is_slow_to_answer_is_not_cut_as_idle() {
         .spawn()
         .expect("flock (util-linux)");
     while !held.exists() {
+        // A holder that ended without taking the lock (no flock) is a failure, not a wait.
+        assert!(
+            holder.try_wait().unwrap().is_none(),
+            "the lock holder ended before taking the lock"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let m = image_manifest(&config, &[&layer]);

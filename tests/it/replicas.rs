@@ -286,19 +286,13 @@ async fn pushes_racing_gc_on_another_replica_never_lose_a_promised_blob() {
     );
     assert!(runs >= 2, "GC ran {runs} times during the pushes");
     assert_eq!(swept, strays.len(), "GC was to sweep exactly the strays");
-    for b in &strays {
-        let st = http()
-            .head(format!("{}/v2/race/app/blobs/{}", rs[1].url, sha256(b)))
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(
-            st,
-            StatusCode::NOT_FOUND,
-            "a stray blob outlived the GC loop"
-        );
-    }
+    assert_blobs_gone(
+        &rs[1].url,
+        "race/app",
+        &strays,
+        "a stray blob outlived the GC loop",
+    )
+    .await;
     let store = open_s3(g, &prefix, true).await;
     let v = tokio::task::spawn_blocking(move || ferry::verify::verify(&store, 2, false).unwrap())
         .await

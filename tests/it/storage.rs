@@ -461,19 +461,13 @@ async fn pushes_racing_a_gc_loop_never_lose_a_promised_blob() {
     );
     let runs = gc_loop.await.unwrap();
     assert!(runs >= 2, "GC ran {runs} times during the pushes");
-    for b in &strays {
-        let st = http()
-            .head(format!("{}/v2/race/app/blobs/{}", s.url, sha256(b)))
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(
-            st,
-            StatusCode::NOT_FOUND,
-            "a stray blob outlived the GC loop"
-        );
-    }
+    assert_blobs_gone(
+        &s.url,
+        "race/app",
+        &strays,
+        "a stray blob outlived the GC loop",
+    )
+    .await;
     let store = Store::open(&s.dir, true).unwrap();
     let v = ferry::verify::verify(&store, 2, false).unwrap();
     assert!(v.ok(), "{v}");
