@@ -3,6 +3,7 @@
 //! and `docker-archive:` tars (`archive`), and signed trips (`trip`).
 
 pub mod archive;
+pub mod patch;
 pub mod place;
 pub mod remote;
 pub mod sync;
