@@ -78,6 +78,10 @@ pub enum Error {
     /// A delta cannot be applied: these blobs are neither in it nor at the destination.
     #[error("{} blob(s) missing from both the delta and the destination: {}", .0.len(), .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))]
     MissingBlobs(Vec<Digest>),
+    /// A layer carried as a patch could not be rebuilt exactly (a missing or wrong base, a
+    /// truncated or tampered patch, a digest mismatch): nothing of it is published.
+    #[error("{digest}: not rebuilt from its patch: {detail}")]
+    Patch { digest: Digest, detail: String },
 }
 
 impl From<std::io::Error> for Error {
@@ -114,7 +118,7 @@ impl Error {
             Error::Tls(_) => "UNKNOWN",
             Error::Layout(_) | Error::Io(_) | Error::Storage { .. } => "UNKNOWN",
             Error::Usage(_) | Error::Remote { .. } | Error::MissingBlobs(_) => "UNKNOWN",
-            Error::Archive(_) | Error::Trip(_) => "UNKNOWN",
+            Error::Archive(_) | Error::Trip(_) | Error::Patch { .. } => "UNKNOWN",
             Error::Corrupt { .. } => "DIGEST_INVALID",
         }
     }

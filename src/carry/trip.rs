@@ -57,6 +57,10 @@ pub struct Statement {
     pub tags: BTreeMap<String, String>,
     /// Every blob and manifest digest the trip holds.
     pub blobs: Vec<String>,
+    /// Layers the trip carries as patches: target digest → patch blob digest (the trip's
+    /// `ferry-patches.json` must say the same).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub patches: BTreeMap<String, String>,
 }
 
 /// `ferry key generate`: `ferry.key` (the secret key; encrypted with `password`, asked on the
@@ -146,6 +150,7 @@ impl Signer {
         &self,
         tags: BTreeMap<String, String>,
         mut blobs: Vec<String>,
+        patches: BTreeMap<String, String>,
     ) -> Result<(Vec<u8>, Vec<u8>)> {
         blobs.sort();
         blobs.dedup();
@@ -163,6 +168,7 @@ impl Signer {
             key_id: self.key_id.clone(),
             tags,
             blobs,
+            patches,
         };
         let mut bytes = serde_json::to_vec_pretty(&st).map_err(|e| trip(e.to_string()))?;
         bytes.push(b'\n');
@@ -307,6 +313,23 @@ pub async fn verify(place: &Place, key: &Verifier, jobs: usize) -> Result<Statem
     }
     for name in st.tags.keys().filter(|n| !tags.contains_key(*n)) {
         problems.push(format!("tag {name} of the statement is missing"));
+    }
+    let listed: BTreeMap<String, String> = crate::carry::patch::list::read_list(place)
+        .await?
+        .into_values()
+        .map(|e| (e.target.to_string(), e.patch.to_string()))
+        .collect();
+    for (t, p) in &listed {
+        match st.patches.get(t) {
+            None => problems.push(format!("the patch for {t} is not in the statement")),
+            Some(s) if s != p => {
+                problems.push(format!("the patch for {t} is {p}, the statement says {s}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for t in st.patches.keys().filter(|t| !listed.contains_key(*t)) {
+        problems.push(format!("the patch for {t} of the statement is missing"));
     }
     let held: Vec<Digest> = place.content().await?.unwrap_or_default();
     let held_set: std::collections::BTreeSet<String> = held.iter().map(|d| d.to_string()).collect();

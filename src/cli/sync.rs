@@ -35,6 +35,11 @@ pub struct Args {
     /// Digests the far side already has (from `ferry inventory`): write a delta directory without them.
     #[arg(long, value_name = "FILE")]
     have: Option<PathBuf>,
+    /// With --have: carry every layer whole. By default a gzip layer made by Go's gzip (docker,
+    /// BuildKit, containerd) travels as a patch against a layer the far side has, when that is
+    /// smaller, and is rebuilt exactly there.
+    #[arg(long, requires = "have")]
+    no_patches: bool,
     /// Write an archive destination as numbered volumes, each smaller than SIZE (`4G` for a
     /// FAT32 stick, `100M` for an upload portal), with PATH.index naming them.
     #[arg(long, value_name = "SIZE")]
@@ -101,6 +106,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         jobs: a.jobs,
         dry_run: a.dry_run,
         have,
+        no_patches: a.no_patches,
         src: a.remote.options(a.remote.src_creds.clone()),
         dest: a.remote.options(a.dest_creds.clone()),
     };

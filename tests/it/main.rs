@@ -23,6 +23,7 @@ mod interop_skopeo;
 mod limits;
 mod load;
 mod oci_client;
+mod patches;
 mod process;
 mod pull_through;
 mod replicas;

@@ -21,6 +21,7 @@
 //! against the recipe's sha256, the rebuilt layer against the target digest. A patch is only
 //! carried after it rebuilt its layer on the side that made it.
 
+pub mod list;
 pub(crate) mod tar;
 
 use std::fs::File;

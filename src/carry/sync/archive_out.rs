@@ -26,6 +26,7 @@ pub(super) async fn write_archive(
     src: &Place,
     dst_loc: &Location,
     graphs: Vec<(Root, Graph)>,
+    planned: &patches::Planned,
     opts: &SyncOptions,
     progress: &dyn Progress,
     summary: &mut Summary,
@@ -77,8 +78,21 @@ pub(super) async fn write_archive(
             if src.source_blob_size(&b.digest).await? == Some(None) {
                 return Err(Error::MissingBlobs(vec![b.digest.clone()]));
             }
-            if seen.insert(b.digest.clone()) {
-                blobs.push(b.clone());
+            if !seen.insert(b.digest.clone()) {
+                continue;
+            }
+            // A patched layer: its patch instead (a blob like any other), listed below.
+            match planned.made.get(&b.digest) {
+                Some(m) => {
+                    if seen.insert(m.entry.patch.clone()) {
+                        blobs.push(BlobRef {
+                            digest: m.entry.patch.clone(),
+                            size: m.entry.patch_size,
+                            media_type: crate::carry::patch::MEDIA_TYPE.into(),
+                        });
+                    }
+                }
+                None => blobs.push(b.clone()),
             }
         }
     }
@@ -109,6 +123,14 @@ pub(super) async fn write_archive(
         let bytes = serde_json::to_vec(&docker_images).map_err(|e| Error::Usage(e.to_string()))?;
         plan.push(Member::inline("manifest.json", bytes));
     }
+    if !planned.made.is_empty() {
+        let mut list = patches::List {
+            format: String::new(),
+            patches: planned.made.values().map(|m| m.entry.clone()).collect(),
+        };
+        list.patches.sort_by(|a, b| a.target.cmp(&b.target));
+        plan.push(Member::inline(patches::LIST, list.to_bytes()));
+    }
     for (d, b) in &manifests {
         plan.push(Member {
             path: archive::blob_path(d),
@@ -133,7 +155,12 @@ pub(super) async fn write_archive(
             .map(|(d, _)| d.to_string())
             .chain(blobs.iter().map(|b| b.digest.to_string()))
             .collect();
-        let (st, sig) = signer.sign(tags, digests)?;
+        let patches = planned
+            .made
+            .values()
+            .map(|m| (m.entry.target.to_string(), m.entry.patch.to_string()))
+            .collect();
+        let (st, sig) = signer.sign(tags, digests, patches)?;
         plan.push(Member {
             path: crate::carry::trip::STATEMENT.into(),
             size: st.len() as u64,
@@ -174,6 +201,9 @@ pub(super) async fn write_archive(
         path,
         opts.split,
         |d: Digest| async move {
+            if let Some(s) = planned.stream(&d, 0) {
+                return s;
+            }
             let repo = repo_of.get(&d).map(String::as_str).unwrap_or("");
             let (s, _) = src.read_blob(repo, &d, 0).await?;
             Ok(s)

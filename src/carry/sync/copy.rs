@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// How a root's layers travel besides whole: the patches this sync made (a delta out), the
+/// patches its source carries (a delta in), and the list of patches written so far.
+pub(super) struct Carry<'a> {
+    pub(super) planned: &'a patches::Planned,
+    pub(super) src_patches: &'a HashMap<Digest, patches::Entry>,
+    pub(super) carried: &'a mut Vec<patches::Entry>,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn copy_root(
     src: &Place,
@@ -11,6 +19,7 @@ pub(super) async fn copy_root(
     to: &Root,
     g: Graph,
     opts: &SyncOptions,
+    how: Carry<'_>,
     progress: &dyn Progress,
     summary: &mut Summary,
     dest_repos_of: &mut HashMap<Digest, String>,
@@ -18,6 +27,8 @@ pub(super) async fn copy_root(
     let delta = opts.have.is_some();
     // 1. Blobs the destination lacks, in parallel.
     let mut todo = Vec::new();
+    let mut rebuilds: Vec<patches::Entry> = Vec::new();
+    let mut patch_out: Vec<patches::Entry> = Vec::new();
     for b in g.blobs {
         if opts.have.as_ref().is_some_and(|h| h.contains(&b.digest)) {
             summary.blobs_in_have += 1;
@@ -33,9 +44,16 @@ pub(super) async fn copy_root(
             dest_repos_of.insert(b.digest.clone(), to.repo.clone());
             continue;
         }
-        // Source is a delta and the destination already has it: nothing to do.
+        // Source is a delta: the destination already has it, or rebuilds it from a patch.
         if src.source_blob_size(&b.digest).await? == Some(None) {
-            summary.blobs_skipped += 1;
+            match how.src_patches.get(&b.digest) {
+                Some(e) if dst.is_some() => rebuilds.push(e.clone()),
+                _ => summary.blobs_skipped += 1,
+            }
+            continue;
+        }
+        if let Some(m) = how.planned.made.get(&b.digest) {
+            patch_out.push(m.entry.clone());
             continue;
         }
         todo.push(b);
@@ -48,6 +66,12 @@ pub(super) async fn copy_root(
                 progress.message(&format!("would copy {} ({} bytes)", b.digest, b.size));
                 summary.blobs_copied += 1;
                 summary.bytes_copied += b.size;
+            }
+            for e in &rebuilds {
+                progress.message(&format!(
+                    "would rebuild {} ({} bytes) from {} and its patch ({} bytes)",
+                    e.target, e.target_size, e.base, e.patch_size
+                ));
             }
             return Ok(());
         }
@@ -89,6 +113,52 @@ pub(super) async fn copy_root(
             }
             Err(e) => {
                 first_err.get_or_insert(e);
+            }
+        }
+    }
+    // Patches instead of their layers (a delta out): the patch blob, listed at the end.
+    for e in patch_out {
+        let Place::Store(store) = dst else {
+            return Err(Error::Usage(
+                "patches are carried in a directory trip".into(),
+            ));
+        };
+        let planned = how.planned;
+        let patch = e.patch.clone();
+        let imported = store
+            .import_blob(&e.patch, e.patch_size, |offset| async move {
+                match planned.stream(&patch, offset) {
+                    Some(s) => Ok((s?, true)),
+                    None => Err(Error::BlobUnknown(patch.clone())),
+                }
+            })
+            .await;
+        match imported {
+            Ok(i) => {
+                summary.bytes_transferred += i.transferred;
+                progress.finish_blob(&e.target, e.target_size, "patched");
+                how.carried.push(e);
+            }
+            Err(err) => {
+                first_err.get_or_insert(err);
+            }
+        }
+    }
+    // Layers rebuilt at the destination from a delta's patches, each verified first.
+    for e in rebuilds {
+        let counter = progress.start_blob(&e.target, e.target_size);
+        match patches::rebuild(src, dst, &root.repo, &to.repo, &e).await {
+            Ok(n) => {
+                counter.fetch_add(e.target_size, Ordering::Relaxed);
+                progress.finish_blob(&e.target, e.target_size, "rebuilt from its patch");
+                summary.rebuilt += 1;
+                summary.rebuilt_bytes += e.target_size;
+                summary.rebuilt_from_bytes += n;
+                dest_repos_of.insert(e.target.clone(), to.repo.clone());
+            }
+            Err(err) => {
+                progress.finish_blob(&e.target, e.target_size, &format!("failed: {err}"));
+                first_err.get_or_insert(err);
             }
         }
     }

@@ -15,6 +15,7 @@
 
 mod archive_out;
 mod copy;
+mod patches;
 mod plan;
 
 use std::collections::{HashMap, HashSet};
@@ -39,6 +40,7 @@ use crate::vocab::reference::Reference;
 
 pub(crate) use crate::carry::place::{walk, BlobRef, Graph};
 pub use crate::carry::place::{Place, Root};
+pub use patches::{Patched, Whole};
 pub use plan::{parse_digest_list, parse_refs_file, Platform};
 
 use archive_out::*;
@@ -64,6 +66,8 @@ pub struct SyncOptions {
     pub sign: Option<Arc<crate::carry::trip::Signer>>,
     /// Refuse a source trip that this key did not sign as it is (`--verify-key`).
     pub verify_key: Option<Arc<crate::carry::trip::Verifier>>,
+    /// With `--have`: carry every layer whole, never as a patch (`--no-patches`).
+    pub no_patches: bool,
 }
 
 /// What a sync did, for people (`Display`) and scripts (`--json`).
@@ -84,6 +88,14 @@ pub struct Summary {
     pub seconds: f64,
     pub dry_run: bool,
     pub failed: Vec<String>,
+    /// Layers a delta carries as patches.
+    pub patched: Vec<Patched>,
+    /// Layers a delta carries whole although they are not on the far side, and why.
+    pub carried_whole: Vec<Whole>,
+    /// Layers rebuilt at the destination from patches, and the patch bytes that took.
+    pub rebuilt: usize,
+    pub rebuilt_bytes: u64,
+    pub rebuilt_from_bytes: u64,
     /// The archive written, when the destination is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archive: Option<archive::Written>,
@@ -118,6 +130,44 @@ impl std::fmt::Display for Summary {
                 0.0
             },
         )?;
+        if !self.patched.is_empty() {
+            let whole: u64 = self.patched.iter().map(|p| p.size).sum();
+            let patch: u64 = self.patched.iter().map(|p| p.patch_size).sum();
+            write!(
+                f,
+                "\n{} layer(s) patched: {} → {}",
+                self.patched.len(),
+                human(whole),
+                human(patch)
+            )?;
+            if self.dry_run {
+                for p in &self.patched {
+                    write!(
+                        f,
+                        "\n  {}  whole {}  patch {} (against {})",
+                        p.digest,
+                        human(p.size),
+                        human(p.patch_size),
+                        p.base
+                    )?;
+                }
+            }
+        }
+        if !self.carried_whole.is_empty() {
+            write!(f, "\n{} layer(s) carried whole:", self.carried_whole.len())?;
+            for w in &self.carried_whole {
+                write!(f, "\n  {} ({}): {}", w.digest, human(w.size), w.why)?;
+            }
+        }
+        if self.rebuilt > 0 {
+            write!(
+                f,
+                "\nrebuilt {} layer(s) from patches: {} from {} of patches, each verified",
+                self.rebuilt,
+                human(self.rebuilt_bytes),
+                human(self.rebuilt_from_bytes)
+            )?;
+        }
         if self.copied_nothing() && !self.dry_run && self.failed.is_empty() {
             write!(
                 f,
@@ -150,7 +200,24 @@ impl std::fmt::Display for Summary {
 
 impl Summary {
     pub fn copied_nothing(&self) -> bool {
-        self.blobs_copied == 0 && self.blobs_mounted == 0 && self.manifests_written == 0
+        self.blobs_copied == 0
+            && self.blobs_mounted == 0
+            && self.manifests_written == 0
+            && self.rebuilt == 0
+    }
+}
+
+/// Bytes for people: `412.3 MB`, `1.9 MB`, `5.2 kB`.
+fn human(n: u64) -> String {
+    let f = n as f64;
+    if f >= 1e9 {
+        format!("{:.2} GB", f / 1e9)
+    } else if f >= 1e6 {
+        format!("{:.1} MB", f / 1e6)
+    } else if f >= 1e3 {
+        format!("{:.1} kB", f / 1e3)
+    } else {
+        format!("{n} B")
     }
 }
 
@@ -296,6 +363,12 @@ pub async fn sync(
             Err(e) => summary.failed.push(format!("{root}: {e}")),
         }
     }
+    // The patches a delta carries: a gap they fill needs their base at the destination.
+    let src_patches = if matches!(src, Place::Remote(_)) || archive_out {
+        HashMap::new()
+    } else {
+        patches::read_list(&src).await?
+    };
     if !matches!(src, Place::Remote(_)) {
         let mut missing = Vec::new();
         for (root, g) in &graphs {
@@ -305,9 +378,24 @@ pub async fn sync(
                     continue;
                 }
                 // A delta's gap: the destination must hold it (an archive being written holds
-                // nothing yet, unless the far side does: --have).
+                // nothing yet, unless the far side does: --have), or its base and the patch.
                 let at_dst = match &dst {
-                    Some(dst) => dst.has_blob(&to.repo, b).await?,
+                    Some(dst) => {
+                        dst.has_blob(&to.repo, b).await?
+                            || match src_patches.get(&b.digest) {
+                                Some(e) if e.target_size == b.size => {
+                                    let base = BlobRef {
+                                        digest: e.base.clone(),
+                                        size: e.base_size,
+                                        media_type: String::new(),
+                                    };
+                                    dst.has_blob(&to.repo, &base).await?
+                                        && src.source_blob_size(&e.patch).await?
+                                            == Some(Some(e.patch_size))
+                                }
+                                _ => false,
+                            }
+                    }
                     None => opts.have.as_ref().is_some_and(|h| h.contains(&b.digest)),
                 };
                 // (A dry run with no destination yet has nothing to check against.)
@@ -323,14 +411,36 @@ pub async fn sync(
         }
     }
 
+    // A delta carries what changed inside a layer when the far side has a layer like it.
+    let planned = match &opts.have {
+        Some(have) if !opts.no_patches => {
+            patches::plan(&src, src_loc, &graphs, have, progress, &mut summary).await?
+        }
+        _ => patches::Planned::default(),
+    };
     if archive_out {
-        write_archive(&src, dst_loc, graphs, opts, progress, &mut summary).await?;
+        write_archive(
+            &src,
+            dst_loc,
+            graphs,
+            &planned,
+            opts,
+            progress,
+            &mut summary,
+        )
+        .await?;
         summary.seconds = start.elapsed().as_secs_f64();
         return Ok(summary);
     }
     let mut dest_repos_of: HashMap<Digest, String> = HashMap::new();
+    let mut carried = Vec::new();
     for (root, g) in graphs {
         let to = dest_root(&root, dst_loc);
+        let how = Carry {
+            planned: &planned,
+            src_patches: &src_patches,
+            carried: &mut carried,
+        };
         match copy_root(
             &src,
             dst.as_ref(),
@@ -338,6 +448,7 @@ pub async fn sync(
             &to,
             g,
             opts,
+            how,
             progress,
             &mut summary,
             &mut dest_repos_of,
@@ -347,6 +458,10 @@ pub async fn sync(
             Ok(()) => {}
             Err(e) => summary.failed.push(format!("{root}: {e}")),
         }
+    }
+    if let (false, Some(Place::Store(store))) = (carried.is_empty(), &dst) {
+        // After the patch blobs, before the statement that covers them.
+        patches::write_list(store, carried).await?;
     }
     if let (Some(signer), Some(Place::Store(store))) = (&opts.sign, &dst) {
         if !opts.dry_run {
@@ -384,7 +499,12 @@ async fn sign_dir(store: &Store, signer: &crate::carry::trip::Signer) -> Result<
         .into_iter()
         .map(|d| d.to_string())
         .collect();
-    let (st, sig) = signer.sign(tags, digests)?;
+    let patches = crate::carry::patch::list::read_dir(&root)
+        .await?
+        .into_values()
+        .map(|e| (e.target.to_string(), e.patch.to_string()))
+        .collect();
+    let (st, sig) = signer.sign(tags, digests, patches)?;
     tokio::task::spawn_blocking(move || -> Result<()> {
         for (name, bytes) in [
             (crate::carry::trip::STATEMENT, st),

@@ -36,7 +36,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::Tls(_)
         | Error::MissingBlobs(_)
         | Error::Archive(_)
-        | Error::Trip(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        | Error::Trip(_)
+        | Error::Patch { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         // An upstream registry (pull-through) failed or sent something wrong.
         Error::Remote { .. } => StatusCode::BAD_GATEWAY,
     }
