@@ -332,7 +332,8 @@ async fn hostile_patches_publish_nothing_and_name_the_layer() {
         idx.contains("\"v2\"")
     };
 
-    let mut cases: Vec<(&str, Box<dyn Fn()>)> = Vec::new();
+    type Breaker = Box<dyn Fn()>;
+    let mut cases: Vec<(&str, Breaker)> = Vec::new();
     let (pp, g2) = (patch_path.clone(), good.clone());
     cases.push((
         "a truncated patch",
