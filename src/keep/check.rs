@@ -27,6 +27,10 @@ pub struct RefReport {
     pub cache_layers: Option<usize>,
     pub missing: Vec<String>,
     pub corrupt: Vec<String>,
+    /// Layers a delta carries as patches: each is rebuilt from a base the destination must
+    /// hold (`<layer> from <base>`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub patched: Vec<String>,
     /// The graph could not be read at all (a missing or corrupt manifest).
     pub error: Option<String>,
 }
@@ -50,8 +54,24 @@ impl std::fmt::Display for RefReport {
         if let (Some(r), Some(l)) = (self.cache_records, self.cache_layers) {
             write!(f, ", {r} cache records over {l} layers")?;
         }
+        if !self.patched.is_empty() {
+            write!(
+                f,
+                ", {} layer(s) as patches (each needs its base at the destination)",
+                self.patched.len()
+            )?;
+            for p in &self.patched {
+                write!(f, "\n  PATCHED {p}")?;
+            }
+            if self.ok() {
+                write!(f, "\n  all else present and intact")?;
+            }
+        }
         if self.ok() {
-            write!(f, "; all present and intact")
+            if self.patched.is_empty() {
+                write!(f, "; all present and intact")?;
+            }
+            Ok(())
         } else {
             for d in &self.missing {
                 write!(f, "\n  MISSING {d}")?;
@@ -102,9 +122,31 @@ pub async fn check(
     if !refs.is_empty() {
         roots.retain(|r| refs.iter().any(|p| ref_matches(r, p)));
     }
+    let patches = crate::carry::patch::list::read_list(&place).await?;
     let mut out = Vec::new();
     for root in roots {
-        out.push(check_root(&place, &root).await);
+        let mut rep = check_root(&place, &root).await;
+        // A gap a patch fills: the patch must be there and intact; its base is the
+        // destination's to hold.
+        let mut still = Vec::new();
+        for m in std::mem::take(&mut rep.missing) {
+            let Some(e) = m.parse::<Digest>().ok().and_then(|d| patches.get(&d)) else {
+                still.push(m);
+                continue;
+            };
+            match blob_state(&place, &root.repo, &e.patch).await {
+                Ok(()) => rep.patched.push(format!(
+                    "{} from {} (a patch of {} bytes for {} bytes)",
+                    e.target, e.base, e.patch_size, e.target_size
+                )),
+                Err(Problem::Missing) => {
+                    still.push(format!("{m} (its patch {} is missing)", e.patch))
+                }
+                Err(Problem::Corrupt(_)) => rep.corrupt.push(format!("{} (the patch for {m})", e.patch)),
+            }
+        }
+        rep.missing = still;
+        out.push(rep);
     }
     Ok(out)
 }

@@ -223,6 +223,21 @@ async fn a_changed_layer_crosses_as_a_patch_and_is_rebuilt_exactly() {
         assert_eq!(list["patches"][0]["target"], sha256(v2).to_string());
         let text = s.to_string();
         assert!(text.contains("1 layer(s) patched"), "{text}");
+        // `ferry check DELTA` names the patched layer and the base it needs.
+        let reports = ferry::check::check(
+            &Location::parse(&t.delta()).unwrap(),
+            &["app:v2".into()],
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        let r = reports[0].to_string();
+        assert_eq!(reports[0].patched.len(), 1, "{r}");
+        assert!(
+            r.contains(&format!("PATCHED {} from {}", sha256(v2), s.patched[0].base)),
+            "{r}"
+        );
+        assert!(!r.contains(&format!("MISSING {}", sha256(v2))), "{r}");
 
         // The far side: the layer is rebuilt from its v1 layer and the patch, verified, and
         // everything is byte-identical to the connected side's.
