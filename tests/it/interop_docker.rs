@@ -79,11 +79,16 @@ impl Dockerd {
     }
 
     pub fn docker_in(&self, cwd: Option<&Path>, args: &[&str]) -> Output {
+        self.docker_with(cwd, true, args)
+    }
+
+    /// `buildkit: false` builds with the classic builder (`DOCKER_BUILDKIT=0`).
+    pub fn docker_with(&self, cwd: Option<&Path>, buildkit: bool, args: &[&str]) -> Output {
         let mut c = Command::new(&self.docker);
         c.arg("-H")
             .arg(&self.sock)
             .args(args)
-            .env("DOCKER_BUILDKIT", "1")
+            .env("DOCKER_BUILDKIT", if buildkit { "1" } else { "0" })
             // Each daemon's client keeps its own credentials (`docker login`).
             .env("DOCKER_CONFIG", self.dir.path().join("client"));
         if let Some(d) = cwd {
@@ -94,7 +99,12 @@ impl Dockerd {
 
     /// Run docker and fail the test with its output when it fails; returns stdout+stderr.
     pub fn ok(&self, cwd: Option<&Path>, args: &[&str]) -> String {
-        let out = self.docker_in(cwd, args);
+        self.ok_with(cwd, true, args)
+    }
+
+    /// [`Dockerd::ok`] with the builder chosen ([`Dockerd::docker_with`]).
+    pub fn ok_with(&self, cwd: Option<&Path>, buildkit: bool, args: &[&str]) -> String {
+        let out = self.docker_with(cwd, buildkit, args);
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

@@ -24,6 +24,7 @@ mod limits;
 mod load;
 mod oci_client;
 mod patches;
+mod patches_docker;
 mod process;
 mod pull_through;
 mod replicas;
