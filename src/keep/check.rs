@@ -142,7 +142,9 @@ pub async fn check(
                 Err(Problem::Missing) => {
                     still.push(format!("{m} (its patch {} is missing)", e.patch))
                 }
-                Err(Problem::Corrupt(_)) => rep.corrupt.push(format!("{} (the patch for {m})", e.patch)),
+                Err(Problem::Corrupt(_)) => {
+                    rep.corrupt.push(format!("{} (the patch for {m})", e.patch))
+                }
             }
         }
         rep.missing = still;

@@ -98,7 +98,7 @@ fn find_go(generation: Generation) -> Option<PathBuf> {
 }
 
 /// The oracle built with that generation's Go (once per test process).
-fn oracle(generation: Generation) -> Option<PathBuf> {
+pub(crate) fn oracle(generation: Generation) -> Option<PathBuf> {
     static CLASSIC: OnceLock<Option<PathBuf>> = OnceLock::new();
     static GO127: OnceLock<Option<PathBuf>> = OnceLock::new();
     let cell = match generation {
@@ -130,7 +130,7 @@ fn oracle(generation: Generation) -> Option<PathBuf> {
 }
 
 /// Go's gzip of `data` at `level` (Writes of 32 KiB, as `io.Copy`).
-fn go_gzip(oracle: &Path, level: i32, data: &[u8]) -> Vec<u8> {
+pub(crate) fn go_gzip(oracle: &Path, level: i32, data: &[u8]) -> Vec<u8> {
     let mut child = Command::new(oracle)
         .arg("-level")
         .arg(level.to_string())

