@@ -226,12 +226,23 @@ impl<W: Write> Write for GzipEncoder<W> {
 /// Gzip `input` as Go would when `io.Copy`ing it into `gzip.NewWriterLevel(w, level)`: Writes
 /// of [`COPY_CHUNK`] bytes. Returns the bytes read.
 pub fn encode(
-    mut input: impl Read,
+    input: impl Read,
     output: impl Write,
     generation: Generation,
     level: i32,
 ) -> Result<u64, GozipError> {
-    let mut enc = GzipEncoder::new(output, generation, level)?;
+    encode_with_mtime(input, output, generation, level, 0)
+}
+
+/// [`encode`] with the header's mtime set (Go's `Header.ModTime`, in seconds).
+pub fn encode_with_mtime(
+    mut input: impl Read,
+    output: impl Write,
+    generation: Generation,
+    level: i32,
+    mtime: u32,
+) -> Result<u64, GozipError> {
+    let mut enc = GzipEncoder::with_mtime(output, generation, level, mtime)?;
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut total = 0u64;
     loop {

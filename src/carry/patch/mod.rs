@@ -605,6 +605,165 @@ pub fn make(
     Ok(Made { recipe, file, size })
 }
 
+/// Which Go writer a gzip blob's header and last bytes suggest: the level its XFL byte implies
+/// (6 when it says nothing), the generation its end implies, the header's mtime. A guess:
+/// [`make_checked`] proves it by rebuilding.
+fn guess_encoder(target: &File) -> Result<(Generation, i32, u32), PatchError> {
+    let len = target.metadata()?.len();
+    if len < 23 {
+        return Err(PatchError::Unpatchable(
+            "too short to be a gzip layer".into(),
+        ));
+    }
+    let mut h = [0u8; 10];
+    target.read_exact_at(&mut h, 0)?;
+    let mut tail = [0u8; 4];
+    target.read_exact_at(&mut tail, len - 12)?;
+    let level = match h[8] {
+        2 => 9,
+        4 => 1,
+        _ => 6,
+    };
+    let generation = if tail == [0, 0, 0xff, 0xff] {
+        Generation::Classic
+    } else {
+        Generation::Go127
+    };
+    Ok((
+        generation,
+        level,
+        u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
+    ))
+}
+
+/// A writer that must write exactly `file`'s bytes: fails at the first one that differs.
+struct SameAs<'a> {
+    file: &'a File,
+    pos: u64,
+    buf: Vec<u8>,
+}
+
+impl Write for SameAs<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.buf.resize(b.len(), 0);
+        let n = self.file.read_at(&mut self.buf, self.pos)?;
+        if n < b.len() || self.buf[..] != *b {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                PatchCarrier(PatchError::Output(format!(
+                    "it differs from the layer within bytes {}..{}",
+                    self.pos,
+                    self.pos + b.len() as u64
+                ))),
+            ));
+        }
+        self.pos += b.len() as u64;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The same patch under another recipe (the ops and frames do not depend on the encoder).
+fn with_recipe(made: Made, recipe: Recipe, tmp: &Path) -> Result<Made, PatchError> {
+    let (_, body) = read_recipe(&made.file)?;
+    let json = serde_json::to_vec(&recipe).map_err(|e| io::Error::other(e.to_string()))?;
+    let mut out = io::BufWriter::new(tempfile::tempfile_in(tmp)?);
+    out.write_all(MAGIC)?;
+    out.write_all(&(json.len() as u32).to_le_bytes())?;
+    out.write_all(&json)?;
+    io::copy(
+        &mut ReadAt {
+            file: &made.file,
+            pos: body,
+            end: made.size,
+        },
+        &mut out,
+    )?;
+    let mut file = out.into_inner().map_err(|e| e.into_error())?;
+    let size = file.metadata()?.len();
+    file.seek(SeekFrom::Start(0))?;
+    Ok(Made { recipe, file, size })
+}
+
+/// Make a patch of the gzip layer `target` against `base` and rebuild the layer from it here,
+/// comparing byte by byte: a patch is returned only if it gives the layer back exactly. The
+/// encoder is `known` (remembered from an earlier run), else guessed from the header and proven
+/// by the rebuild, else found by [`ferry_gozip::recognise`]; a layer no Go writer made is
+/// [`PatchError::Unpatchable`], with the reason. Returns the encoder too, to remember.
+#[allow(clippy::too_many_arguments)]
+pub fn make_checked(
+    base_digest: &Digest,
+    base_size: u64,
+    base: &BaseTar,
+    target_digest: &Digest,
+    target: &File,
+    known: Option<(Generation, i32, u32)>,
+    tmp: &Path,
+    level: i32,
+) -> Result<(Made, (Generation, i32, u32)), PatchError> {
+    let size = target.metadata()?.len();
+    let (generation, lvl, mtime) = match known {
+        Some(k) => k,
+        None => guess_encoder(target)?,
+    };
+    let t = Target {
+        digest: target_digest,
+        blob: target,
+        generation,
+        level: lvl,
+        mtime,
+    };
+    let mut made = make(base_digest, base_size, base, &t, tmp, level)?;
+    let check = |m: &Made| {
+        apply(
+            base,
+            &m.file,
+            base_digest,
+            (target_digest, size),
+            SameAs {
+                file: target,
+                pos: 0,
+                buf: Vec::new(),
+            },
+        )
+    };
+    match check(&made) {
+        Ok(_) => {
+            made.file.seek(SeekFrom::Start(0))?;
+            Ok((made, (generation, lvl, mtime)))
+        }
+        Err(PatchError::Output(why)) if known.is_none() => {
+            // The guess was wrong: ask every Go writer.
+            match ferry_gozip::recognise(target).map_err(|e| io::Error::other(e.to_string()))? {
+                ferry_gozip::Recognition::NotGo(why) => Err(PatchError::Unpatchable(format!(
+                    "not made by Go's gzip (GNU gzip or pigz?): {why}"
+                ))),
+                ferry_gozip::Recognition::Go {
+                    generation,
+                    level: l,
+                    mtime,
+                } => {
+                    let mut r = made.recipe.clone();
+                    r.encoder = format!("go-{generation}");
+                    r.level = l;
+                    r.mtime = mtime;
+                    made = with_recipe(made, r, tmp)?;
+                    check(&made).map_err(|e| {
+                        PatchError::Unpatchable(format!(
+                            "Go's {generation} level {l} writes it, yet the rebuild differs ({e}; first guess: {why})"
+                        ))
+                    })?;
+                    made.file.seek(SeekFrom::Start(0))?;
+                    Ok((made, (generation, l, mtime)))
+                }
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Read a patch's recipe (and check the file's length against it).
 pub fn read_recipe(patch: &File) -> Result<(Recipe, u64), PatchError> {
     let len = patch.metadata()?.len();
@@ -873,12 +1032,11 @@ pub fn apply(
         n: 0,
         limit: expect.1,
     };
-    ferry_gozip::encode(&mut rebuild, &mut sink, r.generation()?, r.level).map_err(
-        |e| match e {
+    ferry_gozip::encode_with_mtime(&mut rebuild, &mut sink, r.generation()?, r.level, r.mtime)
+        .map_err(|e| match e {
             ferry_gozip::GozipError::Io(e) => unwrap_carried(e),
             e => format_err(e.to_string()),
-        },
-    )?;
+        })?;
     if rebuild.data_at != rebuild.data_end {
         return Err(format_err("data frames left over after the last op"));
     }

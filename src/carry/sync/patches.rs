@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 
 pub(super) use crate::carry::patch::list::{read_list, write_list, Entry, List, LIST};
 use crate::carry::patch::{self, BaseTar, PatchError};
-use ferry_gozip::Recognition;
+use ferry_gozip::Generation;
 
 /// zstd level of a patch's data frames without a reference (new files).
 const ZSTD_LEVEL: i32 = 19;
@@ -127,54 +127,44 @@ pub(super) async fn spool(
     Ok(f)
 }
 
-/// Which Go wrote a layer, remembered per digest in a source store (a directory's or bucket's
-/// state), so a layer is examined once.
-async fn recognise(src: &Place, d: &Digest, file: &File) -> Result<Recognition> {
-    let name = format!("gozip-{}-{}", d.algorithm().as_str(), d.hex());
-    if let Place::Store(s) = src {
-        if let Ok(Some(b)) = s.read_state(&name, 4096).await {
-            let text = String::from_utf8_lossy(&b);
-            let mut w = text.split(' ');
-            match (w.next(), w.next(), w.next(), w.next()) {
-                (Some("go"), Some(g), Some(l), Some(m)) => {
-                    if let (Ok(generation), Ok(level), Ok(mtime)) =
-                        (g.parse(), l.parse(), m.parse())
-                    {
-                        return Ok(Recognition::Go {
-                            generation,
-                            level,
-                            mtime,
-                        });
-                    }
-                }
-                (Some("not-go"), ..) => {
-                    return Ok(Recognition::NotGo(
-                        text.split_once(' ').map(|x| x.1).unwrap_or("").to_owned(),
-                    ))
-                }
-                _ => {}
-            }
-        }
+fn cache_name(d: &Digest) -> String {
+    format!("gozip-{}-{}", d.algorithm().as_str(), d.hex())
+}
+
+/// Which Go wrote a layer, as remembered per digest in a source store (a directory's or
+/// bucket's state): `Some(Ok(encoder))`, `Some(Err(why not))`, or `None` when not examined yet.
+async fn remembered(
+    src: &Place,
+    d: &Digest,
+) -> Option<std::result::Result<(Generation, i32, u32), String>> {
+    let Place::Store(s) = src else { return None };
+    let b = s.read_state(&cache_name(d), 4096).await.ok()??;
+    let text = String::from_utf8_lossy(&b).into_owned();
+    let mut w = text.split(' ');
+    match (w.next(), w.next(), w.next(), w.next()) {
+        (Some("go"), Some(g), Some(l), Some(m)) => match (g.parse(), l.parse(), m.parse()) {
+            (Ok(g), Ok(l), Ok(m)) => Some(Ok((g, l, m))),
+            _ => None,
+        },
+        (Some("not-go"), ..) => Some(Err(text
+            .split_once(' ')
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_owned())),
+        _ => None,
     }
-    let f = file.try_clone()?;
-    let r = blocking(
-        move || ferry_gozip::recognise(&f).map_err(|e| PatchError::Io(std::io::Error::other(e))),
-        d,
-    )
-    .await?;
+}
+
+/// Remember what a layer was found to be. A read-only source (media, a registry served
+/// read-only) is examined again next time.
+async fn remember(src: &Place, d: &Digest, r: std::result::Result<(Generation, i32, u32), &str>) {
     if let Place::Store(s) = src {
-        let line = match &r {
-            Recognition::Go {
-                generation,
-                level,
-                mtime,
-            } => format!("go {generation} {level} {mtime}"),
-            Recognition::NotGo(why) => format!("not-go {why}"),
+        let line = match r {
+            Ok((g, l, m)) => format!("go {g} {l} {m}"),
+            Err(why) => format!("not-go {why}"),
         };
-        // A read-only source (media, a registry served read-only) is examined again next time.
-        let _ = s.write_state(&name, line.as_bytes()).await;
+        let _ = s.write_state(&cache_name(d), line.as_bytes()).await;
     }
-    Ok(r)
 }
 
 fn same_layers(a: &[BlobRef], b: &[&BlobRef]) -> bool {
@@ -301,19 +291,12 @@ async fn patch_one(
     tmp: &std::path::Path,
     progress: &dyn Progress,
 ) -> Result<std::result::Result<Made, String>> {
-    let target = spool(src, &root.repo, &b.digest, b.size, tmp).await?;
-    let (generation, level, mtime) = match recognise(src, &b.digest, &target).await? {
-        Recognition::Go {
-            generation,
-            level,
-            mtime,
-        } => (generation, level, mtime),
-        Recognition::NotGo(why) => {
-            return Ok(Err(format!(
-                "not made by Go's gzip (GNU gzip or pigz?): {why}"
-            )))
-        }
+    let known = match remembered(src, &b.digest).await {
+        Some(Err(why)) => return Ok(Err(why)),
+        Some(Ok(k)) => Some(k),
+        None => None,
     };
+    let target = spool(src, &root.repo, &b.digest, b.size, tmp).await?;
     // By position in an older tag; else the have-list layer sharing the most member paths.
     let base = match base {
         Some(b) => b,
@@ -350,29 +333,30 @@ async fn patch_one(
     };
     progress.message(&format!("patching {} against {}", b.digest, base.digest));
     let base_file = spool(src, &root.repo, &base.digest, base.size, tmp).await?;
-    let (td, tsize, bd, bsize) = (b.digest.clone(), b.size, base.digest.clone(), base.size);
+    let (td, bd, bsize) = (b.digest.clone(), base.digest.clone(), base.size);
     let tmp2 = tmp.to_owned();
     let made = blocking(
         move || {
             let base_tar = BaseTar::spool(base_file, &tmp2, u64::MAX)?;
-            let t = patch::Target {
-                digest: &td,
-                blob: &target,
-                generation,
-                level,
-                mtime,
-            };
-            let mut made = patch::make(&bd, bsize, &base_tar, &t, &tmp2, ZSTD_LEVEL)?;
             // Rebuilt here first: only a patch that gives the layer back exactly is carried.
-            patch::apply(&base_tar, &made.file, &bd, (&td, tsize), std::io::sink())?;
-            made.file.seek(SeekFrom::Start(0))?;
-            Ok(made)
+            patch::make_checked(
+                &bd, bsize, &base_tar, &td, &target, known, &tmp2, ZSTD_LEVEL,
+            )
         },
         &b.digest,
     )
     .await;
     let made = match made {
-        Ok(m) => m,
+        Ok((m, encoder)) => {
+            if known.is_none() {
+                remember(src, &b.digest, Ok(encoder)).await;
+            }
+            m
+        }
+        Err(Error::Patch { detail, .. }) if detail.starts_with("not made by Go") => {
+            remember(src, &b.digest, Err(&detail)).await;
+            return Ok(Err(detail));
+        }
         Err(e) => return Ok(Err(format!("not rebuilt exactly here: {e}"))),
     };
     if made.size * 10 > b.size * 9 {
