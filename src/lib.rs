@@ -48,7 +48,7 @@ pub mod mirror;
 pub mod progress;
 pub mod vocab;
 
-pub use carry::{archive, place, remote, sync, trip};
+pub use carry::{archive, patch, place, remote, sync, trip};
 pub use ferry_gozip as gozip;
 pub use keep::{check, dockerfile, gc, retention, verify};
 pub use mirror::{proxy, record, server, tls, ui};
