@@ -99,7 +99,7 @@ pub fn run(c: Command) -> anyhow::Result<i32> {
             let pf = std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
             let (r, _) = patch::read_recipe(&pf)?;
             let tmp = tmp_beside(&out);
-            let bt = BaseTar::spool(
+            let bt = BaseTar::spool_behind(
                 std::fs::File::open(&base)?,
                 &tmp,
                 r.base_tar_size.saturating_add(1),

@@ -160,6 +160,30 @@ pub struct BaseTar {
     pub size: u64,
     pub sha256: Digest,
     index: std::collections::HashMap<String, (u64, u64)>,
+    /// Set while a thread is still writing the file ([`BaseTar::spool_behind`]).
+    fill: Option<std::sync::Arc<Fill>>,
+}
+
+/// How far a base tar being written behind has come.
+struct Fill {
+    state: std::sync::Mutex<FillState>,
+    moved: std::sync::Condvar,
+    cancel: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct FillState {
+    written: u64,
+    /// The tar's size and sha256 once it is all written, or why it could not be.
+    done: Option<Result<(u64, Digest), String>>,
+}
+
+impl Drop for BaseTar {
+    fn drop(&mut self) {
+        if let Some(f) = &self.fill {
+            f.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl BaseTar {
@@ -211,7 +235,78 @@ impl BaseTar {
             size,
             sha256,
             index,
+            fill: None,
         })
+    }
+
+    /// Decompress `layer` into a temporary file on a thread of its own, returning at once: a
+    /// read waits until the bytes it needs are written, so applying a patch (which reads the
+    /// base mostly in order) runs alongside the decompression. Members are not indexed (an
+    /// apply needs none); [`BaseTar::totals`] waits for the end.
+    pub fn spool_behind(
+        layer: impl Read + Send + 'static,
+        tmp: &Path,
+        limit: u64,
+    ) -> Result<BaseTar, PatchError> {
+        let file = tempfile::tempfile_in(tmp)?;
+        let fill = std::sync::Arc::new(Fill {
+            state: std::sync::Mutex::new(FillState::default()),
+            moved: std::sync::Condvar::new(),
+            cancel: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (mut w, f2) = (file.try_clone()?, fill.clone());
+        std::thread::spawn(move || {
+            let run = || -> Result<(u64, Digest), String> {
+                let mut r = layer_tar(layer).map_err(|e| e.to_string())?;
+                let mut h = Algorithm::Sha256.hasher();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut n = 0u64;
+                loop {
+                    if f2.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err("cancelled".into());
+                    }
+                    let k = tar::read_full(&mut r, &mut buf).map_err(|e| e.to_string())?;
+                    if k == 0 {
+                        return Ok((n, h.finish()));
+                    }
+                    n += k as u64;
+                    if n > limit {
+                        return Err(format!("its tar is larger than {limit} bytes"));
+                    }
+                    h.update(&buf[..k]);
+                    w.write_all(&buf[..k]).map_err(|e| e.to_string())?;
+                    let mut st = f2.state.lock().unwrap_or_else(|p| p.into_inner());
+                    st.written = n;
+                    f2.moved.notify_all();
+                }
+            };
+            let done = run();
+            let mut st = f2.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.done = Some(done);
+            f2.moved.notify_all();
+        });
+        Ok(BaseTar {
+            file,
+            size: 0,
+            sha256: Digest::sha256_of(b""),
+            index: Default::default(),
+            fill: Some(fill),
+        })
+    }
+
+    /// The tar's size and sha256 (waiting for a tar still being written).
+    pub fn totals(&self) -> Result<(u64, Digest), PatchError> {
+        let Some(f) = &self.fill else {
+            return Ok((self.size, self.sha256.clone()));
+        };
+        let mut st = f.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match &st.done {
+                Some(Ok(t)) => return Ok(t.clone()),
+                Some(Err(e)) => return Err(PatchError::Base(e.clone())),
+                None => st = f.moved.wait(st).unwrap_or_else(|p| p.into_inner()),
+            }
+        }
     }
 
     /// The member paths of the base (how bases are chosen by shared members).
@@ -220,12 +315,26 @@ impl BaseTar {
     }
 
     fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<(), PatchError> {
-        match off.checked_add(buf.len() as u64) {
-            Some(end) if end <= self.size => Ok(self.file.read_exact_at(buf, off)?),
+        let end = off.checked_add(buf.len() as u64);
+        let size = match (&self.fill, end) {
+            (Some(f), Some(end)) => {
+                let mut st = f.state.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    match &st.done {
+                        Some(Ok((size, _))) => break *size,
+                        Some(Err(e)) => return Err(PatchError::Base(e.clone())),
+                        None if st.written >= end => break st.written,
+                        None => st = f.moved.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    }
+                }
+            }
+            _ => self.size,
+        };
+        match end {
+            Some(end) if end <= size => Ok(self.file.read_exact_at(buf, off)?),
             _ => Err(format_err(format!(
-                "a range of {} bytes at {off} is outside the base's tar ({} bytes)",
+                "a range of {} bytes at {off} is outside the base's tar ({size} bytes)",
                 buf.len(),
-                self.size
             ))),
         }
     }
@@ -850,7 +959,11 @@ impl Rebuild<'_> {
         }
         match op {
             Op::Copy { off, len } => {
-                if off.checked_add(len).is_none_or(|e| e > self.base.size) {
+                let known = self.base.fill.is_none();
+                if off
+                    .checked_add(len)
+                    .is_none_or(|e| known && e > self.base.size)
+                {
                     return Err(PatchError::Base(format!(
                         "a copy of {len} bytes at {off} is outside the base's tar"
                     )));
@@ -999,11 +1112,18 @@ pub fn apply(
             r.base
         )));
     }
-    if base.sha256 != r.base_tar || base.size != r.base_tar_size {
-        return Err(PatchError::Base(format!(
-            "{}'s tar is {} ({} bytes); the patch was made against {} ({} bytes)",
-            r.base, base.sha256, base.size, r.base_tar, r.base_tar_size
-        )));
+    let check_base = || -> Result<(), PatchError> {
+        let (size, sha) = base.totals()?;
+        if sha != r.base_tar || size != r.base_tar_size {
+            return Err(PatchError::Base(format!(
+                "{}'s tar is {sha} ({size} bytes); the patch was made against {} ({} bytes)",
+                r.base, r.base_tar, r.base_tar_size
+            )));
+        }
+        Ok(())
+    };
+    if base.fill.is_none() {
+        check_base()?;
     }
     let ops_reader = ReadAt {
         file: patch,
@@ -1032,11 +1152,16 @@ pub fn apply(
         n: 0,
         limit: expect.1,
     };
-    ferry_gozip::encode_with_mtime(&mut rebuild, &mut sink, r.generation()?, r.level, r.mtime)
-        .map_err(|e| match e {
-            ferry_gozip::GozipError::Io(e) => unwrap_carried(e),
-            e => format_err(e.to_string()),
-        })?;
+    let encoded =
+        ferry_gozip::encode_with_mtime(&mut rebuild, &mut sink, r.generation()?, r.level, r.mtime)
+            .map_err(|e| match e {
+                ferry_gozip::GozipError::Io(e) => unwrap_carried(e),
+                e => format_err(e.to_string()),
+            });
+    // A base still being written is checked once it is whole; a wrong one is named as such,
+    // whatever went wrong while it was read.
+    check_base()?;
+    encoded?;
     if rebuild.data_at != rebuild.data_end {
         return Err(format_err("data frames left over after the last op"));
     }

@@ -232,6 +232,21 @@ fn hostile_patches_are_refused_naming_why() {
     let e = c.apply(&with(&|r| r.level = 9)).unwrap_err();
     assert!(matches!(e, PatchError::Output(_)), "{e}");
 
+    // The base decompressed behind the rebuild gives the same layer.
+    let base_gz = gz(&tar_of(&old), Generation::Classic);
+    let behind =
+        BaseTar::spool_behind(std::io::Cursor::new(base_gz), c.dir.path(), u64::MAX).unwrap();
+    let mut out = Vec::new();
+    apply(
+        &behind,
+        &m.file,
+        &c.base_digest,
+        (&c.target_digest, c.target_len),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(Digest::sha256_of(&out), c.target_digest);
+
     // A base that is not the one the patch was made from.
     let other_base = gz(&tar_of(&files(20, 5000, 9)), Generation::Classic);
     let wrong = BaseTar::spool(&other_base[..], c.dir.path(), u64::MAX).unwrap();
@@ -242,6 +257,19 @@ fn hostile_patches_are_refused_naming_why() {
         &c.base_digest,
         (&c.target_digest, c.target_len),
         &mut out,
+    )
+    .unwrap_err();
+    assert!(matches!(e, PatchError::Base(_)), "{e}");
+    // … also when it is decompressed behind the rebuild: named as the wrong base, whatever
+    // the rebuild ran into first.
+    let wrong =
+        BaseTar::spool_behind(std::io::Cursor::new(other_base), c.dir.path(), u64::MAX).unwrap();
+    let e = apply(
+        &wrong,
+        &m.file,
+        &c.base_digest,
+        (&c.target_digest, c.target_len),
+        &mut Vec::new(),
     )
     .unwrap_err();
     assert!(matches!(e, PatchError::Base(_)), "{e}");

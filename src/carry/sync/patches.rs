@@ -441,11 +441,9 @@ pub(super) async fn rebuild(
         move || {
             let (recipe, _) = patch::read_recipe(&pf)?;
             // The base's tar may not grow past what the recipe says it is.
-            let base_tar = BaseTar::spool(bf, &tmp2, recipe.base_tar_size.saturating_add(1))
-                .map_err(|e| match e {
-                    PatchError::Io(io) => PatchError::Base(io.to_string()),
-                    e => e,
-                })?;
+            // Decompressed on a thread of its own while the layer is rebuilt from it.
+            let base_tar =
+                BaseTar::spool_behind(bf, &tmp2, recipe.base_tar_size.saturating_add(1))?;
             let mut w = std::io::BufWriter::with_capacity(1 << 20, out2);
             patch::apply(&base_tar, &pf, &base, (&target, size), &mut w)?;
             std::io::Write::flush(&mut w)?;
