@@ -227,6 +227,18 @@ async fn a_changed_layer_crosses_as_a_patch_and_is_rebuilt_exactly() {
         assert_eq!(list["patches"][0]["target"], sha256(v2).to_string());
         let text = s.to_string();
         assert!(text.contains("1 layer(s) patched"), "{text}");
+        // --dry-run lists each patched layer's whole and patch sizes, and writes nothing.
+        let mut o = opts();
+        o.have = Some(have_of(Path::new(&t.offline())));
+        o.dry_run = true;
+        let dry = t.tmp.path().join("dry").display().to_string();
+        let d = run(&t.online.dir.display().to_string(), &dry, &o).await;
+        let text = d.to_string();
+        assert!(
+            text.contains(&format!("{}  whole ", sha256(v2))) && text.contains("  patch "),
+            "{text}"
+        );
+        assert!(!Path::new(&dry).exists(), "a dry run wrote {dry}");
         // `ferry check DELTA` names the patched layer and the base it needs.
         let reports = ferry::check::check(
             &Location::parse(&t.delta()).unwrap(),
@@ -538,4 +550,123 @@ async fn layers_real_go_wrote_cross_as_patches() {
             t.online.stop().await;
         }
     }
+}
+
+/// BuildKit's legacy cache index (a real export: BuildKit v0.32.2's Go-gzipped layers): a
+/// second export in which one file of one cached layer changed travels as a patch of that
+/// layer, found at the same position in the older cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buildkit_cache_layer_crosses_as_a_patch() {
+    use std::io::Read;
+    let online = TestServer::start().await;
+    crate::fixtures::replay_push(&online.url, "cache-legacy-oci").await;
+    let layout = fixtures().join("layouts/cache-legacy-oci/blobs/sha256");
+    let read = |hex: &str| std::fs::read(layout.join(hex)).unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&read(
+        "f99accf04758e8e54101fa248a0ebe52d6f14024c74d8328b861bef0db6142e1",
+    ))
+    .unwrap();
+    // The third layer (6 KB of files): which Go wrote it, then the same writer over its tar
+    // with one byte of one file changed, as BuildKit would export it after that change.
+    let old = read("d049b2c3676c3d02a3e22fc2f441193c48e03319c810486b9a31457e9dd8fd50");
+    let ferry::gozip::Recognition::Go {
+        generation, level, ..
+    } = ferry::gozip::recognise(&old[..]).unwrap()
+    else {
+        panic!("BuildKit's layer is not recognised as Go's");
+    };
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(&old[..])
+        .read_to_end(&mut tar)
+        .unwrap();
+    tar[1024 + 100] ^= 0x20; // inside the first member's data
+    let new = go_gzip(&tar, generation, level);
+    push_blob(&online.url, "cache/legacy-oci", &new).await;
+    let mut v2 = index.clone();
+    v2["manifests"][2]["digest"] = sha256(&new).to_string().into();
+    v2["manifests"][2]["size"] = new.len().into();
+    v2["manifests"][2]["annotations"]["containerd.io/uncompressed"] =
+        sha256(&tar).to_string().into();
+    let v2 = serde_json::to_vec(&v2).unwrap();
+    let r = put_manifest(
+        &online.url,
+        "cache/legacy-oci",
+        "cache2",
+        "application/vnd.oci.image.index.v1+json",
+        &v2,
+    )
+    .await;
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let off = tmp.path().join("off").display().to_string();
+    let mut o = opts();
+    o.refs = vec!["cache/legacy-oci:cache".into()];
+    run(&online.dir.display().to_string(), &off, &o).await;
+    let mut o = opts();
+    o.have = Some(have_of(Path::new(&off)));
+    o.refs = vec!["cache/legacy-oci:cache2".into()];
+    let delta = tmp.path().join("delta").display().to_string();
+    let s = run(&online.dir.display().to_string(), &delta, &o).await;
+    assert_eq!(s.patched.len(), 1, "{s}");
+    assert_eq!(s.patched[0].digest, sha256(&new));
+    assert_eq!(
+        s.patched[0].base.to_string(),
+        "sha256:d049b2c3676c3d02a3e22fc2f441193c48e03319c810486b9a31457e9dd8fd50"
+    );
+    let a = run(&delta, &off, &opts()).await;
+    assert_eq!(a.rebuilt, 1, "{a}");
+    assert!(has_blob(Path::new(&off), &new));
+    assert!(has_blob(Path::new(&off), &v2));
+    online.stop().await;
+}
+
+/// `kill -9` of `ferry sync DELTA DIR` at any moment of a rebuild leaves the destination valid
+/// (no half-written layer visible, no tag without its content), and a rerun finishes. Where in
+/// the run each kill lands varies; what is asserted holds wherever it lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_apply_leaves_nothing_half_visible_and_a_rerun_finishes() {
+    let (t, s) = trip(Generation::Classic, 6, 3000).await;
+    assert_eq!(s.patched.len(), 1, "{s}");
+    let target = s.patched[0].digest.clone();
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let off = t.offline();
+    for after_ms in [0u64, 150, 400, 900] {
+        let mut child = Command::new(ferry)
+            .args(["sync", &t.delta(), &off])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(after_ms)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        let verify = Command::new(ferry).args(["verify", &off]).output().unwrap();
+        assert!(
+            verify.status.success(),
+            "after a kill at {after_ms} ms: {}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        let idx = std::fs::read_to_string(Path::new(&off).join("index.json")).unwrap();
+        let layer = Path::new(&off).join("blobs/sha256").join(target.hex());
+        if idx.contains("\"app:v2\"") || idx.contains(":v2\"") {
+            assert!(layer.exists(), "a tag published without its layer");
+        }
+        if layer.exists() {
+            assert_eq!(sha256(&std::fs::read(&layer).unwrap()), target);
+        }
+    }
+    let out = Command::new(ferry)
+        .args(["sync", &t.delta(), &off])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = std::fs::read(Path::new(&off).join("blobs/sha256").join(target.hex())).unwrap();
+    assert!(got == t.v2_layers[1], "the rebuilt layer differs");
+    t.online.stop().await;
 }
