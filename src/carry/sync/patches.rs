@@ -189,15 +189,27 @@ pub(super) async fn plan(
 ) -> Result<Planned> {
     let mut out = Planned::default();
     let tmp = tempfile::tempdir()?;
-    // Other tags of the same repositories, for bases at the same position.
+    // Other tags of the same repositories, for bases at the same position (a registry is
+    // asked for the repository's tags, whatever the source location names).
     let all_roots = src.roots(src_loc).await.unwrap_or_default();
     let mut others: HashMap<String, Vec<Vec<BlobRef>>> = HashMap::new();
     for (root, _) in graphs {
         if others.contains_key(&root.repo) {
             continue;
         }
+        let repo_roots = match (src, src_loc) {
+            (Place::Remote(_), Location::Registry { host, .. }) => src
+                .roots(&Location::Registry {
+                    host: host.clone(),
+                    repo: Some(root.repo.clone()),
+                    reference: None,
+                })
+                .await
+                .unwrap_or_default(),
+            _ => all_roots.clone(),
+        };
         let mut lists = Vec::new();
-        for r in all_roots
+        for r in repo_roots
             .iter()
             .filter(|r| r.repo == root.repo)
             .take(MAX_TAGS)
