@@ -227,6 +227,14 @@ async fn a_changed_layer_crosses_as_a_patch_and_is_rebuilt_exactly() {
         assert_eq!(list["patches"][0]["target"], sha256(v2).to_string());
         let text = s.to_string();
         assert!(text.contains("1 layer(s) patched"), "{text}");
+        // Which Go wrote the layer is remembered in the source store: examined once.
+        let remembered = t
+            .online
+            .dir
+            .join(".ferry")
+            .join(format!("gozip-sha256-{}", sha256(v2).hex()));
+        let line = std::fs::read_to_string(&remembered).unwrap();
+        assert_eq!(line, format!("go {g} {level} 0"));
         // --dry-run lists each patched layer's whole and patch sizes, and writes nothing.
         let mut o = opts();
         o.have = Some(have_of(Path::new(&t.offline())));
@@ -668,5 +676,50 @@ async fn a_killed_apply_leaves_nothing_half_visible_and_a_rerun_finishes() {
     );
     let got = std::fs::read(Path::new(&off).join("blobs/sha256").join(target.hex())).unwrap();
     assert!(got == t.v2_layers[1], "the rebuilt layer differs");
+    t.online.stop().await;
+}
+
+/// A bucket as the far side: the base is read from it and the rebuilt layer written to it;
+/// then the bucket as the connected side, whose store remembers which Go wrote each layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_apply_into_a_bucket_and_are_made_from_one() {
+    let Some(g) = garage() else {
+        return;
+    };
+    let (t, s) = trip(Generation::Classic, 6, 300).await;
+    assert_eq!(s.patched.len(), 1, "{s}");
+    let bucket = format!("s3://ferry/{}", fresh_prefix());
+    let ferry = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .envs(g.envs())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "ferry {args:?}: {text}");
+        text
+    };
+    ferry(&["sync", &t.offline(), &bucket]);
+    let text = ferry(&["sync", &t.delta(), &bucket]);
+    assert!(text.contains("rebuilt 1 layer(s) from patches"), "{text}");
+    assert!(ferry(&["verify", &bucket]).contains("all blobs intact"));
+    // The bucket as the source of a later trip (it holds v1 and v2; the far side only v1).
+    let have = t.tmp.path().join("have.txt");
+    ferry(&["inventory", &t.offline(), "-o", &have.display().to_string()]);
+    for _ in 0..2 {
+        let delta = t.tmp.path().join(format!("d{}", fresh_prefix()));
+        let text = ferry(&[
+            "sync",
+            &bucket,
+            &delta.display().to_string(),
+            "--have",
+            &have.display().to_string(),
+        ]);
+        assert!(text.contains("1 layer(s) patched"), "{text}");
+    }
     t.online.stop().await;
 }
