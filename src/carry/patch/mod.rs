@@ -10,9 +10,13 @@
 //! extension headers); a member whose bytes are the same as the base's member of that path is
 //! a copy of a byte range of the base tar; the other bytes are zstd frames, each compressed with
 //! the base bytes of the same members as its reference prefix (zstd's "patch-from" at member
-//! granularity: a changed file costs what changed in it, a new one its compressed size). Every
-//! frame writes at most [`UNIT`] bytes and refers to at most [`SPAN`] base bytes, so making and
-//! applying a patch takes tens of MiB whatever the layer's size; the base's tar is kept on disk.
+//! granularity: a changed file costs what changed in it, a new one its compressed size).
+//! Changes close together share a frame (unchanged bytes between them, up to [`MERGE`], travel
+//! inside it as matches against its reference), and a reference is at least [`MIN_PREFIX`] of
+//! the base around the changed members, whose neighbours are the likeliest to share their
+//! content. Every frame writes at most [`UNIT`] bytes and refers to at most [`SPAN`] base bytes,
+//! so making and applying a patch takes tens of MiB whatever the layer's size; the base's tar is
+//! kept on disk. Frames are compressed on a thread of their own while the target is read.
 //!
 //! A patch is one file: [`MAGIC`], a length-prefixed JSON [`Recipe`] (the target and base by
 //! digest and size, the sha256 and size of both tars, the encoder and level, the counts), the
@@ -50,6 +54,10 @@ pub const SPAN: u64 = 32 << 20;
 /// For a member larger than [`UNIT`], cut into units: how far either side of a unit's own
 /// offset in the base member its reference reaches (an insertion shifts the rest).
 const SLACK: u64 = 8 << 20;
+/// Unchanged bytes (copies) shorter than this between two changes travel inside one data frame.
+pub const MERGE: u64 = 4 << 20;
+/// The least base a data frame with a reference refers to.
+pub const MIN_PREFIX: u64 = 8 << 20;
 const MAX_RECIPE: u32 = 64 << 10;
 const OP_COPY: u8 = 0;
 const OP_DATA: u8 = 1;
@@ -502,55 +510,138 @@ fn decompress(prefix: &[u8], frame: &[u8], out_len: usize) -> Result<Vec<u8>, Pa
     Ok(out)
 }
 
-/// Builds the op list and data frames as the target's units arrive.
+/// Builds the op list as the target's units arrive; ops go, in order, to the [`frames`] thread,
+/// which compresses the data frames while the target is read on.
 struct Writer<'b> {
     base: &'b BaseTar,
-    level: i32,
-    ops: zstd::stream::write::Encoder<'static, io::BufWriter<File>>,
-    n_ops: u64,
-    data: io::BufWriter<File>,
-    data_bytes: u64,
+    jobs: std::sync::mpsc::SyncSender<Job>,
     last_copy: Option<(u64, u64)>,
     pending: Vec<u8>,
     span: Option<(u64, u64)>,
-    scratch: Vec<u8>,
+}
+
+enum Job {
+    Copy(u64, u64),
+    Data {
+        prefix_off: u64,
+        prefix_len: u64,
+        bytes: Vec<u8>,
+    },
+}
+
+/// What the frames thread wrote: the op list (one zstd frame) and the data frames.
+struct Frames {
+    ops: File,
+    n_ops: u64,
+    data: File,
+    data_bytes: u64,
+}
+
+/// The frames thread: each job in order, an op record and, for data, its frame.
+fn frames(
+    base: &BaseTar,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    tmp: &Path,
+    level: i32,
+) -> Result<Frames, PatchError> {
+    let mut ops =
+        zstd::stream::write::Encoder::new(io::BufWriter::new(tempfile::tempfile_in(tmp)?), 19)?;
+    let mut data = io::BufWriter::with_capacity(1 << 20, tempfile::tempfile_in(tmp)?);
+    let (mut n_ops, mut data_bytes) = (0u64, 0u64);
+    let mut prefix = Vec::new();
+    for job in jobs {
+        let op = match job {
+            Job::Copy(off, len) => Op::Copy { off, len },
+            Job::Data {
+                prefix_off,
+                prefix_len,
+                bytes,
+            } => {
+                prefix.resize(prefix_len as usize, 0);
+                base.read_at(prefix_off, &mut prefix)?;
+                let frame = compress(&prefix, &bytes, level)?;
+                data.write_all(&frame)?;
+                data_bytes += frame.len() as u64;
+                Op::Data {
+                    prefix_off,
+                    prefix_len,
+                    out_len: bytes.len() as u64,
+                    zlen: frame.len() as u64,
+                }
+            }
+        };
+        ops.write_all(&op.encode())?;
+        n_ops += 1;
+    }
+    Ok(Frames {
+        ops: ops.finish()?.into_inner().map_err(|e| e.into_error())?,
+        n_ops,
+        data: data.into_inner().map_err(|e| e.into_error())?,
+        data_bytes,
+    })
 }
 
 impl Writer<'_> {
-    fn op(&mut self, op: Op) -> Result<(), PatchError> {
-        self.ops.write_all(&op.encode())?;
-        self.n_ops += 1;
-        Ok(())
+    fn send(&mut self, job: Job) -> Result<(), PatchError> {
+        // The frames thread stopped: its own error is what the caller reports.
+        self.jobs
+            .send(job)
+            .map_err(|_| PatchError::Io(io::Error::other("the frames thread stopped")))
     }
 
     fn copy(&mut self, off: u64, len: u64) -> Result<(), PatchError> {
-        self.flush_data()?;
         match &mut self.last_copy {
             Some((o, l)) if *o + *l == off => *l += len,
-            _ => {
+            Some(_) => {
+                self.flush_data()?;
                 self.flush_copy()?;
                 self.last_copy = Some((off, len));
             }
+            None => self.last_copy = Some((off, len)),
+        }
+        // A copy held after data may still join the data's frame (see `data`); a long one is
+        // a copy for good.
+        if self.last_copy.is_some_and(|(_, l)| l > MERGE) {
+            self.flush_data()?;
         }
         Ok(())
     }
 
     fn flush_copy(&mut self) -> Result<(), PatchError> {
         if let Some((off, len)) = self.last_copy.take() {
-            self.op(Op::Copy { off, len })?;
+            self.send(Job::Copy(off, len))?;
         }
         Ok(())
     }
 
     /// Bytes that are not a copy, with the base range that resembles them (if any).
     fn data(&mut self, bytes: &[u8], like: Option<(u64, u64)>) -> Result<(), PatchError> {
-        self.flush_copy()?;
-        let joined = match (self.span, like) {
+        let union = |a: Option<(u64, u64)>, b: Option<(u64, u64)>| match (a, b) {
             (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
             (s, l) => s.or(l),
         };
-        let too_wide = joined.is_some_and(|(a, b)| b - a > SPAN);
-        if !self.pending.is_empty() && (self.pending.len() + bytes.len() > UNIT || too_wide) {
+        let wide = |r: Option<(u64, u64)>| r.is_some_and(|(a, b)| b - a > SPAN);
+        if let Some((off, len)) = self.last_copy {
+            // Unchanged bytes between two changes: inside the frame they cost a few bytes (a
+            // match against its reference), and the changes share one frame and a wider
+            // reference, as `zstd --patch-from` would see them.
+            let joined = union(union(self.span, Some((off, off + len))), like);
+            if !self.pending.is_empty()
+                && self.pending.len() as u64 + len + bytes.len() as u64 <= UNIT as u64
+                && !wide(joined)
+            {
+                let at = self.pending.len();
+                self.pending.resize(at + len as usize, 0);
+                self.base.read_at(off, &mut self.pending[at..])?;
+                self.span = union(self.span, Some((off, off + len)));
+                self.last_copy = None;
+            } else {
+                self.flush_data()?;
+                self.flush_copy()?;
+            }
+        }
+        let joined = union(self.span, like);
+        if !self.pending.is_empty() && (self.pending.len() + bytes.len() > UNIT || wide(joined)) {
             self.flush_data()?;
             self.span = like;
         } else {
@@ -565,54 +656,34 @@ impl Writer<'_> {
         if self.pending.is_empty() {
             return Ok(());
         }
+        // A narrow reference (one changed file) is widened to its neighbours in the base: the
+        // files beside a changed one are the likeliest to share its content.
         let (prefix_off, prefix_len) = match self.span.take() {
+            Some((a, b)) if b - a < MIN_PREFIX => {
+                let grow = (MIN_PREFIX - (b - a)) / 2;
+                let a2 = a.saturating_sub(grow);
+                let b2 = (b + grow).min(self.base.size.max(b));
+                (a2, b2 - a2)
+            }
             Some((a, b)) => (a, b - a),
             None => (0, 0),
         };
-        self.scratch.resize(prefix_len as usize, 0);
-        let mut prefix = std::mem::take(&mut self.scratch);
-        self.base.read_at(prefix_off, &mut prefix)?;
-        let frame = compress(&prefix, &self.pending, self.level)?;
-        self.scratch = prefix;
-        self.data.write_all(&frame)?;
-        self.data_bytes += frame.len() as u64;
-        let op = Op::Data {
+        let bytes = std::mem::replace(&mut self.pending, Vec::with_capacity(UNIT));
+        self.send(Job::Data {
             prefix_off,
             prefix_len,
-            out_len: self.pending.len() as u64,
-            zlen: frame.len() as u64,
-        };
-        self.pending.clear();
-        self.op(op)
+            bytes,
+        })
     }
 }
 
-/// Make a patch of `target` against `base` (whose tar is already on disk), in `tmp`, with data
-/// frames at zstd `level`. Does not check it: [`apply`] it to know it rebuilds the target.
-pub fn make(
-    base_digest: &Digest,
-    base_size: u64,
+/// Read the target's tar group by group against the base: copies and data, to `w`. Returns
+/// the target tar's size and sha256.
+fn diff(
     base: &BaseTar,
     target: &Target<'_>,
-    tmp: &Path,
-    level: i32,
-) -> Result<Made, PatchError> {
-    let target_size = target.blob.metadata()?.len();
-    let mut w = Writer {
-        base,
-        level,
-        ops: zstd::stream::write::Encoder::new(
-            io::BufWriter::new(tempfile::tempfile_in(tmp)?),
-            19,
-        )?,
-        n_ops: 0,
-        data: io::BufWriter::with_capacity(1 << 20, tempfile::tempfile_in(tmp)?),
-        data_bytes: 0,
-        last_copy: None,
-        pending: Vec::new(),
-        span: None,
-        scratch: Vec::new(),
-    };
+    w: &mut Writer<'_>,
+) -> Result<(u64, Digest), PatchError> {
     let tee = Tee::<_, io::Sink> {
         inner: layer_tar(target.blob)?,
         copy: None,
@@ -677,9 +748,43 @@ pub fn make(
     w.flush_data()?;
     w.flush_copy()?;
     let tee = groups.inner;
-    let (target_tar_size, target_tar) = (tee.n, tee.hasher.finish());
-    let ops_file = w.ops.finish()?.into_inner().map_err(|e| e.into_error())?;
-    let data_file = w.data.into_inner().map_err(|e| e.into_error())?;
+    Ok((tee.n, tee.hasher.finish()))
+}
+
+/// Make a patch of `target` against `base` (whose tar is already on disk), in `tmp`, with data
+/// frames at zstd `level`. Does not check it: [`apply`] it to know it rebuilds the target.
+pub fn make(
+    base_digest: &Digest,
+    base_size: u64,
+    base: &BaseTar,
+    target: &Target<'_>,
+    tmp: &Path,
+    level: i32,
+) -> Result<Made, PatchError> {
+    let target_size = target.blob.metadata()?.len();
+    let (tx, rx) = std::sync::mpsc::sync_channel(2);
+    let (made, frames) = std::thread::scope(|scope| {
+        let worker = scope.spawn(move || frames(base, rx, tmp, level));
+        let mut w = Writer {
+            base,
+            jobs: tx,
+            last_copy: None,
+            pending: Vec::new(),
+            span: None,
+        };
+        let made = diff(base, target, &mut w);
+        drop(w);
+        let frames = worker.join().unwrap_or_else(|_| {
+            Err(PatchError::Io(io::Error::other(
+                "the frames thread panicked",
+            )))
+        });
+        (made, frames)
+    });
+    // The frames thread's error first: a failed send is only its echo.
+    let frames = frames?;
+    let (target_tar_size, target_tar) = made?;
+    let (ops_file, data_file) = (frames.ops, frames.data);
     let recipe = Recipe {
         format: FORMAT.into(),
         form: FORM.into(),
@@ -694,9 +799,9 @@ pub fn make(
         encoder: format!("go-{}", target.generation),
         level: target.level,
         mtime: target.mtime,
-        ops: w.n_ops,
+        ops: frames.n_ops,
         ops_bytes: ops_file.metadata()?.len(),
-        data_bytes: w.data_bytes,
+        data_bytes: frames.data_bytes,
     };
     let json = serde_json::to_vec(&recipe).map_err(|e| io::Error::other(e.to_string()))?;
     let mut out = io::BufWriter::new(tempfile::tempfile_in(tmp)?);
