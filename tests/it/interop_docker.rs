@@ -116,13 +116,20 @@ impl Dockerd {
 
     /// Forget every image and all build cache, as a fresh machine would have.
     pub fn forget_everything(&self) {
-        let ids = self.ok(None, &["images", "-aq"]);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
+        // The classic builder leaves parent images: `rmi -f` refuses a parent listed before its
+        // child, whatever the order `images -aq` gives, so repeat until none is left.
+        for _ in 0..10 {
+            let ids = self.ok(None, &["images", "-aq"]);
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if ids.is_empty() {
+                break;
+            }
             let mut args = vec!["rmi", "-f"];
             args.extend(ids);
-            self.ok(None, &args);
+            let _ = self.docker(&args);
         }
+        let left = self.ok(None, &["images", "-aq"]);
+        assert!(left.trim().is_empty(), "images left after forgetting: {left}");
         self.ok(None, &["builder", "prune", "-af"]);
     }
 }
