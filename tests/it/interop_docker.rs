@@ -129,7 +129,10 @@ impl Dockerd {
             let _ = self.docker(&args);
         }
         let left = self.ok(None, &["images", "-aq"]);
-        assert!(left.trim().is_empty(), "images left after forgetting: {left}");
+        assert!(
+            left.trim().is_empty(),
+            "images left after forgetting: {left}"
+        );
         self.ok(None, &["builder", "prune", "-af"]);
     }
 }
