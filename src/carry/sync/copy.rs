@@ -47,7 +47,8 @@ pub(super) async fn copy_root(
         // Source is a delta: the destination already has it, or rebuilds it from a patch.
         if src.source_blob_size(&b.digest).await? == Some(None) {
             match how.src_patches.get(&b.digest) {
-                Some(e) if dst.is_some() => rebuilds.push(e.clone()),
+                // (A list naming another size than the manifest is no patch for this layer.)
+                Some(e) if dst.is_some() && e.target_size == b.size => rebuilds.push(e.clone()),
                 _ => summary.blobs_skipped += 1,
             }
             continue;
