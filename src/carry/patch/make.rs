@@ -66,6 +66,8 @@ pub(super) struct Writer<'b> {
     last_copy: Option<(u64, u64)>,
     pending: Vec<u8>,
     span: Option<(u64, u64)>,
+    /// Where in the base the target was last seen (the end of the last copy).
+    near: u64,
 }
 
 pub(super) enum Job {
@@ -138,6 +140,7 @@ impl Writer<'_> {
     }
 
     fn copy(&mut self, off: u64, len: u64) -> Result<(), PatchError> {
+        self.near = off + len;
         match &mut self.last_copy {
             Some((o, l)) if *o + *l == off => *l += len,
             Some(_) => {
@@ -214,6 +217,17 @@ impl Writer<'_> {
                 (a2, b2 - a2)
             }
             Some((a, b)) => (a, b - a),
+            // New members: the base around where the last copy came from (a new file is likeliest
+            // to resemble its neighbours).
+            None if self.base.size > 0 => {
+                let half = MIN_PREFIX / 2;
+                let a = self
+                    .near
+                    .saturating_sub(half)
+                    .min(self.base.size.saturating_sub(MIN_PREFIX));
+                let b = (a + MIN_PREFIX).min(self.base.size);
+                (a, b - a)
+            }
             None => (0, 0),
         };
         let bytes = std::mem::replace(&mut self.pending, Vec::with_capacity(UNIT));
@@ -269,15 +283,16 @@ pub(super) fn diff(
                         continue;
                     }
                 }
-                if p < blen {
-                    like = if total.is_some_and(|t| t <= UNIT as u64) && blen <= SPAN {
-                        Some((boff, boff + blen))
-                    } else {
-                        let a = p.saturating_sub(SLACK);
-                        let b = (p + n64 + SLACK).min(blen);
-                        Some((boff + a, boff + b))
-                    };
-                }
+                like = if total.is_some_and(|t| t <= UNIT as u64) && blen <= SPAN {
+                    Some((boff, boff + blen))
+                } else if p < blen {
+                    let a = p.saturating_sub(SLACK);
+                    let b = (p + n64 + SLACK).min(blen);
+                    Some((boff + a, boff + b))
+                } else {
+                    // Past the old member's end (a file that grew): its last bytes.
+                    Some((boff + blen.saturating_sub(SLACK), boff + blen))
+                };
             }
             w.data(bytes, like)?;
             p += n64;
@@ -319,6 +334,7 @@ pub fn make(
             last_copy: None,
             pending: Vec::new(),
             span: None,
+            near: 0,
         };
         let made = diff(base, target, &mut w);
         drop(w);
