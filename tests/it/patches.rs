@@ -330,6 +330,7 @@ async fn layers_go_did_not_write_cross_whole_and_the_summary_says_why() {
     );
     assert!(s.to_string().contains("1 layer(s) carried whole"), "{s}");
     assert!(has_blob(Path::new(&delta), &v2));
+
     // --no-patches carries Go's layers whole too.
     let g1 = go_gzip(&app_tar(100, 5000, None), Generation::Classic, 6);
     let g2 = go_gzip(&app_tar(100, 5000, Some(7)), Generation::Classic, 6);
@@ -351,6 +352,45 @@ async fn layers_go_did_not_write_cross_whole_and_the_summary_says_why() {
         s.patched.is_empty() && has_blob(Path::new(&delta2), &g2),
         "{s}"
     );
+    // pigz's layers too.
+    let Some(pigz) = tool("pigz", &["/usr/bin/pigz"]) else {
+        online.stop().await;
+        return;
+    };
+    let pigz_gzip = |tar: &[u8]| {
+        use std::io::Write;
+        let mut c = Command::new(&pigz)
+            .args(["-n", "-c"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(tar).unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success());
+        out.stdout
+    };
+    let p1 = pigz_gzip(&app_tar(100, 5000, None));
+    let p2 = pigz_gzip(&app_tar(100, 5000, Some(4)));
+    push_gz_image(&online.url, "pigz", "v1", b"{\"v\":5}", &[&p1]).await;
+    run(
+        &online.dir.display().to_string(),
+        &off.display().to_string(),
+        &opts(),
+    )
+    .await;
+    push_gz_image(&online.url, "pigz", "v2", b"{\"v\":6}", &[&p2]).await;
+    let mut o = opts();
+    o.have = Some(have_of(&off));
+    o.refs = vec!["pigz:v2".into()];
+    let delta3 = tmp.path().join("delta3").display().to_string();
+    let s = run(&online.dir.display().to_string(), &delta3, &o).await;
+    assert!(s.patched.is_empty(), "{s}");
+    assert!(
+        s.carried_whole.len() == 1 && s.carried_whole[0].why.contains("not made by Go's gzip"),
+        "{s}"
+    );
+    assert!(has_blob(Path::new(&delta3), &p2));
     online.stop().await;
 }
 

@@ -165,6 +165,15 @@ async fn dockerd_layers_cross_as_patches_and_are_rebuilt_exactly() {
             d3.forget_everything();
             let image = format!("{mi3}/{repo}/app:v2");
             d3.ok(None, &["pull", &image]);
+            if !buildkit {
+                // The classic builder takes the pulled image as its cache: both COPY steps.
+                let out = d3.ok_with(
+                    Some(&c3.path().join(repo)),
+                    false,
+                    &["build", "--cache-from", &image, "-t", "again", "."],
+                );
+                assert_eq!(out.matches("Using cache").count(), 2, "{out}");
+            }
             if buildkit {
                 d3.forget_everything();
                 let log = d3.ok(
