@@ -225,6 +225,7 @@ pub(super) async fn plan(
         async move { matches!(src.source_blob_size(&d).await, Ok(Some(Some(_))) | Ok(None)) }
     };
     let mut seen = HashSet::new();
+    let mut names_of: HashMap<Digest, Vec<String>> = HashMap::new();
     for (root, g) in graphs {
         let mine = layers(g);
         let mine_set: HashSet<&Digest> = mine.iter().map(|b| &b.digest).collect();
@@ -269,7 +270,18 @@ pub(super) async fn plan(
                     }
                 }
             }
-            match patch_one(src, root, b, base, &pool, tmp.path(), progress).await {
+            match patch_one(
+                src,
+                root,
+                b,
+                base,
+                &pool,
+                &mut names_of,
+                tmp.path(),
+                progress,
+            )
+            .await
+            {
                 Ok(Ok(m)) => {
                     summary.patched.push(Patched {
                         digest: b.digest.clone(),
@@ -294,12 +306,14 @@ pub(super) async fn plan(
 }
 
 /// One layer: `Ok(Err(why))` when it is carried whole.
+#[allow(clippy::too_many_arguments)]
 async fn patch_one(
     src: &Place,
     root: &Root,
     b: &BlobRef,
     base: Option<BlobRef>,
     pool: &[BlobRef],
+    names_of: &mut HashMap<Digest, Vec<String>>,
     tmp: &std::path::Path,
     progress: &dyn Progress,
 ) -> Result<std::result::Result<Made, String>> {
@@ -324,12 +338,20 @@ async fn patch_one(
                     .collect();
             let mut best: Option<(usize, &BlobRef)> = None;
             for c in pool.iter().take(MAX_CANDIDATES) {
-                let Ok(cf) = spool(src, &root.repo, &c.digest, c.size, tmp).await else {
-                    continue;
-                };
-                let Ok(names) =
-                    blocking(move || patch::member_names(cf, u64::MAX), &c.digest).await
-                else {
+                // Each candidate's paths are read once per sync, whatever the number of layers
+                // that look for a base among them.
+                if !names_of.contains_key(&c.digest) {
+                    let Ok(cf) = spool(src, &root.repo, &c.digest, c.size, tmp).await else {
+                        continue;
+                    };
+                    let Ok(names) =
+                        blocking(move || patch::member_names(cf, u64::MAX), &c.digest).await
+                    else {
+                        continue;
+                    };
+                    names_of.insert(c.digest.clone(), names);
+                }
+                let Some(names) = names_of.get(&c.digest) else {
                     continue;
                 };
                 let shared = names.iter().filter(|n| mine.contains(*n)).count();
