@@ -262,7 +262,7 @@ pub fn encode_with_mtime(
 
 /// Reads until `buf` is full or the input ends, so the split does not depend on how the
 /// reader returns its bytes.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

@@ -66,10 +66,14 @@ pub async fn read_list(place: &Place) -> Result<HashMap<Digest, Entry>> {
         Place::Archive(a, _) if a.has(LIST) => Some(a.read_small(LIST, MAX_LIST_BYTES)?),
         _ => None,
     };
-    let Some(bytes) = bytes else {
-        return Ok(HashMap::new());
-    };
-    Ok(List::parse(&bytes)?
+    match bytes {
+        Some(b) => by_target(&b),
+        None => Ok(HashMap::new()),
+    }
+}
+
+fn by_target(bytes: &[u8]) -> Result<HashMap<Digest, Entry>> {
+    Ok(List::parse(bytes)?
         .patches
         .into_iter()
         .map(|e| (e.target.clone(), e))
@@ -78,14 +82,10 @@ pub async fn read_list(place: &Place) -> Result<HashMap<Digest, Entry>> {
 
 /// A directory trip's patch list (empty when it has none).
 pub async fn read_dir(root: &std::path::Path) -> Result<HashMap<Digest, Entry>> {
-    Ok(match read_dir_list(root).await? {
-        Some(b) => List::parse(&b)?
-            .patches
-            .into_iter()
-            .map(|e| (e.target.clone(), e))
-            .collect(),
-        None => HashMap::new(),
-    })
+    match read_dir_list(root).await? {
+        Some(b) => by_target(&b),
+        None => Ok(HashMap::new()),
+    }
 }
 
 async fn read_dir_list(root: &std::path::Path) -> Result<Option<Vec<u8>>> {

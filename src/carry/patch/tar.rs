@@ -10,6 +10,8 @@
 
 use std::io::{self, Read};
 
+pub(crate) use ferry_gozip::read_full;
+
 pub(crate) const BLOCK: usize = 512;
 /// An extension header's data (a PAX record set, a GNU long name) larger than this is not read
 /// for its name: the group is then unnamed.
@@ -201,20 +203,6 @@ impl<R: Read> Groups<R> {
             }
         }
     }
-}
-
-/// Reads until `buf` is full or the stream ends.
-pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
