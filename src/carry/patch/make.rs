@@ -239,16 +239,17 @@ impl Writer<'_> {
     }
 }
 
-/// Read the target's tar group by group against the base: copies and data, to `w`. Returns
-/// the target tar's size and sha256.
+/// Read the target's tar group by group against the base: copies and data, to `w` (and the tar
+/// as it is read to `also`). Returns the target tar's size and sha256.
 pub(super) fn diff(
     base: &BaseTar,
     target: &Target<'_>,
     w: &mut Writer<'_>,
+    also: Option<impl Write>,
 ) -> Result<(u64, Digest), PatchError> {
-    let tee = Tee::<_, io::Sink> {
+    let tee = Tee {
         inner: layer_tar(target.blob)?,
-        copy: None,
+        copy: also,
         hasher: Algorithm::Sha256.hasher(),
         n: 0,
         limit: u64::MAX,
@@ -324,6 +325,28 @@ pub fn make(
     tmp: &Path,
     level: i32,
 ) -> Result<Made, PatchError> {
+    make_teed(
+        base_digest,
+        base_size,
+        base,
+        target,
+        tmp,
+        level,
+        None::<io::Sink>,
+    )
+}
+
+/// [`make`], with the target's tar written to `also` as it is read.
+#[allow(clippy::too_many_arguments)]
+fn make_teed(
+    base_digest: &Digest,
+    base_size: u64,
+    base: &BaseTar,
+    target: &Target<'_>,
+    tmp: &Path,
+    level: i32,
+    also: Option<impl Write>,
+) -> Result<Made, PatchError> {
     let target_size = target.blob.metadata()?.len();
     let (tx, rx) = std::sync::mpsc::sync_channel(2);
     let (made, frames) = std::thread::scope(|scope| {
@@ -336,7 +359,7 @@ pub fn make(
             span: None,
             near: 0,
         };
-        let made = diff(base, target, &mut w);
+        let made = diff(base, target, &mut w, also);
         drop(w);
         let frames = worker.join().unwrap_or_else(|_| {
             Err(PatchError::Io(io::Error::other(
@@ -465,11 +488,88 @@ pub(super) fn with_recipe(made: Made, recipe: Recipe, tmp: &Path) -> Result<Made
     Ok(Made { recipe, file, size })
 }
 
+/// The target's tar handed, in pieces of at most 1 MiB, to the thread that encodes it; once that
+/// thread has stopped (the layer differs), the rest is dropped.
+struct ToEncoder {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+}
+
+impl Write for ToEncoder {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        for piece in b.chunks(1 << 20) {
+            if let Some(tx) = &self.tx {
+                if tx.send(piece.to_vec()).is_err() {
+                    self.tx = None;
+                }
+            }
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The encoding thread's side of [`ToEncoder`].
+struct FromDiff {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    piece: Vec<u8>,
+    at: usize,
+}
+
+impl Read for FromDiff {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.piece.len() {
+            match self.rx.recv() {
+                Ok(p) => (self.piece, self.at) = (p, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = (self.piece.len() - self.at).min(buf.len());
+        buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Encode `tar` with `encoder` and compare every byte with `layer`: whether that Go writer gives
+/// the layer back from its tar.
+fn encodes_to(
+    tar: impl Read,
+    layer: &File,
+    (generation, level, mtime): (Generation, i32, u32),
+) -> Result<(), PatchError> {
+    let size = layer.metadata()?.len();
+    let mut same = SameAs {
+        file: layer,
+        pos: 0,
+        buf: Vec::new(),
+    };
+    ferry_gozip::encode_with_mtime(tar, &mut same, generation, level, mtime).map_err(
+        |e| match e {
+            ferry_gozip::GozipError::Io(e) => unwrap_carried(e),
+            e => format_err(e.to_string()),
+        },
+    )?;
+    if same.pos != size {
+        return Err(PatchError::Output(format!(
+            "it ends at byte {} of the layer's {size}",
+            same.pos
+        )));
+    }
+    Ok(())
+}
+
 /// Make a patch of the gzip layer `target` against `base` and rebuild the layer from it here,
 /// comparing byte by byte: a patch is returned only if it gives the layer back exactly. The
 /// encoder is `known` (remembered from an earlier run), else guessed from the header and proven
 /// by the rebuild, else found by [`ferry_gozip::recognise`]; a layer no Go writer made is
 /// [`PatchError::Unpatchable`], with the reason. Returns the encoder too, to remember.
+///
+/// The rebuild is proven in two halves that together are [`apply`]'s: the target's tar, as the
+/// diff reads it, is encoded on a thread of its own and compared with the layer byte by byte
+/// (so the encode, the costly part, runs beside the diff instead of after it), and the finished
+/// patch rebuilds a tar with that tar's sha256 and size ([`rebuild_tar`]).
 #[allow(clippy::too_many_arguments)]
 pub fn make_checked(
     base_digest: &Digest,
@@ -482,10 +582,11 @@ pub fn make_checked(
     level: i32,
 ) -> Result<(Made, (Generation, i32, u32)), PatchError> {
     let size = target.metadata()?.len();
-    let (generation, lvl, mtime) = match known {
+    let encoder = match known {
         Some(k) => k,
         None => guess_encoder(target)?,
     };
+    let (generation, lvl, mtime) = encoder;
     let t = Target {
         digest: target_digest,
         blob: target,
@@ -493,24 +594,39 @@ pub fn make_checked(
         level: lvl,
         mtime,
     };
-    let mut made = make(base_digest, base_size, base, &t, tmp, level)?;
-    let check = |m: &Made| {
-        apply(
-            base,
-            &m.file,
+    let (made, encoded) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let proof = scope.spawn(move || {
+            let tar = FromDiff {
+                rx,
+                piece: Vec::new(),
+                at: 0,
+            };
+            encodes_to(tar, target, encoder)
+        });
+        let made = make_teed(
             base_digest,
-            (target_digest, size),
-            SameAs {
-                file: target,
-                pos: 0,
-                buf: Vec::new(),
-            },
-        )
-    };
-    match check(&made) {
-        Ok(_) => {
+            base_size,
+            base,
+            &t,
+            tmp,
+            level,
+            Some(ToEncoder { tx: Some(tx) }),
+        );
+        let encoded = proof.join().unwrap_or_else(|_| {
+            Err(PatchError::Io(io::Error::other(
+                "the encoding thread panicked",
+            )))
+        });
+        (made, encoded)
+    });
+    let mut made = made?;
+    let check = |m: &Made| rebuild_tar(base, &m.file, base_digest, (target_digest, size));
+    match encoded {
+        Ok(()) => {
+            check(&made)?;
             made.file.seek(SeekFrom::Start(0))?;
-            Ok((made, (generation, lvl, mtime)))
+            Ok((made, encoder))
         }
         Err(PatchError::Output(why)) if known.is_none() => {
             // The guess was wrong: ask every Go writer.
@@ -528,7 +644,18 @@ pub fn make_checked(
                     r.level = l;
                     r.mtime = mtime;
                     made = with_recipe(made, r, tmp)?;
-                    check(&made).map_err(|e| {
+                    apply(
+                        base,
+                        &made.file,
+                        base_digest,
+                        (target_digest, size),
+                        SameAs {
+                            file: target,
+                            pos: 0,
+                            buf: Vec::new(),
+                        },
+                    )
+                    .map_err(|e| {
                         PatchError::Unpatchable(format!(
                             "Go's {generation} level {l} writes it, yet the rebuild differs ({e}; first guess: {why})"
                         ))

@@ -335,3 +335,72 @@ fn ops_round_trip() {
     b[0] = 9;
     assert!(Op::decode(&b).is_err());
 }
+
+/// `make_checked` proves its guess by the encode beside the diff, finds the writer when the guess
+/// is wrong, and refuses a layer no Go writer made (or a remembered writer that does not fit).
+#[test]
+fn make_checked_proves_finds_or_refuses_the_encoder() {
+    let old = files(60, 10_000, 4);
+    let mut new = old.clone();
+    new[7].1 = noise(77, 10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let base_gz = gz(&tar_of(&old), Generation::Classic);
+    let base = BaseTar::spool(&base_gz[..], dir.path(), u64::MAX).unwrap();
+    let base_digest = Digest::sha256_of(&base_gz);
+    let new_tar = tar_of(&new);
+    let attempt = |layer: &[u8], known| {
+        let path = dir.path().join("target");
+        std::fs::write(&path, layer).unwrap();
+        let digest = Digest::sha256_of(layer);
+        let f = File::open(&path).unwrap();
+        let r = make_checked(
+            &base_digest,
+            base_gz.len() as u64,
+            &base,
+            &digest,
+            &f,
+            known,
+            dir.path(),
+            19,
+        );
+        r.map(|(mut m, enc)| {
+            let mut out = Vec::new();
+            apply(
+                &base,
+                &m.file,
+                &base_digest,
+                (&digest, layer.len() as u64),
+                &mut out,
+            )
+            .unwrap();
+            assert_eq!(out, layer, "the patch rebuilds the layer");
+            m.file.seek(SeekFrom::Start(0)).unwrap();
+            (m.recipe.encoder, enc.0, enc.1, enc.2)
+        })
+    };
+    // The header's guess (classic, level 6) is right.
+    let classic = gz(&new_tar, Generation::Classic);
+    let got = attempt(&classic, None).unwrap();
+    assert_eq!((got.1, got.2), (Generation::Classic, 6));
+    // Go 1.27 at level 5 with an mtime: the header says "level 6", so the guess is wrong and
+    // the writer is found.
+    let mut go5 = Vec::new();
+    ferry_gozip::encode_with_mtime(&new_tar[..], &mut go5, Generation::Go127, 5, 1_700_000_000)
+        .unwrap();
+    let got = attempt(&go5, None).unwrap();
+    assert_eq!(
+        (got.0.as_str(), got.1, got.2, got.3),
+        ("go-1.27", Generation::Go127, 5, 1_700_000_000)
+    );
+    // Remembered wrongly: refused, not searched for.
+    let err = attempt(&go5, Some((Generation::Classic, 6, 0))).unwrap_err();
+    assert!(matches!(err, PatchError::Output(_)), "{err}");
+    // Not Go's: flate2 (zlib) writes other bytes.
+    let mut other = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    other.write_all(&new_tar).unwrap();
+    let err = attempt(&other.finish().unwrap(), None).unwrap_err();
+    assert!(
+        matches!(&err, PatchError::Unpatchable(w) if w.starts_with("not made by Go")),
+        "{err}"
+    );
+}
