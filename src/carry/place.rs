@@ -245,6 +245,80 @@ impl Place {
         }
     }
 
+    /// The manifests of `repo` whose subject is `subject`: a registry's referrers API (one
+    /// request), else its referrers tag schema (`sha256-<hex>`); a store's and an archive's own
+    /// records of what each manifest was pushed with.
+    pub(crate) async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+    ) -> Result<Vec<media::Referrer>> {
+        let from_index = |d: &Descriptor| media::Referrer {
+            digest: d.digest.clone(),
+            size: d.size,
+            media_type: d.media_type.clone(),
+            artifact_type: d.artifact_type.clone().unwrap_or_default(),
+        };
+        match self {
+            Place::Remote(r) => {
+                if let Some(list) = r.referrers_api(repo, subject).await? {
+                    return Ok(list);
+                }
+                let tag = Reference::Tag(media::referrers_tag(subject));
+                match r.manifest_lookup(repo, &tag).await? {
+                    Some((bytes, mt, _)) if media::is_index_type(&mt) => {
+                        media::parse_referrers(&bytes)
+                    }
+                    _ => Ok(Vec::new()),
+                }
+            }
+            Place::Store(s) => {
+                let idx = s.index().await?;
+                Ok(idx
+                    .referrers(repo, subject)
+                    .into_iter()
+                    .map(from_index)
+                    .collect())
+            }
+            Place::Archive(a, _) => {
+                let a = a.clone();
+                let (repo, subject) = (repo.to_owned(), subject.clone());
+                tokio::task::spawn_blocking(move || -> Result<Vec<media::Referrer>> {
+                    let idx = a.index()?;
+                    Ok(idx
+                        .referrers(&repo, &subject)
+                        .into_iter()
+                        .map(from_index)
+                        .collect())
+                })
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?
+            }
+        }
+    }
+
+    /// The tags of one repository.
+    pub(crate) async fn tags(&self, repo: &str) -> Result<Vec<String>> {
+        match self {
+            Place::Remote(r) => r.tags(repo).await,
+            Place::Store(s) => Ok(s
+                .index()
+                .await?
+                .tags_of(repo)
+                .into_iter()
+                .map(str::to_owned)
+                .collect()),
+            Place::Archive(_, roots) => Ok(roots
+                .iter()
+                .filter(|(r, _)| r.repo == repo)
+                .filter_map(|(r, _)| match &r.reference {
+                    Reference::Tag(t) => Some(t.clone()),
+                    Reference::Digest(_) => None,
+                })
+                .collect()),
+        }
+    }
+
     /// The roots a location names.
     pub async fn roots(&self, loc: &Location) -> Result<Vec<Root>> {
         let mut out = Vec::new();

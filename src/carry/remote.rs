@@ -350,17 +350,41 @@ impl Registry {
         repo: &str,
         reference: &Reference,
     ) -> Result<Option<(Bytes, String)>> {
-        let what = format!("manifest {repo}:{reference}");
+        let got = self
+            .fetch_bounded(
+                repo,
+                &format!("manifests/{reference}"),
+                &MANIFEST_TYPES.join(", "),
+                &format!("manifest {repo}:{reference}"),
+            )
+            .await?;
+        Ok(got.map(|(bytes, headers)| {
+            let digest = headers
+                .get("Docker-Content-Digest")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            (bytes, digest)
+        }))
+    }
+
+    /// GET `/v2/<repo>/<path>` with the pull credentials, the body read up to
+    /// [`media::MAX_MANIFEST_BYTES`] (see [`Registry::fetch_manifest`]). `None`: 404.
+    async fn fetch_bounded(
+        &self,
+        repo: &str,
+        path: &str,
+        accept: &str,
+        what: &str,
+    ) -> Result<Option<(Bytes, reqwest::header::HeaderMap)>> {
         for attempt in 0..2 {
             self.ensure_auth(repo, false).await?;
-            let url = format!(
-                "{}://{}/v2/{repo}/manifests/{reference}",
-                self.scheme, self.host
-            );
-            let mut req = self
-                .http
-                .get(&url)
-                .header(reqwest::header::ACCEPT, MANIFEST_TYPES.join(", "));
+            let url = if path.starts_with("/v2/") {
+                format!("{}://{}{path}", self.scheme, self.host)
+            } else {
+                format!("{}://{}/v2/{repo}/{path}", self.scheme, self.host)
+            };
+            let mut req = self.http.get(&url).header(reqwest::header::ACCEPT, accept);
             let token = self
                 .tokens
                 .lock()
@@ -391,12 +415,7 @@ impl Registry {
                     "{what}: the registry sends {len} bytes, over the {limit}-byte limit for a manifest"
                 )));
             }
-            let digest = resp
-                .headers()
-                .get("Docker-Content-Digest")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
+            let headers = resp.headers().clone();
             let mut body = resp.bytes_stream();
             let mut buf = bytes::BytesMut::new();
             while let Some(chunk) = body.next().await {
@@ -412,9 +431,44 @@ impl Registry {
                 let text = String::from_utf8_lossy(&buf[..buf.len().min(512)]).into_owned();
                 return Err(self.err(format!("{what}: {status}: {}", text.trim())));
             }
-            return Ok(Some((buf.freeze(), digest)));
+            return Ok(Some((buf.freeze(), headers)));
         }
         Err(self.err(format!("{what}: 401 Unauthorized after a fresh token")))
+    }
+
+    /// The manifests whose `subject` is `subject`: the referrers API, every page (`None` when
+    /// the registry has no referrers API: it answers 404).
+    pub async fn referrers_api(
+        &self,
+        repo: &str,
+        subject: &Digest,
+    ) -> Result<Option<Vec<media::Referrer>>> {
+        let what = format!("referrers of {repo}@{subject}");
+        let mut path = format!("referrers/{subject}");
+        let mut out = Vec::new();
+        // A registry that pages for ever is not followed for ever.
+        for _ in 0..MAX_REFERRER_PAGES {
+            let Some((body, headers)) = self
+                .fetch_bounded(repo, &path, media::OCI_INDEX, &what)
+                .await?
+            else {
+                return Ok(if out.is_empty() { None } else { Some(out) });
+            };
+            out.extend(
+                media::parse_referrers(&body).map_err(|e| self.err(format!("{what}: {e}")))?,
+            );
+            match headers
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link)
+            {
+                Some(next) => path = next,
+                None => return Ok(Some(out)),
+            }
+        }
+        Err(self.err(format!(
+            "{what}: more than {MAX_REFERRER_PAGES} pages of referrers"
+        )))
     }
 
     /// Check pulled manifest bytes against the digest asked for (or the one the registry
@@ -578,6 +632,22 @@ impl Registry {
             .map_err(|e| self.err(format!("put manifest {repo}:{reference}: {}", chain(&e))))?;
         Ok(())
     }
+}
+
+/// At most this many pages of one manifest's referrers are read.
+const MAX_REFERRER_PAGES: usize = 100;
+
+/// The path of a `Link: </v2/…>; rel="next"` header, when it stays on the registry.
+fn next_link(v: &str) -> Option<String> {
+    v.split(',').find_map(|part| {
+        let (url, params) = part.trim().split_once(';')?;
+        if !params.replace(' ', "").contains("rel=\"next\"") {
+            return None;
+        }
+        let url = url.trim().strip_prefix('<')?.strip_suffix('>')?;
+        // A path on this registry only: an absolute URL could send credentials elsewhere.
+        url.starts_with("/v2/").then(|| url.to_owned())
+    })
 }
 
 /// "No such manifest" as a registry says it (404, or an error body naming it unknown).

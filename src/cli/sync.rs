@@ -23,6 +23,10 @@ pub struct Args {
     /// caches are always copied whole.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<String>,
+    /// Which referrers travel with the manifests they refer to: all, none, or kinds (signature,
+    /// sbom, provenance, attestation, other) and artifact types, comma-separated.
+    #[arg(long, value_name = "all|none|TYPE,…", default_value = "all")]
+    referrers: String,
     /// Blobs copied in parallel.
     #[arg(long, default_value_t = 4)]
     jobs: usize,
@@ -85,6 +89,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         Some(p) => Some(p.parse::<ferry::sync::Platform>()?),
         None => None,
     };
+    let referrers = a.referrers.parse::<ferry::sync::ReferrerFilter>()?;
     let split = a
         .split
         .as_deref()
@@ -107,6 +112,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         dry_run: a.dry_run,
         have,
         no_patches: a.no_patches,
+        referrers,
         src: a.remote.options(a.remote.src_creds.clone()),
         dest: a.remote.options(a.dest_creds.clone()),
     };

@@ -105,6 +105,125 @@ fn parse_descriptor(v: &Value, what: &str) -> Result<(Digest, u64, String), Erro
     Ok((digest, size, media_type))
 }
 
+/// A manifest that refers to another (its `subject`), as the referrers API lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    /// `artifactType` (for an image manifest without one, its config's media type).
+    pub artifact_type: String,
+}
+
+/// What a referrer is, by its artifact type (or a cosign tag's suffix): what `--referrers`
+/// selects and the summary counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ReferrerKind {
+    Signature,
+    Sbom,
+    Provenance,
+    Attestation,
+    Other,
+}
+
+impl ReferrerKind {
+    pub const ALL: [ReferrerKind; 5] = [
+        ReferrerKind::Signature,
+        ReferrerKind::Sbom,
+        ReferrerKind::Provenance,
+        ReferrerKind::Attestation,
+        ReferrerKind::Other,
+    ];
+
+    /// The kind of an artifact type: cosign and notation signatures, SPDX and CycloneDX SBOMs,
+    /// SLSA provenance, other in-toto attestations.
+    pub fn of(artifact_type: &str) -> ReferrerKind {
+        let a = artifact_type.to_ascii_lowercase();
+        let has = |w: &[&str]| w.iter().any(|w| a.contains(w));
+        if has(&[
+            "signature",
+            "cosign.artifact.sig",
+            "simplesigning",
+            "sigstore.bundle",
+        ]) {
+            ReferrerKind::Signature
+        } else if has(&["spdx", "cyclonedx", "sbom", "syft"]) {
+            ReferrerKind::Sbom
+        } else if has(&["provenance", "slsa"]) {
+            ReferrerKind::Provenance
+        } else if has(&[
+            "in-toto",
+            "intoto",
+            "attestation",
+            "dsse",
+            "cosign.artifact.att",
+        ]) {
+            ReferrerKind::Attestation
+        } else {
+            ReferrerKind::Other
+        }
+    }
+
+    /// The word `--referrers` takes for it, and the summary's.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReferrerKind::Signature => "signature",
+            ReferrerKind::Sbom => "sbom",
+            ReferrerKind::Provenance => "provenance",
+            ReferrerKind::Attestation => "attestation",
+            ReferrerKind::Other => "other",
+        }
+    }
+
+    /// For people: "4 signatures", "2 SBOMs", "1 provenance".
+    pub fn count(self, n: usize) -> String {
+        let s = if n == 1 { "" } else { "s" };
+        match self {
+            ReferrerKind::Signature => format!("{n} signature{s}"),
+            ReferrerKind::Sbom => format!("{n} SBOM{s}"),
+            ReferrerKind::Provenance => format!("{n} provenance"),
+            ReferrerKind::Attestation => format!("{n} attestation{s}"),
+            ReferrerKind::Other => format!("{n} other"),
+        }
+    }
+}
+
+/// The descriptors of a referrers list (the referrers API's body, or a referrers tag schema
+/// index): each one a manifest with its artifact type. Descriptors that are not manifests are
+/// not referrers and are skipped.
+pub fn parse_referrers(bytes: &[u8]) -> Result<Vec<Referrer>, Error> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+    let list = v
+        .get("manifests")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid("a referrers list without manifests[]"))?;
+    let mut out = Vec::new();
+    for (i, d) in list.iter().enumerate() {
+        let (digest, size, media_type) = parse_descriptor(d, &format!("manifests[{i}]"))?;
+        if !is_manifest_type(&media_type) {
+            continue;
+        }
+        let artifact_type = d
+            .get("artifactType")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        out.push(Referrer {
+            digest,
+            size,
+            media_type,
+            artifact_type,
+        });
+    }
+    Ok(out)
+}
+
+/// The referrers tag schema's tag for a subject: `sha256-<hex>` (distribution-spec v1.1, for
+/// registries without the referrers API).
+pub fn referrers_tag(subject: &Digest) -> String {
+    format!("{}-{}", subject.algorithm().as_str(), subject.hex())
+}
+
 /// Guess a stored manifest's media type from its bytes, for manifests that came without one (a
 /// layout written by another tool, where only the root is described in `index.json`).
 pub fn sniff_media_type(bytes: &[u8]) -> Option<String> {

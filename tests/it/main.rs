@@ -27,6 +27,7 @@ mod patches;
 mod patches_docker;
 mod process;
 mod pull_through;
+mod referrers;
 mod replicas;
 mod s3_faults;
 mod s3_lb;

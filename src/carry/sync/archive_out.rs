@@ -46,6 +46,7 @@ pub(super) async fn write_archive(
         let Some((top, top_bytes, top_mt)) = g.manifests.last() else {
             continue;
         };
+        let info = media::parse_manifest(top_bytes, Some(top_mt))?;
         index.put(&NewEntry {
             repo: to.repo.clone(),
             tag: match &to.reference {
@@ -55,8 +56,9 @@ pub(super) async fn write_archive(
             digest: top.clone(),
             media_type: top_mt.clone(),
             size: top_bytes.len() as u64,
-            artifact_type: None,
-            subject: None,
+            // A referrer keeps its subject, so a sync out of the archive finds it.
+            artifact_type: info.subject.as_ref().and(info.artifact_type.clone()),
+            subject: info.subject.clone(),
             tagged_at: 0,
         });
         if docker {

@@ -169,6 +169,7 @@ pub(super) async fn copy_root(
     }
     // 2. Manifests, children first; 3. the root under its tag (or digest) last.
     let n = g.manifests.len();
+    let mut listed = Vec::new();
     for (i, (d, bytes, mt)) in g.manifests.into_iter().enumerate() {
         let is_root = i + 1 == n;
         let reference = if is_root {
@@ -177,6 +178,8 @@ pub(super) async fn copy_root(
             Reference::Digest(d.clone())
         };
         if dst.has_manifest(&to.repo, &reference, &d).await? {
+            // (A referrer pushed by an interrupted run may not be listed yet.)
+            listed.push((d, bytes, mt));
             continue;
         }
         if is_root {
@@ -192,11 +195,18 @@ pub(super) async fn copy_root(
                 .await?;
             }
         }
-        dst.put_manifest(&to.repo, &reference, bytes, &mt, delta)
+        dst.put_manifest(&to.repo, &reference, bytes.clone(), &mt, delta)
             .await?;
         summary.manifests_written += 1;
         if is_root && matches!(reference, Reference::Tag(_)) {
             summary.tags_published += 1;
+        }
+        listed.push((d, bytes, mt));
+    }
+    // A referrer at a registry without the referrers API: listed where clients look instead.
+    if let Place::Remote(r) = dst {
+        for (d, bytes, mt) in &listed {
+            referrers::list_at_registry(r, &to.repo, d, bytes, mt).await?;
         }
     }
     Ok(())

@@ -17,6 +17,7 @@ mod archive_out;
 mod copy;
 mod patches;
 mod plan;
+mod referrers;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +43,7 @@ pub(crate) use crate::carry::place::{walk, BlobRef, Graph};
 pub use crate::carry::place::{Place, Root};
 pub use patches::{Patched, Whole};
 pub use plan::{parse_digest_list, parse_refs_file, Platform};
+pub use referrers::{CarriedReferrer, ReferrerFilter};
 
 use archive_out::*;
 use copy::*;
@@ -68,6 +70,8 @@ pub struct SyncOptions {
     pub verify_key: Option<Arc<crate::carry::trip::Verifier>>,
     /// With `--have`: carry every layer whole, never as a patch (`--no-patches`).
     pub no_patches: bool,
+    /// Which referrers (signatures, SBOMs, attestations) travel with their subjects.
+    pub referrers: ReferrerFilter,
 }
 
 /// What a sync did, for people (`Display`) and scripts (`--json`).
@@ -88,6 +92,8 @@ pub struct Summary {
     pub seconds: f64,
     pub dry_run: bool,
     pub failed: Vec<String>,
+    /// Referrers carried with their subjects (signatures, SBOMs, attestations).
+    pub referrers: Vec<CarriedReferrer>,
     /// Layers a delta carries as patches.
     pub patched: Vec<Patched>,
     /// Layers a delta carries whole although they are not on the far side, and why.
@@ -130,6 +136,9 @@ impl std::fmt::Display for Summary {
                 0.0
             },
         )?;
+        if !self.referrers.is_empty() {
+            write!(f, "\n{}", referrers::describe(&self.referrers))?;
+        }
         if !self.patched.is_empty() {
             let whole: u64 = self.patched.iter().map(|p| p.size).sum();
             let patch: u64 = self.patched.iter().map(|p| p.patch_size).sum();
@@ -363,6 +372,8 @@ pub async fn sync(
             Err(e) => summary.failed.push(format!("{root}: {e}")),
         }
     }
+    // What refers to them travels with them: signatures, SBOMs, attestations.
+    referrers::extend(&src, &mut graphs, &opts.referrers, progress, &mut summary).await?;
     // The patches a delta carries: a gap they fill needs their base at the destination.
     let src_patches = if matches!(src, Place::Remote(_)) || archive_out {
         HashMap::new()
