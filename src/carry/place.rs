@@ -229,12 +229,20 @@ impl Place {
         bytes: Bytes,
         mt: &str,
         delta: bool,
+        absent: &[Digest],
     ) -> Result<()> {
         match self {
+            Place::Remote(r) if !absent.is_empty() => Err(Error::Usage(format!(
+                "{repo}@{}: a registry takes an image index only with all its manifests; \
+                 {} of them were left out (--platform). Sync into a directory and serve it \
+                 (ferry serve keeps the index as it is), or sync every platform",
+                Digest::sha256_of(&bytes),
+                absent.len(),
+            ))),
             Place::Remote(r) => r.put_manifest(repo, reference, bytes, mt).await,
             Place::Store(s) => {
                 let name = RepoName::parse(repo)?;
-                s.put_manifest_checked(&name, reference, bytes, Some(mt), !delta)
+                s.put_manifest_sparse(&name, reference, bytes, Some(mt), !delta, absent)
                     .await
                     .map(|_| ())
             }
@@ -294,6 +302,35 @@ impl Place {
                 .await
                 .map_err(|e| Error::Io(std::io::Error::other(e)))?
             }
+        }
+    }
+
+    /// The children of the index `digest` that this place lacks on purpose (recorded when it
+    /// was narrowed to some platforms); a registry records none.
+    pub(crate) async fn absent(&self, repo: &str, digest: &Digest) -> Result<Vec<Digest>> {
+        let of = |ds: &mut dyn Iterator<Item = &Descriptor>| {
+            let mut out: Vec<Digest> = Vec::new();
+            for d in ds {
+                for a in d.absent() {
+                    if !out.contains(&a) {
+                        out.push(a);
+                    }
+                }
+            }
+            out
+        };
+        match self {
+            Place::Remote(_) => Ok(Vec::new()),
+            Place::Store(s) => {
+                let idx = s.index().await?;
+                Ok(of(&mut idx.file.manifests.iter().filter(|d| {
+                    &d.digest == digest && d.repo_and_tag().0 == Some(repo)
+                })))
+            }
+            Place::Archive(_, roots) => Ok(of(&mut roots
+                .iter()
+                .map(|(_, d)| d)
+                .filter(|d| &d.digest == digest))),
         }
     }
 
@@ -415,10 +452,31 @@ impl Place {
 pub(crate) struct Graph {
     pub(crate) manifests: Vec<(Digest, Bytes, String)>,
     pub(crate) blobs: Vec<BlobRef>,
+    /// Children of an index left out on purpose, by index: other platforms than those chosen,
+    /// or children the source itself lacks on purpose (it was narrowed before).
+    pub(crate) absent: std::collections::HashMap<Digest, Vec<Digest>>,
+}
+
+impl Graph {
+    pub(crate) fn absent_of(&self, index: &Digest) -> Vec<Digest> {
+        self.absent.get(index).cloned().unwrap_or_default()
+    }
 }
 
 /// Read a root's graph from the source: every manifest (children before parents) and every blob.
 pub(crate) async fn walk(src: &Place, repo: &str, reference: &Reference) -> Result<Graph> {
+    walk_narrowed(src, repo, reference, &[]).await
+}
+
+/// [`walk`], with image indexes narrowed to `platforms` (none: every platform): the index
+/// itself is kept byte for byte, the other platforms' manifests are left out and listed in
+/// [`Graph::absent`].
+pub(crate) async fn walk_narrowed(
+    src: &Place,
+    repo: &str,
+    reference: &Reference,
+    platforms: &[media::Platform],
+) -> Result<Graph> {
     let (bytes, mt, digest) = src.manifest(repo, reference).await?;
     let mut g = Graph::default();
     let mut seen = HashSet::new();
@@ -433,7 +491,22 @@ pub(crate) async fn walk(src: &Place, repo: &str, reference: &Reference) -> Resu
             continue;
         }
         let info = media::parse_manifest(&b, Some(&mt))?;
-        stack.push((d, b, mt, true));
+        let mut leave = Vec::new();
+        // A registry serving an index narrowed before (a ferry mirror of a `--platform` trip)
+        // answers 404 for the platforms it lacks on purpose; those are left out, not an error.
+        let mut optional = Vec::new();
+        if media::is_index_type(&mt) {
+            if matches!(src, Place::Remote(_)) {
+                optional = media::platform_children(&b);
+            }
+            leave = media::left_out(&b, platforms)?;
+            for a in src.absent(repo, &d).await? {
+                if !leave.contains(&a) {
+                    leave.push(a);
+                }
+            }
+        }
+        stack.push((d.clone(), b, mt, true));
         for e in info.edges {
             match e.kind {
                 EdgeKind::Blob => {
@@ -445,13 +518,26 @@ pub(crate) async fn walk(src: &Place, repo: &str, reference: &Reference) -> Resu
                         });
                     }
                 }
+                EdgeKind::Manifest if leave.contains(&e.digest) => {
+                    let list = g.absent.entry(d.clone()).or_default();
+                    if !list.contains(&e.digest) {
+                        list.push(e.digest);
+                    }
+                }
                 EdgeKind::Manifest => {
                     if seen.contains(&e.digest) {
                         continue;
                     }
-                    let (cb, cmt, cd) = src
+                    let child = src
                         .manifest(repo, &Reference::Digest(e.digest.clone()))
-                        .await?;
+                        .await;
+                    let (cb, cmt, cd) = match child {
+                        Err(Error::ManifestUnknown(_)) if optional.contains(&e.digest) => {
+                            g.absent.entry(d.clone()).or_default().push(e.digest);
+                            continue;
+                        }
+                        r => r?,
+                    };
                     if cb.len() as u64 != e.size {
                         return Err(Error::Corrupt {
                             digest: cd,

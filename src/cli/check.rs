@@ -25,6 +25,10 @@ pub struct Args {
     /// With --dockerfile: also check this cache ref (the build's `--cache-from`).
     #[arg(long, value_name = "REF", requires = "dockerfile")]
     cache_ref: Vec<String>,
+    /// Image indexes must hold these platforms (repeatable or comma-separated); an index
+    /// carried for other platforms only is then reported as incomplete.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT],…", value_delimiter = ',')]
+    platform: Vec<String>,
     /// Print the report as JSON on standard output.
     #[arg(long)]
     json: bool,
@@ -54,8 +58,18 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     if let Some(df) = &a.dockerfile {
         return dockerfile(&a, &loc, df).await;
     }
-    let reports =
-        ferry::check::check(&loc, &a.refs, &a.remote.options(a.remote.src_creds.clone())).await?;
+    let platforms = a
+        .platform
+        .iter()
+        .map(|p| p.trim().parse::<ferry::sync::Platform>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let reports = ferry::check::check(
+        &loc,
+        &a.refs,
+        &platforms,
+        &a.remote.options(a.remote.src_creds.clone()),
+    )
+    .await?;
     if reports.is_empty() {
         return Err(usage(format!("no refs selected in {loc}")));
     }

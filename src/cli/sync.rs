@@ -19,10 +19,11 @@ pub struct Args {
     /// Only tags matching this regular expression.
     #[arg(long, value_name = "REGEX")]
     tags: Option<String>,
-    /// Narrow image indexes to one platform (the tag then names that platform's manifest);
-    /// caches are always copied whole.
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
-    platform: Option<String>,
+    /// Carry only these platforms of multi-platform images (repeatable or comma-separated:
+    /// linux/amd64,linux/arm64/v8). The index travels as it is, so the tag's digest is the
+    /// same on both sides; the other platforms' manifests stay behind. Caches travel whole.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT],…", value_delimiter = ',')]
+    platform: Vec<String>,
     /// Which referrers travel with the manifests they refer to: all, none, or kinds (signature,
     /// sbom, provenance, attestation, other) and artifact types, comma-separated.
     #[arg(long, value_name = "all|none|TYPE,…", default_value = "all")]
@@ -85,10 +86,11 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     if a.jobs == 0 {
         return Err(usage("--jobs must be at least 1".into()));
     }
-    let platform = match &a.platform {
-        Some(p) => Some(p.parse::<ferry::sync::Platform>()?),
-        None => None,
-    };
+    let platforms = a
+        .platform
+        .iter()
+        .map(|p| p.trim().parse::<ferry::sync::Platform>())
+        .collect::<Result<Vec<_>, _>>()?;
     let referrers = a.referrers.parse::<ferry::sync::ReferrerFilter>()?;
     let split = a
         .split
@@ -105,7 +107,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         split,
         sign,
         verify_key,
-        platform,
+        platforms,
         refs,
         tags,
         jobs: a.jobs,

@@ -32,7 +32,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             loc @ (ferry::location::Location::Registry { .. }
             | ferry::location::Location::OciArchive { .. }),
         ) => {
-            let reports = ferry::check::check(&loc, &[], &Default::default()).await?;
+            let reports = ferry::check::check(&loc, &[], &[], &Default::default()).await?;
             return report_checks(&reports, a.json);
         }
         Some(loc) => loc,

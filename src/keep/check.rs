@@ -31,6 +31,14 @@ pub struct RefReport {
     /// hold (`<layer> from <base>`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub patched: Vec<String>,
+    /// An image index carried for some of its platforms only (`ferry sync --platform`):
+    /// "2 of 4 platforms carried (absent: …)".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platforms: Option<String>,
+    /// What refers to its manifests (signatures, SBOMs, attestations):
+    /// `<kind> <digest> (<artifact type>)`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub referrers: Vec<String>,
     /// The graph could not be read at all (a missing or corrupt manifest).
     pub error: Option<String>,
 }
@@ -54,6 +62,12 @@ impl std::fmt::Display for RefReport {
         if let (Some(r), Some(l)) = (self.cache_records, self.cache_layers) {
             write!(f, ", {r} cache records over {l} layers")?;
         }
+        if let Some(p) = &self.platforms {
+            write!(f, ", {p}")?;
+        }
+        if !self.referrers.is_empty() {
+            write!(f, ", {} referrer(s)", self.referrers.len())?;
+        }
         if !self.patched.is_empty() {
             write!(
                 f,
@@ -66,6 +80,9 @@ impl std::fmt::Display for RefReport {
             if self.ok() {
                 write!(f, "\n  all else present and intact")?;
             }
+        }
+        for r in &self.referrers {
+            write!(f, "\n  REFERRER {r}")?;
         }
         if self.ok() {
             if self.patched.is_empty() {
@@ -111,10 +128,12 @@ async fn blob_state(place: &Place, repo: &str, d: &Digest) -> std::result::Resul
     }
 }
 
-/// Check the refs a location names (narrowed by `refs`).
+/// Check the refs a location names (narrowed by `refs`); an image index must hold each of
+/// `platforms` (none: those it was carried with).
 pub async fn check(
     loc: &Location,
     refs: &[String],
+    platforms: &[media::Platform],
     opts: &RemoteOptions,
 ) -> Result<Vec<RefReport>> {
     let place = Place::open(loc, opts, false).await?;
@@ -148,9 +167,50 @@ pub async fn check(
             }
         }
         rep.missing = still;
+        if rep.error.is_none() {
+            rep.missing
+                .extend(platforms_lacking(&place, &root, platforms).await);
+        }
         out.push(rep);
     }
     Ok(out)
+}
+
+/// The `platforms` an image index root lacks ("platform linux/arm64: not carried").
+async fn platforms_lacking(
+    place: &Place,
+    root: &crate::carry::sync::Root,
+    platforms: &[media::Platform],
+) -> Vec<String> {
+    if platforms.is_empty() {
+        return Vec::new();
+    }
+    let Ok((bytes, mt, _)) = place.manifest(&root.repo, &root.reference).await else {
+        return Vec::new();
+    };
+    let children: Vec<(Digest, serde_json::Value)> = match media::is_index_type(&mt) {
+        true => serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["manifests"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|d| Some((d["digest"].as_str()?.parse().ok()?, d["platform"].clone())))
+            .collect(),
+        // One image: its config's platform is not read; an image is not narrowed.
+        false => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for p in platforms {
+        let mut present = false;
+        for (d, _) in children.iter().filter(|(_, pl)| p.matches(pl)) {
+            let r = crate::vocab::reference::Reference::Digest(d.clone());
+            present |= place.manifest(&root.repo, &r).await.is_ok();
+        }
+        if !present {
+            out.push(format!("platform {p}: not carried"));
+        }
+    }
+    out
 }
 
 /// Check one root: every manifest readable, every blob present and hashing to its digest.
@@ -166,6 +226,39 @@ pub async fn check_root(place: &Place, root: &crate::carry::sync::Root) -> RefRe
             return rep;
         }
     };
+    if let Some((d, bytes, mt)) = g.manifests.last() {
+        let absent = g.absent_of(d);
+        if media::is_index_type(mt) && !absent.is_empty() {
+            let all = media::index_platforms(bytes);
+            let gone: Vec<&str> = all
+                .iter()
+                .filter(|(x, _)| absent.contains(x))
+                .map(|(_, p)| p.as_str())
+                .collect();
+            rep.platforms = Some(format!(
+                "{} of {} platforms carried (absent: {})",
+                all.len() - gone.len(),
+                all.len(),
+                gone.join(", ")
+            ));
+        }
+    }
+    for (d, _, _) in &g.manifests {
+        if let Ok(list) = place.referrers(&root.repo, d).await {
+            for r in list {
+                let kind = media::ReferrerKind::of(&r.artifact_type).name();
+                let here = crate::vocab::reference::Reference::Digest(r.digest.clone());
+                let state = match place.manifest(&root.repo, &here).await {
+                    Ok(_) => "",
+                    Err(_) => " MISSING",
+                };
+                rep.referrers.push(format!(
+                    "{kind} {} ({}) of {d}{state}",
+                    r.digest, r.artifact_type
+                ));
+            }
+        }
+    }
     rep.manifests = g.manifests.len();
     rep.blobs = g.blobs.len();
     rep.bytes = g.blobs.iter().map(|b| b.size).sum::<u64>()

@@ -27,6 +27,10 @@ pub struct VerifyReport {
     /// Corrupt digests whose file is not content at all (a FIFO, a symlink leaving the layout),
     /// and what it is.
     pub unreadable: BTreeMap<String, String>,
+    /// Image indexes carried for some of their platforms only (`ferry sync --platform`):
+    /// complete for those, the others left out on purpose. Tag → the platforms left out.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sparse: BTreeMap<String, Vec<String>>,
 }
 
 impl VerifyReport {
@@ -56,6 +60,13 @@ impl std::fmt::Display for VerifyReport {
         }
         for (tag, ds) in &self.broken {
             write!(f, "\nBROKEN {tag}: {}", ds.join(", "))?;
+        }
+        for (tag, ps) in &self.sparse {
+            write!(
+                f,
+                "\n{tag}: image index carried without {} (left out on purpose)",
+                ps.join(", ")
+            )?;
         }
         for d in &self.quarantined {
             write!(f, "\nquarantined {d}")?;
@@ -175,18 +186,44 @@ pub fn verify_with(
         .iter()
         .map(|d| (&d.digest, d.media_type.as_str()));
     let lacking_all = graph.lacking(roots, &corrupt_set)?;
-    for (d, lacking) in idx.file.manifests.iter().zip(lacking_all) {
+    for (d, mut lacking) in idx.file.manifests.iter().zip(lacking_all) {
+        let name = match d.repo_and_tag() {
+            (Some(r), Some(t)) => format!("{r}:{t}"),
+            (Some(r), None) => format!("{r}@{}", d.digest),
+            _ => d.digest.to_string(),
+        };
+        // Children of an index left out on purpose (`sync --platform`) are not missing.
+        let absent = d.absent();
+        if !absent.is_empty() {
+            let gone: Vec<Digest> = lacking
+                .intersection(&absent.iter().cloned().collect())
+                .cloned()
+                .collect();
+            lacking.retain(|x| !absent.contains(x));
+            if !gone.is_empty() {
+                let names = store
+                    .wait(store.read_small(&d.digest, crate::vocab::media::MAX_MANIFEST_BYTES))
+                    .map(|b| crate::vocab::media::index_platforms(&b))
+                    .unwrap_or_default();
+                let ps = gone
+                    .iter()
+                    .map(|g| {
+                        names
+                            .iter()
+                            .find(|(x, _)| x == g)
+                            .map(|(_, p)| p.clone())
+                            .unwrap_or_else(|| format!("{g} (an attestation)"))
+                    })
+                    .collect();
+                report.sparse.insert(name.clone(), ps);
+            }
+        }
         for x in &lacking {
             if !corrupt_set.contains(x) {
                 missing_all.insert(x.clone());
             }
         }
         if !lacking.is_empty() {
-            let name = match d.repo_and_tag() {
-                (Some(r), Some(t)) => format!("{r}:{t}"),
-                (Some(r), None) => format!("{r}@{}", d.digest),
-                _ => d.digest.to_string(),
-            };
             report
                 .broken
                 .insert(name, lacking.iter().map(ToString::to_string).collect());

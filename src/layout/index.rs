@@ -26,6 +26,10 @@ pub const MAX_INDEX_BYTES: u64 = 32 << 20;
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const FERRY_REPOSITORY: &str = "io.ferry.repository";
 pub const FERRY_SUBJECT: &str = "io.ferry.subject";
+/// The children of an image index that were left behind on purpose (`ferry sync --platform`):
+/// digests, comma-separated. The index is stored byte for byte, so its digest is the source's;
+/// these are the platforms' manifests (and their attestations) it names but this store lacks.
+pub const FERRY_ABSENT: &str = "io.ferry.absent";
 /// When the tag was published, in milliseconds since the epoch (retention's "newest N").
 pub const FERRY_TAGGED: &str = "io.ferry.tagged";
 
@@ -83,6 +87,13 @@ impl Descriptor {
         self.annotation(FERRY_SUBJECT)
     }
 
+    /// The children left behind on purpose (see [`FERRY_ABSENT`]).
+    pub fn absent(&self) -> Vec<Digest> {
+        self.annotation(FERRY_ABSENT)
+            .map(|a| a.split(',').filter_map(|d| d.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
     /// When the tag was published (ms since the epoch), if ferry recorded it.
     pub fn tagged_at(&self) -> Option<u64> {
         self.annotation(FERRY_TAGGED)?.parse().ok()
@@ -111,6 +122,13 @@ impl Default for IndexFile {
     }
 }
 
+fn absent_list(ds: &[Digest]) -> String {
+    ds.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// What a manifest PUT records.
 #[derive(Clone, Debug)]
 pub struct NewEntry {
@@ -123,6 +141,8 @@ pub struct NewEntry {
     pub subject: Option<Digest>,
     /// Milliseconds since the epoch.
     pub tagged_at: u64,
+    /// Children of an index left behind on purpose ([`FERRY_ABSENT`]).
+    pub absent: Vec<Digest>,
 }
 
 impl NewEntry {
@@ -135,6 +155,9 @@ impl NewEntry {
         }
         if let Some(s) = &self.subject {
             ann.insert(FERRY_SUBJECT.to_owned(), s.to_string());
+        }
+        if !self.absent.is_empty() {
+            ann.insert(FERRY_ABSENT.to_owned(), absent_list(&self.absent));
         }
         Descriptor {
             media_type: self.media_type.clone(),
@@ -294,6 +317,18 @@ impl IndexFile {
             self.manifests.push(e.descriptor(Some(tag)));
         } else if !self.has_repo_digest(&e.repo, &e.digest) {
             self.manifests.push(e.descriptor(None));
+        } else {
+            // Recorded already: what it now lacks on purpose is what this PUT says.
+            for d in self.manifests.iter_mut() {
+                if d.digest == e.digest && d.repo_and_tag().0 == Some(e.repo.as_str()) {
+                    let a = d.annotations.get_or_insert_with(Default::default);
+                    if e.absent.is_empty() {
+                        a.remove(FERRY_ABSENT);
+                    } else {
+                        a.insert(FERRY_ABSENT.to_owned(), absent_list(&e.absent));
+                    }
+                }
+            }
         }
     }
 
@@ -482,6 +517,7 @@ mod tests {
             artifact_type: None,
             subject: None,
             tagged_at: 0,
+            absent: Vec::new(),
         }
     }
 

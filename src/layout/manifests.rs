@@ -14,7 +14,30 @@ impl Store {
         bytes: Bytes,
         content_type: Option<&str>,
     ) -> Result<PutManifest> {
-        self.put_manifest_refs(repo, reference, bytes, content_type, Refs::Stored)
+        self.put_manifest_refs(repo, reference, bytes, content_type, Refs::Stored, &[])
+            .await
+    }
+
+    /// An image index stored without some of its children, on purpose (`ferry sync
+    /// --platform`): everything else it references must be stored, as for
+    /// [`Store::put_manifest`]; the `absent` ones must be manifests it names, and are recorded
+    /// as left behind ([`index::FERRY_ABSENT`]), so that verify, check and GC know the gap is
+    /// meant. `check_references: false` (a delta) checks none.
+    pub async fn put_manifest_sparse(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        bytes: Bytes,
+        content_type: Option<&str>,
+        check_references: bool,
+        absent: &[Digest],
+    ) -> Result<PutManifest> {
+        let refs = if check_references {
+            Refs::Stored
+        } else {
+            Refs::Unchecked
+        };
+        self.put_manifest_refs(repo, reference, bytes, content_type, refs, absent)
             .await
     }
 
@@ -28,7 +51,7 @@ impl Store {
         bytes: Bytes,
         content_type: Option<&str>,
     ) -> Result<PutManifest> {
-        self.put_manifest_refs(repo, reference, bytes, content_type, Refs::Held)
+        self.put_manifest_refs(repo, reference, bytes, content_type, Refs::Held, &[])
             .await
     }
 
@@ -48,7 +71,7 @@ impl Store {
         } else {
             Refs::Unchecked
         };
-        self.put_manifest_refs(repo, reference, bytes, content_type, refs)
+        self.put_manifest_refs(repo, reference, bytes, content_type, refs, &[])
             .await
     }
 
@@ -59,6 +82,7 @@ impl Store {
         bytes: Bytes,
         content_type: Option<&str>,
         refs: Refs,
+        absent: &[Digest],
     ) -> Result<PutManifest> {
         self.ensure_writable()?;
         if bytes.len() as u64 > media::MAX_MANIFEST_BYTES {
@@ -90,8 +114,23 @@ impl Store {
         // refused as if GC had finished first. The second round is what makes a 201 a promise:
         // a blob promised after the commit was promised after GC's last reading of the records,
         // so no sweep of that GC removes it, and a later GC sees the manifest.
+        for d in absent {
+            if !info
+                .edges
+                .iter()
+                .any(|e| &e.digest == d && e.kind == EdgeKind::Manifest)
+            {
+                return Err(Error::ManifestInvalid(format!(
+                    "{d} is left out of {digest}, which names no such manifest"
+                )));
+            }
+        }
         let edges: Vec<&media::Edge> = match refs {
-            Refs::Held | Refs::Stored => info.edges.iter().collect(),
+            Refs::Held | Refs::Stored => info
+                .edges
+                .iter()
+                .filter(|e| !absent.contains(&e.digest))
+                .collect(),
             Refs::Unchecked => Vec::new(),
         };
         if refs == Refs::Held {
@@ -105,7 +144,12 @@ impl Store {
         self.promise_manifest_bytes(&digest, &bytes).await?;
         // The repository holds what its manifest references (and the manifest) before the
         // record names it: a client that reads the tag can read every layer under it.
-        let mut held: Vec<Digest> = info.edges.iter().map(|e| e.digest.clone()).collect();
+        let mut held: Vec<Digest> = info
+            .edges
+            .iter()
+            .filter(|e| !absent.contains(&e.digest))
+            .map(|e| e.digest.clone())
+            .collect();
         held.push(digest.clone());
         self.link(repo, &held).await?;
         self.pause("manifest:promised").await;
@@ -123,6 +167,7 @@ impl Store {
             tagged_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            absent: absent.to_vec(),
         };
         let e2 = entry.clone();
         let undo = self

@@ -105,6 +105,171 @@ fn parse_descriptor(v: &Value, what: &str) -> Result<(Digest, u64, String), Erro
     Ok((digest, size, media_type))
 }
 
+/// `--platform OS/ARCH[/VARIANT]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl std::str::FromStr for Platform {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Platform, Error> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+                os: (*os).to_owned(),
+                architecture: (*arch).to_owned(),
+                variant: parts.get(2).map(|v| (*v).to_owned()),
+            }),
+            _ => Err(Error::Usage(format!(
+                "--platform {s:?}: expected OS/ARCH[/VARIANT]"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Platform {
+    /// The platform of the machine running ferry (`linux/amd64` on x86-64).
+    pub fn host() -> Platform {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: None,
+        }
+    }
+
+    /// Whether a descriptor's `platform` object is this platform (a variant left out matches any).
+    pub fn matches(&self, p: &serde_json::Value) -> bool {
+        p["os"] == self.os.as_str()
+            && p["architecture"] == self.architecture.as_str()
+            && self
+                .variant
+                .as_ref()
+                .is_none_or(|v| p["variant"] == v.as_str())
+    }
+}
+
+/// The children of an image index to leave out when only `platforms` travel: the image
+/// manifests of other platforms, and the attestation manifests BuildKit keys to them (by
+/// `vnd.docker.reference.digest`). Children without a platform that are not such attestations
+/// stay. An index none of whose children names a platform is not narrowed; one with no child
+/// for any of `platforms` is an error naming them.
+pub fn left_out(index: &[u8], platforms: &[Platform]) -> Result<Vec<Digest>, Error> {
+    if platforms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let v: Value = serde_json::from_slice(index).map_err(|e| invalid(e.to_string()))?;
+    let children = v["manifests"].as_array().cloned().unwrap_or_default();
+    let is_attestation =
+        |d: &Value| d["annotations"]["vnd.docker.reference.type"] == "attestation-manifest";
+    let with_platform: Vec<&Value> = children
+        .iter()
+        .filter(|d| d["platform"].is_object() && !is_attestation(d))
+        .filter(|d| is_manifest_type(d["mediaType"].as_str().unwrap_or("")))
+        .collect();
+    if with_platform.is_empty() {
+        return Ok(Vec::new());
+    }
+    let digest_of = |d: &Value| d["digest"].as_str().and_then(|s| s.parse::<Digest>().ok());
+    let kept: Vec<Digest> = with_platform
+        .iter()
+        .filter(|d| platforms.iter().any(|p| p.matches(&d["platform"])))
+        .filter_map(|d| digest_of(d))
+        .collect();
+    if kept.is_empty() {
+        let names: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+        return Err(Error::Usage(format!(
+            "no manifest for platform {}",
+            names.join(", ")
+        )));
+    }
+    let mut out = Vec::new();
+    for d in &children {
+        let Some(digest) = digest_of(d) else { continue };
+        if !is_manifest_type(d["mediaType"].as_str().unwrap_or("")) || kept.contains(&digest) {
+            continue;
+        }
+        let leave = if is_attestation(d) {
+            d["annotations"]["vnd.docker.reference.digest"]
+                .as_str()
+                .and_then(|s| s.parse::<Digest>().ok())
+                .is_none_or(|of| !kept.contains(&of))
+        } else {
+            d["platform"].is_object()
+        };
+        if leave && !out.contains(&digest) {
+            out.push(digest);
+        }
+    }
+    Ok(out)
+}
+
+/// The children of an index that belong to one platform (they name a platform, or are
+/// attestation manifests): those a registry may lack on purpose.
+pub fn platform_children(index: &[u8]) -> Vec<Digest> {
+    let Ok(v) = serde_json::from_slice::<Value>(index) else {
+        return Vec::new();
+    };
+    v["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| {
+            d["platform"].is_object()
+                || d["annotations"]["vnd.docker.reference.type"] == "attestation-manifest"
+        })
+        .filter_map(|d| d["digest"].as_str()?.parse().ok())
+        .collect()
+}
+
+/// An index's platforms, each with its manifest's digest (`os/arch[/variant]`; attestation
+/// manifests are not platforms).
+pub fn index_platforms(index: &[u8]) -> Vec<(Digest, String)> {
+    let Ok(v) = serde_json::from_slice::<Value>(index) else {
+        return Vec::new();
+    };
+    v["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["annotations"]["vnd.docker.reference.type"] != "attestation-manifest")
+        .filter_map(|d| {
+            let p = d["platform"].as_object()?;
+            let digest = d["digest"].as_str()?.parse().ok()?;
+            let mut name = format!(
+                "{}/{}",
+                p.get("os")?.as_str()?,
+                p.get("architecture")?.as_str()?
+            );
+            if let Some(v) = p.get("variant").and_then(Value::as_str) {
+                name.push('/');
+                name.push_str(v);
+            }
+            Some((digest, name))
+        })
+        .collect()
+}
+
 /// A manifest that refers to another (its `subject`), as the referrers API lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Referrer {

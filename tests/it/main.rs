@@ -25,6 +25,7 @@ mod load;
 mod oci_client;
 mod patches;
 mod patches_docker;
+mod platforms;
 mod process;
 mod pull_through;
 mod referrers;

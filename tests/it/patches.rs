@@ -251,6 +251,7 @@ async fn a_changed_layer_crosses_as_a_patch_and_is_rebuilt_exactly() {
         let reports = ferry::check::check(
             &Location::parse(&t.delta()).unwrap(),
             &["app:v2".into()],
+            &[],
             &Default::default(),
         )
         .await

@@ -562,28 +562,42 @@ fn bad_arguments_exit_2_and_failures_exit_1() {
 async fn platform_narrows_image_indexes_but_never_caches() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    // app/buildx:1 is an index: linux/amd64 image + an unknown/unknown attestation.
+    // app/buildx:1 is an index: linux/amd64 image + an unknown/unknown attestation of it.
     copy_layout("app-buildx", &src);
     let dst = tmp.path().join("dst");
     let mut o = opts();
-    o.platform = Some("linux/amd64".parse().unwrap());
+    o.platforms = vec!["linux/amd64".parse().unwrap()];
     let s = run(&src.display().to_string(), &dst.display().to_string(), &o).await;
     assert!(s.failed.is_empty(), "{s}");
     let srv = TestServer::start_on(&dst, true).await;
     let r = http()
         .get(format!("{}/v2/app/buildx/manifests/1", srv.url))
+        .header("Accept", "application/vnd.oci.image.index.v1+json")
         .send()
         .await
         .unwrap();
     assert_eq!(
         r.headers()["docker-content-digest"].to_str().unwrap(),
-        "sha256:9b1e1d811b925db36eb99df1883069692e59ea5c4aeaf001181bfb8ddea3f0fd",
-        "the tag names the amd64 image manifest"
+        "sha256:422ea3734cd86fca753c5cdbe1be49894444bdd60f96c410a7223da18ed9f1cb",
+        "the tag names the index, as at the source"
     );
+    // The amd64 image and BuildKit's attestation of it both travel.
+    for d in [
+        "sha256:9b1e1d811b925db36eb99df1883069692e59ea5c4aeaf001181bfb8ddea3f0fd",
+        "sha256:743cdbc8e1c3ff59034911d2a419c949a710428f8f8ce9148235edfc422d65f8",
+    ] {
+        let r = http()
+            .get(format!("{}/v2/app/buildx/manifests/{d}", srv.url))
+            .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{d}");
+    }
     srv.stop().await;
     // No such platform: a clear failure, nothing published.
     let dst2 = tmp.path().join("dst2");
-    o.platform = Some("linux/riscv64".parse().unwrap());
+    o.platforms = vec!["linux/riscv64".parse().unwrap()];
     let s = run(&src.display().to_string(), &dst2.display().to_string(), &o).await;
     assert_eq!(s.failed.len(), 1);
     assert!(s.failed[0].contains("linux/riscv64"), "{s}");
@@ -592,7 +606,7 @@ async fn platform_narrows_image_indexes_but_never_caches() {
     let csrc = tmp.path().join("csrc");
     copy_layout("cache-legacy-oci", &csrc);
     let cdst = tmp.path().join("cdst");
-    o.platform = Some("linux/arm64".parse().unwrap());
+    o.platforms = vec!["linux/arm64".parse().unwrap()];
     let s = run(&csrc.display().to_string(), &cdst.display().to_string(), &o).await;
     assert!(s.failed.is_empty(), "{s}");
     assert_eq!(s.blobs_copied, 4);
@@ -718,6 +732,7 @@ async fn check_reports_caches_and_names_missing_and_corrupt_blobs() {
     let reports = ferry::check::check(
         &Location::parse(&fixture.display().to_string()).unwrap(),
         &[],
+        &[],
         &Default::default(),
     )
     .await
@@ -742,6 +757,7 @@ async fn check_reports_caches_and_names_missing_and_corrupt_blobs() {
     }
     let reports = ferry::check::check(
         &Location::parse(&format!("docker://{}", srv.host())).unwrap(),
+        &[],
         &[],
         &Default::default(),
     )

@@ -60,6 +60,7 @@ pub(super) async fn write_archive(
             artifact_type: info.subject.as_ref().and(info.artifact_type.clone()),
             subject: info.subject.clone(),
             tagged_at: 0,
+            absent: g.absent_of(top),
         });
         if docker {
             docker_images.push(docker_entry(root, &to, top_bytes, top_mt)?);

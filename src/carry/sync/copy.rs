@@ -169,6 +169,7 @@ pub(super) async fn copy_root(
     }
     // 2. Manifests, children first; 3. the root under its tag (or digest) last.
     let n = g.manifests.len();
+    let absent = g.absent;
     let mut listed = Vec::new();
     for (i, (d, bytes, mt)) in g.manifests.into_iter().enumerate() {
         let is_root = i + 1 == n;
@@ -191,12 +192,20 @@ pub(super) async fn copy_root(
                     bytes.clone(),
                     &mt,
                     delta,
+                    &absent.get(&d).cloned().unwrap_or_default(),
                 )
                 .await?;
             }
         }
-        dst.put_manifest(&to.repo, &reference, bytes.clone(), &mt, delta)
-            .await?;
+        dst.put_manifest(
+            &to.repo,
+            &reference,
+            bytes.clone(),
+            &mt,
+            delta,
+            &absent.get(&d).cloned().unwrap_or_default(),
+        )
+        .await?;
         summary.manifests_written += 1;
         if is_root && matches!(reference, Reference::Tag(_)) {
             summary.tags_published += 1;

@@ -39,10 +39,11 @@ use crate::vocab::location::Location;
 use crate::vocab::media::{self};
 use crate::vocab::reference::Reference;
 
-pub(crate) use crate::carry::place::{walk, BlobRef, Graph};
+pub(crate) use crate::carry::place::{walk, walk_narrowed, BlobRef, Graph};
 pub use crate::carry::place::{Place, Root};
+pub use crate::vocab::media::Platform;
 pub use patches::{Patched, Whole};
-pub use plan::{parse_digest_list, parse_refs_file, Platform};
+pub use plan::{parse_digest_list, parse_refs_file};
 pub use referrers::{CarriedReferrer, ReferrerFilter};
 
 use archive_out::*;
@@ -51,8 +52,10 @@ use plan::*;
 
 #[derive(Clone, Debug, Default)]
 pub struct SyncOptions {
-    /// Narrow image indexes to one platform.
-    pub platform: Option<Platform>,
+    /// Carry only these platforms of image indexes (none: all). The index travels byte for
+    /// byte (its digest, and so every tag and pin, unchanged); the other platforms' manifests
+    /// stay behind and the destination records them as left out on purpose.
+    pub platforms: Vec<Platform>,
     /// Narrow to these refs: `REPO`, `REPO:TAG`, `TAG`, or `REPO@DIGEST`.
     pub refs: Vec<String>,
     pub tags: Option<regex::Regex>,
@@ -320,11 +323,23 @@ pub async fn sync(
             "--have writes a delta: the destination must be a directory or oci-archive:PATH".into(),
         ));
     }
-    // `docker load` takes one platform's image: the host's unless --platform says otherwise.
-    let platform = match (&opts.platform, dst_loc) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Location::DockerArchive { .. }) => Some(Platform::host()),
-        (None, _) => None,
+    // `docker load` takes one platform's image (not an index): the host's unless --platform
+    // names one.
+    let image_of =
+        match dst_loc {
+            Location::DockerArchive { .. } => match opts.platforms.as_slice() {
+                [] => Some(Platform::host()),
+                [p] => Some(p.clone()),
+                _ => return Err(Error::Usage(
+                    "docker-archive: docker load takes one platform's image; name one --platform"
+                        .into(),
+                )),
+            },
+            _ => None,
+        };
+    let narrow_to: &[Platform] = match image_of {
+        Some(_) => &[],
+        None => &opts.platforms,
     };
     let mut roots = select_roots(&src, src_loc, &opts.refs).await?;
     if let Some(re) = &opts.tags {
@@ -345,12 +360,12 @@ pub async fn sync(
     // and a delta is checked for completeness against the destination.
     let mut graphs = Vec::new();
     for root in &roots {
-        let from = match &platform {
+        let from = match &image_of {
             Some(p) => select_platform(&src, root, p).await,
             None => Ok(root.reference.clone()),
         };
         match from {
-            Ok(from) => match walk(&src, &root.repo, &from).await {
+            Ok(from) => match walk_narrowed(&src, &root.repo, &from, narrow_to).await {
                 Ok(g) => {
                     // A directory source may be hostile media: a FIFO or a symlink out of the
                     // layout under a blob's name is neither content nor a delta's gap. That

@@ -3,73 +3,9 @@
 
 use super::*;
 
-/// `--platform OS/ARCH[/VARIANT]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl std::str::FromStr for Platform {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Platform> {
-        let parts: Vec<&str> = s.split('/').collect();
-        match parts.as_slice() {
-            [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
-                os: (*os).to_owned(),
-                architecture: (*arch).to_owned(),
-                variant: parts.get(2).map(|v| (*v).to_owned()),
-            }),
-            _ => Err(Error::Usage(format!(
-                "--platform {s:?}: expected OS/ARCH[/VARIANT]"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
-
-impl Platform {
-    /// The platform of the machine running ferry (`linux/amd64` on x86-64).
-    pub fn host() -> Platform {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" => "ppc64le",
-            other => other,
-        };
-        Platform {
-            os: "linux".into(),
-            architecture: architecture.into(),
-            variant: None,
-        }
-    }
-
-    fn matches(&self, p: &serde_json::Value) -> bool {
-        p["os"] == self.os.as_str()
-            && p["architecture"] == self.architecture.as_str()
-            && self
-                .variant
-                .as_ref()
-                .is_none_or(|v| p["variant"] == v.as_str())
-    }
-}
-
-/// With `--platform`: an image index (or manifest list) whose children carry platforms is
-/// narrowed to the matching image manifest, which then gets the tag (as `docker pull` and
-/// `skopeo copy --multi-arch system` do; the index itself could not be stored without its other
-/// children). Anything else, caches included, is copied whole.
+/// For `docker-archive:` (`docker load` takes images, not indexes): an image index (or manifest
+/// list) whose children carry platforms is narrowed to the matching image manifest, which then
+/// gets the tag (as `docker pull` does). Anything else, caches included, is copied whole.
 pub(super) async fn select_platform(
     src: &Place,
     root: &Root,

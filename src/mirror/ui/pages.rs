@@ -505,6 +505,52 @@ fn node(ctx: &Ctx, sharers: &Sharers, c: &Child, depth: usize) -> Markup {
     }
 }
 
+/// What refers to a manifest in its repository (signatures, SBOMs, attestations), each with
+/// whether this store holds it.
+fn referrers(ctx: &Ctx, repo: &str, subject: &crate::vocab::digest::Digest) -> Markup {
+    let list: Vec<(String, String, crate::vocab::digest::Digest, bool)> = ctx
+        .store
+        .wait(ctx.store.index())
+        .map(|idx| {
+            idx.referrers(repo, subject)
+                .into_iter()
+                .map(|d| {
+                    let at = d.artifact_type.clone().unwrap_or_default();
+                    let kind = crate::vocab::media::ReferrerKind::of(&at).name().to_owned();
+                    let here = ctx
+                        .store
+                        .wait(ctx.store.blob_size(&d.digest))
+                        .ok()
+                        .flatten()
+                        .is_some();
+                    (kind, at, d.digest.clone(), here)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    html! {
+        @if list.is_empty() {
+            p.muted #referrers data-count="0" { "None: no signature, SBOM or attestation in this repository refers to it." }
+        } @else {
+            table #referrers data-count=(list.len()) {
+                thead { tr { th { "Kind" } th { "Artifact type" } th { "Digest" } th { "Here" } } }
+                tbody {
+                    @for (kind, at, d, here) in &list {
+                        tr data-digest=(d.to_string()) data-kind=(kind) {
+                            td { span.badge { (kind) } }
+                            td.mono { (at) }
+                            td.mono title=(d.to_string()) {
+                                a href=(format!("/ui/tag?repo={}&digest={}", enc(repo), enc(&d.to_string()))) { (short(d)) }
+                            }
+                            td { @if *here { "present" } @else { span.badge.warn { "missing" } } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A tag: its graph, and which other tags share each blob.
 pub fn tag(ctx: &Ctx, repo: &str, tag: Option<&str>, digest: Option<&str>) -> Option<String> {
     let c = ctx.catalog;
@@ -532,6 +578,8 @@ pub fn tag(ctx: &Ctx, repo: &str, tag: Option<&str>, digest: Option<&str>) -> Op
         }
         p { "Digest " code #tag-digest { (s.digest.to_string()) } }
         @if let Some(subject) = &s.subject { p { "Refers to " code { (subject.to_string()) } } }
+        h2 { "Referrers" }
+        (referrers(ctx, repo, &s.digest))
         h2 { "To use it" }
         (copy_lines(ctx, row))
         h2 { "Graph" }
