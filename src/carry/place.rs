@@ -268,18 +268,7 @@ impl Place {
             artifact_type: d.artifact_type.clone().unwrap_or_default(),
         };
         match self {
-            Place::Remote(r) => {
-                if let Some(list) = r.referrers_api(repo, subject).await? {
-                    return Ok(list);
-                }
-                let tag = Reference::Tag(media::referrers_tag(subject));
-                match r.manifest_lookup(repo, &tag).await? {
-                    Some((bytes, mt, _)) if media::is_index_type(&mt) => {
-                        media::parse_referrers(&bytes)
-                    }
-                    _ => Ok(Vec::new()),
-                }
-            }
+            Place::Remote(r) => r.referrers(repo, subject).await,
             Place::Store(s) => {
                 let idx = s.index().await?;
                 Ok(idx

@@ -57,6 +57,9 @@ pub struct Registry {
     http: reqwest::Client,
     /// `http` or `https`, as oci-client speaks to this host.
     scheme: &'static str,
+    /// The registry answered the referrers API with 404: it has none (the spec forbids a 404
+    /// from one that has it), so it is not asked again — one request per manifest, not two.
+    no_referrers_api: std::sync::atomic::AtomicBool,
 }
 
 /// How long a token flow's result is trusted before it runs again.
@@ -186,6 +189,7 @@ impl Registry {
             tokens: Default::default(),
             http,
             scheme,
+            no_referrers_api: Default::default(),
         })
     }
 
@@ -436,6 +440,19 @@ impl Registry {
         Err(self.err(format!("{what}: 401 Unauthorized after a fresh token")))
     }
 
+    /// The manifests whose `subject` is `subject`: the referrers API, else (a registry without
+    /// it) the referrers tag schema's index (`<alg>-<hex>`).
+    pub async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<media::Referrer>> {
+        if let Some(list) = self.referrers_api(repo, subject).await? {
+            return Ok(list);
+        }
+        let tag = Reference::Tag(media::referrers_tag(subject));
+        match self.manifest_lookup(repo, &tag).await? {
+            Some((bytes, mt, _)) if media::is_index_type(&mt) => media::parse_referrers(&bytes),
+            _ => Ok(Vec::new()),
+        }
+    }
+
     /// The manifests whose `subject` is `subject`: the referrers API, every page (`None` when
     /// the registry has no referrers API: it answers 404).
     pub async fn referrers_api(
@@ -443,6 +460,10 @@ impl Registry {
         repo: &str,
         subject: &Digest,
     ) -> Result<Option<Vec<media::Referrer>>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.no_referrers_api.load(Relaxed) {
+            return Ok(None);
+        }
         let what = format!("referrers of {repo}@{subject}");
         let mut path = format!("referrers/{subject}");
         let mut out = Vec::new();
@@ -452,7 +473,11 @@ impl Registry {
                 .fetch_bounded(repo, &path, media::OCI_INDEX, &what)
                 .await?
             else {
-                return Ok(if out.is_empty() { None } else { Some(out) });
+                if out.is_empty() {
+                    self.no_referrers_api.store(true, Relaxed);
+                    return Ok(None);
+                }
+                return Ok(Some(out));
             };
             out.extend(
                 media::parse_referrers(&body).map_err(|e| self.err(format!("{what}: {e}")))?,

@@ -237,6 +237,102 @@ async fn referrers_cross_by_tag_and_by_repository_through_dirs_archives_and_regi
         .unwrap();
     assert_eq!(r.status(), 404, "tag 2 was not asked for");
 
+    // `ferry check` and the mirror's page show the tag's referrers.
+    let reports = ferry::check::check(
+        &Location::parse(&dir.display().to_string()).unwrap(),
+        &["app/signed:1".into()],
+        &[],
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    assert!(reports[0].ok(), "{}", reports[0]);
+    let text = reports[0].to_string();
+    for (kind, d) in [
+        ("signature", &s.sig),
+        ("sbom", &s.sbom),
+        ("attestation", &s.intoto),
+    ] {
+        assert!(
+            text.contains(&format!("REFERRER {kind} {d}")),
+            "check lists the {kind}: {text}"
+        );
+    }
+    let page = http()
+        .get(format!("{}/ui/tag?repo=app/signed&tag=1", b.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = page.find("id=\"referrers\"").expect("a referrers table");
+    let table = &page[at..page[at..].find("</table>").map_or(page.len(), |e| at + e)];
+    assert!(table.contains("data-count=\"3\""), "{table}");
+    for d in [&s.sig, &s.sbom, &s.intoto] {
+        assert!(table.contains(&d.to_string()), "the page lists {d}");
+    }
+
+    // A signed trip covers them: the statement verifies, and an edited referrer is refused.
+    let keys = tmp.path().join("keys");
+    let ferry = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ferry(&[
+        "key",
+        "generate",
+        "--no-password",
+        "--out",
+        &keys.display().to_string(),
+    ]);
+    assert!(out.status.success());
+    let signed = tmp.path().join("signed");
+    let out = ferry(&[
+        "sync",
+        "--sign",
+        &keys.join("ferry.key").display().to_string(),
+        &src_one,
+        &signed.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let statement = std::fs::read_to_string(signed.join("ferry-trip.json")).unwrap();
+    for d in [&s.sig, &s.sbom, &s.intoto, &s.sbom_sig, &s.cosign] {
+        assert!(
+            statement.contains(&d.to_string()),
+            "the statement names {d}"
+        );
+    }
+    let verify = |dir: &std::path::Path| {
+        ferry(&[
+            "check",
+            "--verify-key",
+            &keys.join("ferry.pub").display().to_string(),
+            &dir.display().to_string(),
+        ])
+    };
+    assert!(verify(&signed).status.success());
+    let sbom_file = signed.join("blobs/sha256").join(s.sbom.hex());
+    let mut perm = std::fs::metadata(&sbom_file).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
+    std::fs::set_permissions(&sbom_file, perm).unwrap();
+    let mut bytes = std::fs::read(&sbom_file).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&sbom_file, bytes).unwrap();
+    let out = verify(&signed);
+    assert!(!out.status.success(), "an edited SBOM manifest passes");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&s.sbom.to_string()),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // 2. By repository: registry -> oci-archive -> registry.
     let ar = tmp.path().join("trip.tar");
     let sum = run(
@@ -381,4 +477,68 @@ async fn a_registry_without_the_referrers_api_gets_the_tag_schema_and_is_read_ba
     .await;
     assert_counted(&sum, "Distribution -> registry");
     assert_registry_has_all(&back.url, &s, "Distribution -> ferry").await;
+}
+
+/// A pull-through mirror fetches an image's referrers with its manifest, so its referrers API
+/// lists them and a trip from it carries them (`ferry used` → `ferry sync --refs-file`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_through_mirror_fetches_referrers_with_the_image() {
+    let up = TestServer::start().await;
+    let s = populate(&up.url).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pull = ferry::proxy::PullThrough::new(
+        vec![ferry::proxy::Upstream::parse(&format!("docker.io={}", up.url), None, None).unwrap()],
+        std::time::Duration::from_secs(600),
+    )
+    .unwrap();
+    let mirror = TestServer::start_opts(
+        &tmp.path().join("mirror"),
+        ServerOpts {
+            pull: Some(pull),
+            ..Default::default()
+        },
+    )
+    .await;
+    // A client pulls the image's manifest through the mirror, nothing else.
+    let r = http()
+        .get(format!(
+            "{}/v2/docker.io/app/signed/manifests/1",
+            mirror.url
+        ))
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        referrers_api(&mirror.url, "docker.io/app/signed", &s.image).await,
+        sorted(&[&s.sig, &s.sbom, &s.intoto]),
+        "the mirror lists the image's referrers after one pull"
+    );
+    assert_eq!(
+        referrers_api(&mirror.url, "docker.io/app/signed", &s.sbom).await,
+        sorted(&[&s.sbom_sig]),
+        "and the SBOM's signature"
+    );
+    // The trip from the connected mirror carries them (their blobs come through it).
+    let dir = tmp.path().join("trip");
+    let sum = run(
+        &format!("docker://{}/docker.io/app/signed:1", mirror.host()),
+        &dir.display().to_string(),
+        &SyncOptions {
+            referrers: "signature,sbom,attestation".parse().unwrap(),
+            ..opts()
+        },
+    )
+    .await;
+    assert!(sum.failed.is_empty(), "{sum}");
+    let carried: Vec<String> = sum.referrers.iter().map(|r| r.referrer.clone()).collect();
+    for d in [&s.sig, &s.sbom, &s.intoto, &s.sbom_sig] {
+        assert!(
+            carried.iter().any(|c| c.ends_with(&d.to_string())),
+            "{d}: {carried:?}"
+        );
+        assert!(dir.join("blobs/sha256").join(d.hex()).exists(), "{d}");
+    }
+    mirror.stop().await;
 }

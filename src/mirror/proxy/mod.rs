@@ -53,6 +53,11 @@ pub const DEFAULT_MAX_BLOB: u64 = 64 << 30;
 pub const DOCKER_HUB: &str = "docker.io";
 
 /// A component that names a registry rather than a namespace (`ghcr.io`, `localhost`).
+/// How deep referrers of referrers are followed when an image is pulled through.
+const REFERRER_DEPTH: usize = 3;
+/// At most this many referrers of one manifest are stored when it is pulled through.
+const MAX_REFERRERS: usize = 64;
+
 pub fn is_host(component: &str) -> bool {
     component.contains('.') || component.contains(':') || component == "localhost"
 }
@@ -410,7 +415,66 @@ impl PullThrough {
             self.mark_checked(name.as_str(), t);
         }
         tracing::info!(upstream = %up.name, repo = %name, %reference, %digest, "pulled through");
+        self.fetch_referrers(store, name, &up, &urepo, &digest)
+            .await;
         store.manifest(name, reference).await.map(Some)
+    }
+
+    /// What refers to a manifest just pulled through (signatures, SBOMs, attestations), stored
+    /// with it — their blobs come on demand, as an image's do — so that the mirror's referrers
+    /// API lists them and `ferry used` → `ferry sync --refs-file` finds them. A referrer of a
+    /// referrer (a signature of an SBOM) comes along too, to a depth of [`REFERRER_DEPTH`]. The
+    /// client's pull never fails for them: what cannot be had is logged.
+    async fn fetch_referrers(
+        &self,
+        store: &Store,
+        name: &RepoName,
+        up: &Upstream,
+        urepo: &str,
+        subject: &Digest,
+    ) {
+        let mut todo = vec![(subject.clone(), 0usize)];
+        let mut seen = std::collections::HashSet::new();
+        while let Some((s, depth)) = todo.pop() {
+            if depth >= REFERRER_DEPTH || !seen.insert(s.clone()) {
+                continue;
+            }
+            let list = match up.registry.referrers(urepo, &s).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(upstream = %up.name, repo = %name, subject = %s, error = %e,
+                        "the referrers of a pulled-through manifest could not be listed");
+                    continue;
+                }
+            };
+            for r in list.into_iter().take(MAX_REFERRERS) {
+                let reference = Reference::Digest(r.digest.clone());
+                if store.manifest(name, &reference).await.is_ok() {
+                    todo.push((r.digest, depth + 1));
+                    continue;
+                }
+                let got = up.registry.manifest_lookup(urepo, &reference).await;
+                match got {
+                    Ok(Some((bytes, mt, _))) => {
+                        match store
+                            .put_manifest_checked(name, &reference, bytes, Some(&mt), false)
+                            .await
+                        {
+                            Ok(_) => todo.push((r.digest, depth + 1)),
+                            Err(e) => {
+                                tracing::warn!(repo = %name, referrer = %r.digest, error = %e,
+                                "a referrer from the upstream was not stored")
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(upstream = %up.name, repo = %name, referrer = %r.digest,
+                        error = %e, "a referrer could not be fetched")
+                    }
+                }
+            }
+        }
     }
 
     /// How many fetches have ended so far. Read it before looking in the store: [`Self::blob`]
