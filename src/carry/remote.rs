@@ -360,6 +360,7 @@ impl Registry {
                 &format!("manifests/{reference}"),
                 &MANIFEST_TYPES.join(", "),
                 &format!("manifest {repo}:{reference}"),
+                &[reqwest::StatusCode::NOT_FOUND],
             )
             .await?;
         Ok(got.map(|(bytes, headers)| {
@@ -373,13 +374,15 @@ impl Registry {
     }
 
     /// GET `/v2/<repo>/<path>` with the pull credentials, the body read up to
-    /// [`media::MAX_MANIFEST_BYTES`] (see [`Registry::fetch_manifest`]). `None`: 404.
+    /// [`media::MAX_MANIFEST_BYTES`] (see [`Registry::fetch_manifest`]). `None`: the registry
+    /// answered one of `none` (404: it has no such thing).
     async fn fetch_bounded(
         &self,
         repo: &str,
         path: &str,
         accept: &str,
         what: &str,
+        none: &[reqwest::StatusCode],
     ) -> Result<Option<(Bytes, reqwest::header::HeaderMap)>> {
         for attempt in 0..2 {
             self.ensure_auth(repo, false).await?;
@@ -410,7 +413,7 @@ impl Registry {
                 self.authed.lock().await.remove(&(repo.to_owned(), false));
                 continue;
             }
-            if status == reqwest::StatusCode::NOT_FOUND {
+            if none.contains(&status) {
                 return Ok(None);
             }
             let limit = media::MAX_MANIFEST_BYTES;
@@ -469,8 +472,11 @@ impl Registry {
         let mut out = Vec::new();
         // A registry that pages for ever is not followed for ever.
         for _ in 0..MAX_REFERRER_PAGES {
+            // The API is optional: a registry without it answers 404 (the spec's word), or,
+            // behind some front ends, 400, 401, 403, 405 or 501 for a path it does not know.
+            // Then the referrers tag schema is read instead, whose answer names a real refusal.
             let Some((body, headers)) = self
-                .fetch_bounded(repo, &path, media::OCI_INDEX, &what)
+                .fetch_bounded(repo, &path, media::OCI_INDEX, &what, NO_REFERRERS_API)
                 .await?
             else {
                 if out.is_empty() {
@@ -658,6 +664,16 @@ impl Registry {
         Ok(())
     }
 }
+
+/// Answers to the referrers API that mean the registry has none (see [`Registry::referrers_api`]).
+const NO_REFERRERS_API: &[reqwest::StatusCode] = &[
+    reqwest::StatusCode::NOT_FOUND,
+    reqwest::StatusCode::BAD_REQUEST,
+    reqwest::StatusCode::UNAUTHORIZED,
+    reqwest::StatusCode::FORBIDDEN,
+    reqwest::StatusCode::METHOD_NOT_ALLOWED,
+    reqwest::StatusCode::NOT_IMPLEMENTED,
+];
 
 /// At most this many pages of one manifest's referrers are read.
 const MAX_REFERRER_PAGES: usize = 100;

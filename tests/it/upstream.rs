@@ -249,6 +249,14 @@ async fn bearer_upstream() -> (MockServer, Image) {
             .mount(&server)
             .await;
     }
+    // Anything else with the token: not here (as a registry answers for an unknown manifest,
+    // such as the referrers tag schema's `sha256-<hex>` that sync looks for).
+    Mock::given(path_regex("^/v2/.+/.+"))
+        .and(header("authorization", "Bearer tok"))
+        .respond_with(ResponseTemplate::new(404))
+        .with_priority(9)
+        .mount(&server)
+        .await;
     // Anything without the token: the challenge.
     Mock::given(path_regex("^/v2/.*"))
         .respond_with(
