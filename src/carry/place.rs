@@ -232,13 +232,10 @@ impl Place {
         absent: &[Digest],
     ) -> Result<()> {
         match self {
-            Place::Remote(r) if !absent.is_empty() => Err(Error::Usage(format!(
-                "{repo}@{}: a registry takes an image index only with all its manifests; \
-                 {} of them were left out (--platform). Sync into a directory and serve it \
-                 (ferry serve keeps the index as it is), or sync every platform",
-                Digest::sha256_of(&bytes),
-                absent.len(),
-            ))),
+            Place::Remote(r) if !absent.is_empty() => {
+                r.put_manifest_absent(repo, reference, bytes, mt, absent)
+                    .await
+            }
             Place::Remote(r) => r.put_manifest(repo, reference, bytes, mt).await,
             Place::Store(s) => {
                 let name = RepoName::parse(repo)?;

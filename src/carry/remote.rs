@@ -647,6 +647,51 @@ impl Registry {
             .is_ok()
     }
 
+    /// PUT an image index without some of its children, naming them in
+    /// [`media::FERRY_ABSENT_HEADER`]: a ferry registry records them as left out on purpose;
+    /// another registry refuses the index (its children are missing), and the error says so.
+    /// Sent by ferry itself (oci-client sends no extra headers), with the `--dest-creds`.
+    pub async fn put_manifest_absent(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        bytes: Bytes,
+        media_type: &str,
+        absent: &[Digest],
+    ) -> Result<()> {
+        let url = format!(
+            "{}://{}/v2/{repo}/manifests/{reference}",
+            self.scheme, self.host
+        );
+        let list: Vec<String> = absent.iter().map(ToString::to_string).collect();
+        let mut req = self
+            .http
+            .put(&url)
+            .header(reqwest::header::CONTENT_TYPE, media_type)
+            .header(media::FERRY_ABSENT_HEADER, list.join(","))
+            .body(bytes);
+        if let RegistryAuth::Basic(u, p) = &self.auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        let what = format!("put manifest {repo}:{reference}");
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.err(format!("{what}: {}", chain(&e))))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let text: String = text.chars().take(512).collect();
+        Err(self.err(format!(
+            "{what}: {status}: {}; the index was carried without {} of its manifests \
+             (--platform), which only a ferry registry (or a directory) takes",
+            text.trim(),
+            absent.len()
+        )))
+    }
+
     pub async fn put_manifest(
         &self,
         repo: &str,

@@ -81,13 +81,13 @@ impl std::fmt::Display for RefReport {
                 write!(f, "\n  all else present and intact")?;
             }
         }
+        if self.ok() && self.patched.is_empty() {
+            write!(f, "; all present and intact")?;
+        }
         for r in &self.referrers {
             write!(f, "\n  REFERRER {r}")?;
         }
         if self.ok() {
-            if self.patched.is_empty() {
-                write!(f, "; all present and intact")?;
-            }
             Ok(())
         } else {
             for d in &self.missing {

@@ -205,16 +205,17 @@ pub fn verify_with(
                     .wait(store.read_small(&d.digest, crate::vocab::media::MAX_MANIFEST_BYTES))
                     .map(|b| crate::vocab::media::index_platforms(&b))
                     .unwrap_or_default();
-                let ps = gone
+                // In the index's order; what names no platform is an attestation.
+                let mut ps: Vec<String> = names
                     .iter()
-                    .map(|g| {
-                        names
-                            .iter()
-                            .find(|(x, _)| x == g)
-                            .map(|(_, p)| p.clone())
-                            .unwrap_or_else(|| format!("{g} (an attestation)"))
-                    })
+                    .filter(|(x, _)| gone.contains(x))
+                    .map(|(_, p)| p.clone())
                     .collect();
+                ps.extend(
+                    gone.iter()
+                        .filter(|g| !names.iter().any(|(x, _)| x == *g))
+                        .map(|g| format!("{g} (an attestation)")),
+                );
                 report.sparse.insert(name.clone(), ps);
             }
         }

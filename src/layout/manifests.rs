@@ -44,14 +44,18 @@ impl Store {
     /// A manifest a client pushed: what it references must be held by its repository (pushed
     /// or mounted there, or recorded there), as in Distribution: a digest stored for another
     /// repository is not this one's to name.
+    ///
+    /// `absent`: children of an image index left out on purpose (see
+    /// [`Store::put_manifest_sparse`]); none for an ordinary push.
     pub async fn put_client_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
         bytes: Bytes,
         content_type: Option<&str>,
+        absent: &[Digest],
     ) -> Result<PutManifest> {
-        self.put_manifest_refs(repo, reference, bytes, content_type, Refs::Held, &[])
+        self.put_manifest_refs(repo, reference, bytes, content_type, Refs::Held, absent)
             .await
     }
 

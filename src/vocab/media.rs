@@ -35,6 +35,10 @@ pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.man
 pub const BUILDKIT_CACHE_CONFIG: &str = "application/vnd.buildkit.cacheconfig.v0";
 pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 
+/// The request header of a manifest PUT naming the children of an image index left out on
+/// purpose (`ferry sync --platform` into a ferry registry): digests, comma-separated.
+pub const FERRY_ABSENT_HEADER: &str = "Ferry-Absent";
+
 /// Largest manifest accepted or read, as in Distribution and the spec's recommendation.
 pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
 

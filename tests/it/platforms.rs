@@ -343,10 +343,41 @@ async fn platforms_narrowed_keep_the_index_digest_everywhere() {
         let idx = std::fs::read_to_string(d.join("index.json")).unwrap();
         assert!(idx.contains(&index.to_string()), "{}", d.display());
     }
+    // 6b. Into a ferry registry (the offline mirror): the index under the same digest, the
+    //     gap recorded there too; a second run has nothing to do.
     let b = TestServer::start().await;
     let s = run(&dir_s, &format!("docker://{}", b.host()), &opts("")).await;
-    assert_eq!(s.failed.len(), 1, "{s}");
-    assert!(s.failed[0].contains("left out"), "{s}");
+    assert!(s.failed.is_empty(), "{s}");
+    assert_eq!(
+        status_of(&b.url, "app/multi", "1").await,
+        (200, Some(index.to_string()))
+    );
+    assert_eq!(status_of(&b.url, "app/multi", &child["s390x"]).await.0, 200);
+    assert_eq!(status_of(&b.url, "app/multi", &child["ppc64le"]).await.0, 404);
+    let store = ferry::layout::Store::open(&b.dir, true).unwrap();
+    let v = tokio::task::spawn_blocking(move || ferry::verify::verify(&store, 2, false))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(v.ok(), "{v}");
+    assert_eq!(v.sparse["app/multi:1"].len(), 3, "{v}");
+    let again = run(&dir_s, &format!("docker://{}", b.host()), &opts("")).await;
+    assert!(again.copied_nothing() && again.failed.is_empty(), "{again}");
+    // A client's ordinary push of the same index (no header) is refused: its children are
+    // missing there.
+    let bytes = std::fs::read(dir.join("blobs/sha256").join(index.hex())).unwrap();
+    let r = put_manifest(&b.url, "app/multi", "2", OCI_INDEX, &bytes).await;
+    assert_eq!(r.status(), 400);
+    // 6c. Into CNCF Distribution 2.8, which takes no index without its children: refused,
+    //     saying why.
+    if let Some(dist) = tokio::task::spawn_blocking(Distribution::start)
+        .await
+        .unwrap()
+    {
+        let s = run(&dir_s, &format!("docker://{}", dist.host), &opts("")).await;
+        assert_eq!(s.failed.len(), 1, "{s}");
+        assert!(s.failed[0].contains("only a ferry registry"), "{s}");
+    }
 
     // 7. Filling the gap later: every platform, over the narrowed directory.
     let s = run(&src, &dir_s, &opts("")).await;

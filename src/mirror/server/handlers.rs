@@ -16,7 +16,7 @@ use super::range::{parse_content_range, parse_range, ByteRange};
 use super::App;
 use crate::error::Error;
 use crate::vocab::digest::Digest;
-use crate::vocab::media;
+use crate::vocab::media::{self, FERRY_ABSENT_HEADER};
 use crate::vocab::reference::{truncate, Reference, RepoName};
 
 type HResult = Result<Response, ApiError>;
@@ -763,6 +763,21 @@ async fn put_manifest(app: &App, r: &RepoName, reference: &str, req: Request) ->
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // `Ferry-Absent`: an image index pushed without some of its platforms on purpose
+    // (`ferry sync --platform`), those manifests' digests; the rest must be held as usual.
+    let absent: Vec<Digest> = match req.headers().get(FERRY_ABSENT_HEADER) {
+        None => Vec::new(),
+        Some(v) => v
+            .to_str()
+            .map_err(|_| Error::ManifestInvalid(format!("{FERRY_ABSENT_HEADER}: not text")))?
+            .split(',')
+            .map(|d| {
+                d.trim().parse::<Digest>().map_err(|e| {
+                    Error::ManifestInvalid(format!("{FERRY_ABSENT_HEADER}: {e}"))
+                })
+            })
+            .collect::<std::result::Result<_, _>>()?,
+    };
     let limit = media::MAX_MANIFEST_BYTES as usize;
     let body = Body::from_stream(guarded_body(req.into_body(), &app.limits));
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
@@ -778,7 +793,7 @@ async fn put_manifest(app: &App, r: &RepoName, reference: &str, req: Request) ->
     })?;
     let put = app
         .store
-        .put_client_manifest(r, &reference, bytes, content_type.as_deref())
+        .put_client_manifest(r, &reference, bytes, content_type.as_deref(), &absent)
         .await?;
     let mut res = StatusCode::CREATED.into_response();
     let h = res.headers_mut();
