@@ -277,6 +277,21 @@ async fn platforms_narrowed_keep_the_index_digest_everywhere() {
         "{v}"
     );
 
+    // GC (no grace) sweeps nothing the narrowed index reaches, and verify stays clean.
+    let store = ferry::layout::Store::open(&dir, false).unwrap();
+    let g = tokio::task::spawn_blocking(move || {
+        ferry::gc::gc(&store, std::time::Duration::ZERO, false).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(g.swept, 0, "{g:?}");
+    let store = ferry::layout::Store::open(&dir, true).unwrap();
+    let v = tokio::task::spawn_blocking(move || ferry::verify::verify(&store, 2, false))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(v.ok(), "after gc: {v}");
+
     // 4. check: complete, "2 of 4 platforms carried"; --platform names what must be there.
     let loc = Location::parse(&dir_s).unwrap();
     let reports = ferry::check::check(&loc, &["app/multi:1".into()], &[], &Default::default())
@@ -353,7 +368,10 @@ async fn platforms_narrowed_keep_the_index_digest_everywhere() {
         (200, Some(index.to_string()))
     );
     assert_eq!(status_of(&b.url, "app/multi", &child["s390x"]).await.0, 200);
-    assert_eq!(status_of(&b.url, "app/multi", &child["ppc64le"]).await.0, 404);
+    assert_eq!(
+        status_of(&b.url, "app/multi", &child["ppc64le"]).await.0,
+        404
+    );
     let store = ferry::layout::Store::open(&b.dir, true).unwrap();
     let v = tokio::task::spawn_blocking(move || ferry::verify::verify(&store, 2, false))
         .await

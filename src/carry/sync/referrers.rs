@@ -122,7 +122,19 @@ pub(super) async fn extend(
             continue;
         }
         let mut found: Vec<(Reference, ReferrerKind, String)> = Vec::new();
-        for r in src.referrers(&parent.repo, &subject).await? {
+        let listed = match src.referrers(&parent.repo, &subject).await {
+            Ok(l) => l,
+            Err(e) => {
+                // Named, and the sync fails (exit 1): a trip that silently leaves signatures
+                // behind is refused only later, inside the enclave.
+                summary.failed.push(format!(
+                    "{}@{subject}: its referrers could not be listed: {e}",
+                    parent.repo
+                ));
+                Vec::new()
+            }
+        };
+        for r in listed {
             let kind = ReferrerKind::of(&r.artifact_type);
             if filter.wants(&r.artifact_type, kind) {
                 found.push((Reference::Digest(r.digest), kind, r.artifact_type));

@@ -772,9 +772,9 @@ async fn put_manifest(app: &App, r: &RepoName, reference: &str, req: Request) ->
             .map_err(|_| Error::ManifestInvalid(format!("{FERRY_ABSENT_HEADER}: not text")))?
             .split(',')
             .map(|d| {
-                d.trim().parse::<Digest>().map_err(|e| {
-                    Error::ManifestInvalid(format!("{FERRY_ABSENT_HEADER}: {e}"))
-                })
+                d.trim()
+                    .parse::<Digest>()
+                    .map_err(|e| Error::ManifestInvalid(format!("{FERRY_ABSENT_HEADER}: {e}")))
             })
             .collect::<std::result::Result<_, _>>()?,
     };
