@@ -258,6 +258,21 @@ async fn platforms_narrowed_keep_the_index_digest_everywhere() {
     assert_eq!(r.status(), 404, "a platform not carried");
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
 
+    // The mirror's page says how many platforms are here.
+    let page = http()
+        .get(format!("{}/ui/tag?repo=app/multi&tag=1", mirror.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("data-carried=\"2\" data-of=\"4\""),
+        "the page: {}",
+        &page[page.find("tag-platforms").unwrap_or(0)..][..600.min(page.len())]
+    );
+
     // 3. verify: complete for what was carried, the rest named as left out.
     let store = ferry::layout::Store::open(&dir, true).unwrap();
     let v = tokio::task::spawn_blocking(move || ferry::verify::verify(&store, 2, false))

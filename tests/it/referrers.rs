@@ -377,6 +377,24 @@ async fn referrers_cross_by_tag_and_by_repository_through_dirs_archives_and_regi
             "--referrers none carried {r}"
         );
     }
+    // An unknown kind is a usage error naming the known form, before anything is read.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "sync",
+            "--referrers",
+            "signature,blessings",
+            &src_one,
+            "/nonexistent/x",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("\"blessings\"")
+            && err.contains("signature, sbom, provenance, attestation, other"),
+        "{err}"
+    );
     let only = tmp.path().join("sbom");
     let o = SyncOptions {
         referrers: "sbom".parse().unwrap(),

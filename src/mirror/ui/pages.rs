@@ -551,6 +551,40 @@ fn referrers(ctx: &Ctx, repo: &str, subject: &crate::vocab::digest::Digest) -> M
     }
 }
 
+/// For an image index carried for some of its platforms only (`ferry sync --platform`):
+/// "2 of 4 platforms carried; not here: linux/arm64/v8, …".
+fn carried_note(ctx: &Ctx, s: &Summary) -> Option<Markup> {
+    let with_platform: Vec<&Child> = s
+        .children
+        .iter()
+        .filter(|c| {
+            c.platform
+                .as_deref()
+                .is_some_and(|p| !p.starts_with("unknown/"))
+        })
+        .collect();
+    let absent: Vec<&str> = with_platform
+        .iter()
+        .filter(|c| {
+            ctx.store
+                .wait(ctx.store.blob_size(&c.digest))
+                .ok()
+                .flatten()
+                .is_none()
+        })
+        .filter_map(|c| c.platform.as_deref())
+        .collect();
+    if absent.is_empty() {
+        return None;
+    }
+    let n = with_platform.len();
+    Some(html! {
+        span #tag-carried data-carried=(n - absent.len()) data-of=(n) {
+            (n - absent.len()) " of " (n) " platforms carried; not here: " (absent.join(", "))
+        }
+    })
+}
+
 /// A tag: its graph, and which other tags share each blob.
 pub fn tag(ctx: &Ctx, repo: &str, tag: Option<&str>, digest: Option<&str>) -> Option<String> {
     let c = ctx.catalog;
@@ -572,7 +606,8 @@ pub fn tag(ctx: &Ctx, repo: &str, tag: Option<&str>, digest: Option<&str>) -> Op
             (card("Kind", "tag-kind", kind_badge(s), Some(html! { span.mono { (s.media_type) } })))
             (card("Size", "tag-bytes", size(s.bytes()), Some(html! { (s.closure.len()) " blobs, each once" })))
             (card("Deleting it frees", "tag-frees", size(frees), Some(html! { "blobs no other tag reaches (after GC)" })))
-            (card("Platforms", "tag-platforms", html! { span.mono { @if platforms.is_empty() { "—" } @else { (platforms.join(", ")) } } }, None))
+            (card("Platforms", "tag-platforms", html! { span.mono { @if platforms.is_empty() { "—" } @else { (platforms.join(", ")) } } },
+                carried_note(ctx, s)))
             (card("Pushed", "tag-pushed", when_ms(row.pushed_ms), None))
             (card("Last read", "tag-read", when_ms(ms_of(row.last_read)), None))
         }
