@@ -8,6 +8,7 @@
 # Data: 20 images x (config + 9 layers) = 200 blobs, sizes 16 KiB..40 MiB log-uniform (~1 GiB),
 # served by CNCF Distribution 2.8 (docker-registry) on loopback. Then a no-op re-sync of 1,000
 # blobs (100 images x 10 small blobs). Peak RSS from GNU time. Needs docker-registry, skopeo, curl.
+# Signed multi-platform images (referrers, --platform, requests to the source): bench/multi.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
