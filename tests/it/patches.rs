@@ -764,3 +764,51 @@ async fn patches_apply_into_a_bucket_and_are_made_from_one() {
     }
     t.online.stop().await;
 }
+
+/// A second trip patches against a layer the far side itself rebuilt from the first trip's patch
+/// (it is the same bytes, so the same base), and the far side rebuilds the third version exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_trip_patches_against_a_layer_rebuilt_from_an_earlier_patch() {
+    let (t, s) = trip(Generation::Classic, 6, 200).await;
+    assert_eq!(s.patched.len(), 1, "{s}");
+    let a = run(&t.delta(), &t.offline(), &opts()).await;
+    assert_eq!(a.rebuilt, 1, "{a}");
+    let v2 = &t.v2_layers[1];
+    // v3: another file of the big layer changed; the other layers as in v2.
+    let mut tar3 = app_tar(200, 10_000, Some(100));
+    let other = app_tar(200, 10_000, Some(7));
+    // Files 7 and 100 both changed: member 7's bytes from `other`, the rest from `tar3`.
+    let member = 512 + 10_240; // header + the 10,000 bytes padded to 512
+    let at = 7 * member;
+    tar3[at..at + member].copy_from_slice(&other[at..at + member]);
+    let v3 = go_gzip(&tar3, Generation::Classic, 6);
+    let m3 = push_gz_image(
+        &t.online.url,
+        "app",
+        "v3",
+        b"{\"v\":3}",
+        &[&t.v2_layers[0], &v3, &t.v2_layers[2]],
+    )
+    .await;
+    let mut o = opts();
+    o.have = Some(have_of(Path::new(&t.offline())));
+    let delta2 = t.tmp.path().join("delta2").display().to_string();
+    let s2 = run(&t.online.dir.display().to_string(), &delta2, &o).await;
+    assert!(s2.failed.is_empty(), "{s2}");
+    assert_eq!(s2.patched.len(), 1, "{s2}");
+    assert_eq!(s2.patched[0].digest, sha256(&v3));
+    assert_eq!(
+        s2.patched[0].base,
+        sha256(v2),
+        "the base is v2's layer, which the far side rebuilt"
+    );
+    assert!(s2.patched[0].patch_size * 100 < v3.len() as u64, "{s2}");
+    let a2 = run(&delta2, &t.offline(), &opts()).await;
+    assert!(a2.failed.is_empty(), "{a2}");
+    assert_eq!(a2.rebuilt, 1, "{a2}");
+    let off = Path::new(&t.offline()).to_owned();
+    let got = std::fs::read(off.join("blobs/sha256").join(sha256(&v3).hex())).unwrap();
+    assert!(got == v3, "v3's layer rebuilt byte for byte");
+    assert!(has_blob(&off, &m3));
+    t.online.stop().await;
+}
