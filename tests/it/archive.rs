@@ -12,14 +12,8 @@ use ferry::location::Location;
 use ferry::reference::{Reference, RepoName};
 use ferry::sync::{sync, Quiet, Summary, SyncOptions};
 
+use crate::common::sync_opts as opts;
 use crate::common::*;
-
-fn opts() -> SyncOptions {
-    SyncOptions {
-        jobs: 4,
-        ..Default::default()
-    }
-}
 
 async fn try_run(src: &str, dst: &str, o: &SyncOptions) -> ferry::Result<Summary> {
     sync(

@@ -287,6 +287,27 @@ pub fn bytes(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// `ferry sync`'s options as most tests use them: 4 blobs at once, the rest as the CLI's defaults.
+pub fn sync_opts() -> ferry::sync::SyncOptions {
+    ferry::sync::SyncOptions {
+        jobs: 4,
+        ..Default::default()
+    }
+}
+
+/// Sync between two locations written as on the command line; panics naming both on an error
+/// (a failed ref is in the summary, for the test to look at).
+pub async fn sync_run(src: &str, dst: &str, o: &ferry::sync::SyncOptions) -> ferry::sync::Summary {
+    ferry::sync::sync(
+        &ferry::location::Location::parse(src).unwrap(),
+        &ferry::location::Location::parse(dst).unwrap(),
+        o,
+        &ferry::sync::Quiet,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("sync {src} -> {dst}: {e}"))
+}
+
 /// Monolithic upload (`POST ?digest=`); returns the digest.
 pub async fn push_blob(url: &str, repo: &str, data: &[u8]) -> Digest {
     let d = sha256(data);

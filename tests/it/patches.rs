@@ -11,24 +11,7 @@ use ferry::location::Location;
 use ferry::sync::{sync, Quiet, Summary, SyncOptions};
 
 use crate::common::*;
-
-fn opts() -> SyncOptions {
-    SyncOptions {
-        jobs: 4,
-        ..Default::default()
-    }
-}
-
-async fn run(src: &str, dst: &str, o: &SyncOptions) -> Summary {
-    sync(
-        &Location::parse(src).unwrap(),
-        &Location::parse(dst).unwrap(),
-        o,
-        &Quiet,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("sync {src} -> {dst}: {e}"))
-}
+use crate::common::{sync_opts as opts, sync_run as run};
 
 async fn try_run(src: &str, dst: &str, o: &SyncOptions) -> Result<Summary, ferry::Error> {
     sync(

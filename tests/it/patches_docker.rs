@@ -6,21 +6,11 @@
 use std::path::Path;
 
 use ferry::location::Location;
-use ferry::sync::{sync, Quiet, Summary, SyncOptions};
+use ferry::sync::SyncOptions;
 
+use crate::common::sync_run as run;
 use crate::common::*;
 use crate::interop_docker::{assert_all_cached, write, Dockerd};
-
-async fn run(src: &str, dst: &str, o: &SyncOptions) -> Summary {
-    sync(
-        &Location::parse(src).unwrap(),
-        &Location::parse(dst).unwrap(),
-        o,
-        &Quiet,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("sync {src} -> {dst}: {e}"))
-}
 
 /// `n` text-like files of `size` bytes under `dir/data/` (file `changed` with other content).
 fn generate(dir: &Path, n: usize, size: usize, changed: Option<usize>) {

@@ -5,9 +5,10 @@
 
 use ferry::digest::Digest;
 use ferry::location::Location;
-use ferry::sync::{sync, Quiet, Summary, SyncOptions};
+use ferry::sync::SyncOptions;
 use serde_json::{json, Value};
 
+use crate::common::sync_run as run;
 use crate::common::*;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -32,17 +33,6 @@ fn opts(platforms: &str) -> SyncOptions {
             .collect(),
         ..Default::default()
     }
-}
-
-async fn run(src: &str, dst: &str, o: &SyncOptions) -> Summary {
-    sync(
-        &Location::parse(src).unwrap(),
-        &Location::parse(dst).unwrap(),
-        o,
-        &Quiet,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("sync {src} -> {dst}: {e}"))
 }
 
 /// A one-layer image for a platform (a tar holding one file naming it), pushed; its

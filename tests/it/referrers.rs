@@ -5,33 +5,16 @@
 
 use ferry::digest::Digest;
 use ferry::location::Location;
-use ferry::sync::{sync, Quiet, ReferrerFilter, Summary, SyncOptions};
+use ferry::sync::{ReferrerFilter, Summary, SyncOptions};
 use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::common::{sync_opts as opts, sync_run as run};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const SIG_TYPE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 const SBOM_TYPE: &str = "application/spdx+json";
 const INTOTO_TYPE: &str = "application/vnd.in-toto+json";
-
-fn opts() -> SyncOptions {
-    SyncOptions {
-        jobs: 4,
-        ..Default::default()
-    }
-}
-
-async fn run(src: &str, dst: &str, o: &SyncOptions) -> Summary {
-    sync(
-        &Location::parse(src).unwrap(),
-        &Location::parse(dst).unwrap(),
-        o,
-        &Quiet,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("sync {src} -> {dst}: {e}"))
-}
 
 /// Push an OCI 1.1 artifact manifest (empty config, one blob) referring to `subject`; returns
 /// its digest.

@@ -4,28 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use ferry::location::Location;
-use ferry::sync::{sync, Quiet, Summary, SyncOptions};
+use ferry::sync::{sync, Quiet};
 
 use crate::common::*;
+use crate::common::{sync_opts as opts, sync_run as run};
 use crate::fixtures::{replay_push, verify_pull, RECORDED};
-
-fn opts() -> SyncOptions {
-    SyncOptions {
-        jobs: 4,
-        ..Default::default()
-    }
-}
-
-async fn run(src: &str, dst: &str, o: &SyncOptions) -> Summary {
-    sync(
-        &Location::parse(src).unwrap(),
-        &Location::parse(dst).unwrap(),
-        o,
-        &Quiet,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("sync {src} -> {dst}: {e}"))
-}
 
 fn fixture_bytes(name: &str, digest: &str) -> Vec<u8> {
     let hex = digest.strip_prefix("sha256:").unwrap();
