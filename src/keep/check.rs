@@ -144,7 +144,7 @@ pub async fn check(
     let patches = crate::carry::patch::list::read_list(&place).await?;
     let mut out = Vec::new();
     for root in roots {
-        let mut rep = check_root(&place, &root).await;
+        let mut rep = check_root(&place, &root, platforms).await;
         // A gap a patch fills: the patch must be there and intact; its base is the
         // destination's to hold.
         let mut still = Vec::new();
@@ -167,54 +167,18 @@ pub async fn check(
             }
         }
         rep.missing = still;
-        if rep.error.is_none() {
-            rep.missing
-                .extend(platforms_lacking(&place, &root, platforms).await);
-        }
         out.push(rep);
     }
     Ok(out)
 }
 
-/// The `platforms` an image index root lacks ("platform linux/arm64: not carried").
-async fn platforms_lacking(
+/// Check one root: every manifest readable, every blob present and hashing to its digest; an
+/// image index must hold each of `platforms` ("platform linux/arm64: not carried").
+pub async fn check_root(
     place: &Place,
     root: &crate::carry::sync::Root,
     platforms: &[media::Platform],
-) -> Vec<String> {
-    if platforms.is_empty() {
-        return Vec::new();
-    }
-    let Ok((bytes, mt, _)) = place.manifest(&root.repo, &root.reference).await else {
-        return Vec::new();
-    };
-    let children: Vec<(Digest, serde_json::Value)> = match media::is_index_type(&mt) {
-        true => serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v["manifests"].as_array().cloned())
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|d| Some((d["digest"].as_str()?.parse().ok()?, d["platform"].clone())))
-            .collect(),
-        // One image: its config's platform is not read; an image is not narrowed.
-        false => return Vec::new(),
-    };
-    let mut out = Vec::new();
-    for p in platforms {
-        let mut present = false;
-        for (d, _) in children.iter().filter(|(_, pl)| p.matches(pl)) {
-            let r = crate::vocab::reference::Reference::Digest(d.clone());
-            present |= place.manifest(&root.repo, &r).await.is_ok();
-        }
-        if !present {
-            out.push(format!("platform {p}: not carried"));
-        }
-    }
-    out
-}
-
-/// Check one root: every manifest readable, every blob present and hashing to its digest.
-pub async fn check_root(place: &Place, root: &crate::carry::sync::Root) -> RefReport {
+) -> RefReport {
     let mut rep = RefReport {
         reference: root.to_string(),
         ..Default::default()
@@ -227,6 +191,19 @@ pub async fn check_root(place: &Place, root: &crate::carry::sync::Root) -> RefRe
         }
     };
     if let Some((d, bytes, mt)) = g.manifests.last() {
+        // The platforms asked for: present when the walk read their manifest.
+        if media::is_index_type(mt) && !platforms.is_empty() {
+            let children = media::index_children(bytes).unwrap_or_default();
+            for p in platforms {
+                let here = children
+                    .iter()
+                    .filter(|c| c.attests.is_none() && p.matches(&c.platform_json))
+                    .any(|c| g.manifests.iter().any(|(m, _, _)| m == &c.digest));
+                if !here {
+                    rep.missing.push(format!("platform {p}: not carried"));
+                }
+            }
+        }
         let absent = g.absent_of(d);
         if media::is_index_type(mt) && !absent.is_empty() {
             let all = media::index_platforms(bytes);
@@ -351,7 +328,7 @@ pub async fn check_needs(
             }
         }
         let rep = match found {
-            Some(n) => check_root(&place, &crate::carry::sync::Root::new(n, reference)).await,
+            Some(n) => check_root(&place, &crate::carry::sync::Root::new(n, reference), &[]).await,
             None => RefReport {
                 reference: need.reference_string(),
                 error: Some(format!("not on {loc} (looked for {})", names.join(", "))),

@@ -70,12 +70,7 @@ impl Store {
         content_type: Option<&str>,
         check_references: bool,
     ) -> Result<PutManifest> {
-        let refs = if check_references {
-            Refs::Stored
-        } else {
-            Refs::Unchecked
-        };
-        self.put_manifest_refs(repo, reference, bytes, content_type, refs, &[])
+        self.put_manifest_sparse(repo, reference, bytes, content_type, check_references, &[])
             .await
     }
 

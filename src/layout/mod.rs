@@ -309,7 +309,7 @@ impl Store {
                 Ok(Store::with_backend(
                     Arc::new(archive::ArchiveBackend {
                         archive: Arc::new(a),
-                        index: Arc::new(idx),
+                        index: idx,
                     }),
                     tokio::runtime::Handle::try_current().ok(),
                     read_only,

@@ -182,23 +182,21 @@ pub fn left_out(index: &[u8], platforms: &[Platform]) -> Result<Vec<Digest>, Err
     if platforms.is_empty() {
         return Ok(Vec::new());
     }
-    let v: Value = serde_json::from_slice(index).map_err(|e| invalid(e.to_string()))?;
-    let children = v["manifests"].as_array().cloned().unwrap_or_default();
-    let is_attestation =
-        |d: &Value| d["annotations"]["vnd.docker.reference.type"] == "attestation-manifest";
-    let with_platform: Vec<&Value> = children
-        .iter()
-        .filter(|d| d["platform"].is_object() && !is_attestation(d))
-        .filter(|d| is_manifest_type(d["mediaType"].as_str().unwrap_or("")))
+    let children: Vec<IndexChild> = index_children(index)?
+        .into_iter()
+        .filter(|c| is_manifest_type(&c.media_type))
         .collect();
-    if with_platform.is_empty() {
+    let images = || {
+        children
+            .iter()
+            .filter(|c| c.platform.is_some() && c.attests.is_none())
+    };
+    if images().next().is_none() {
         return Ok(Vec::new());
     }
-    let digest_of = |d: &Value| d["digest"].as_str().and_then(|s| s.parse::<Digest>().ok());
-    let kept: Vec<Digest> = with_platform
-        .iter()
-        .filter(|d| platforms.iter().any(|p| p.matches(&d["platform"])))
-        .filter_map(|d| digest_of(d))
+    let kept: Vec<&Digest> = images()
+        .filter(|c| platforms.iter().any(|p| p.matches(&c.platform_json)))
+        .map(|c| &c.digest)
         .collect();
     if kept.is_empty() {
         let names: Vec<String> = platforms.iter().map(ToString::to_string).collect();
@@ -207,70 +205,91 @@ pub fn left_out(index: &[u8], platforms: &[Platform]) -> Result<Vec<Digest>, Err
             names.join(", ")
         )));
     }
-    let mut out = Vec::new();
-    for d in &children {
-        let Some(digest) = digest_of(d) else { continue };
-        if !is_manifest_type(d["mediaType"].as_str().unwrap_or("")) || kept.contains(&digest) {
+    let mut out: Vec<Digest> = Vec::new();
+    for c in &children {
+        if kept.contains(&&c.digest) {
             continue;
         }
-        let leave = if is_attestation(d) {
-            d["annotations"]["vnd.docker.reference.digest"]
-                .as_str()
-                .and_then(|s| s.parse::<Digest>().ok())
-                .is_none_or(|of| !kept.contains(&of))
-        } else {
-            d["platform"].is_object()
+        let leave = match &c.attests {
+            Some(of) => of.as_ref().is_none_or(|of| !kept.contains(&of)),
+            None => c.platform.is_some(),
         };
-        if leave && !out.contains(&digest) {
-            out.push(digest);
+        if leave && !out.contains(&c.digest) {
+            out.push(c.digest.clone());
         }
     }
     Ok(out)
 }
 
+/// One child of an image index, as `--platform` and the reports about it see it.
+pub struct IndexChild {
+    pub digest: Digest,
+    pub media_type: String,
+    /// `os/arch[/variant]`, when the descriptor names a platform.
+    pub platform: Option<String>,
+    /// The descriptor's `platform` object as it is (`Null` when there is none).
+    pub platform_json: Value,
+    /// For an attestation manifest (BuildKit's `vnd.docker.reference.type`): the manifest it
+    /// attests (`vnd.docker.reference.digest`), if it names one.
+    pub attests: Option<Option<Digest>>,
+}
+
+/// The children of an image index with a valid digest.
+pub fn index_children(index: &[u8]) -> Result<Vec<IndexChild>, Error> {
+    let v: Value = serde_json::from_slice(index).map_err(|e| invalid(e.to_string()))?;
+    let list = v["manifests"].as_array().cloned().unwrap_or_default();
+    Ok(list
+        .into_iter()
+        .filter_map(|d| {
+            let digest = d["digest"].as_str()?.parse().ok()?;
+            let ann = &d["annotations"];
+            let attests = (ann["vnd.docker.reference.type"] == "attestation-manifest").then(|| {
+                ann["vnd.docker.reference.digest"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+            });
+            let platform = d["platform"].as_object().and_then(|p| {
+                let mut name = format!(
+                    "{}/{}",
+                    p.get("os")?.as_str()?,
+                    p.get("architecture")?.as_str()?
+                );
+                if let Some(v) = p.get("variant").and_then(Value::as_str) {
+                    name.push('/');
+                    name.push_str(v);
+                }
+                Some(name)
+            });
+            Some(IndexChild {
+                digest,
+                media_type: d["mediaType"].as_str().unwrap_or("").to_owned(),
+                platform,
+                platform_json: d["platform"].clone(),
+                attests,
+            })
+        })
+        .collect())
+}
+
 /// The children of an index that belong to one platform (they name a platform, or are
 /// attestation manifests): those a registry may lack on purpose.
 pub fn platform_children(index: &[u8]) -> Vec<Digest> {
-    let Ok(v) = serde_json::from_slice::<Value>(index) else {
-        return Vec::new();
-    };
-    v["manifests"]
-        .as_array()
+    index_children(index)
+        .unwrap_or_default()
         .into_iter()
-        .flatten()
-        .filter(|d| {
-            d["platform"].is_object()
-                || d["annotations"]["vnd.docker.reference.type"] == "attestation-manifest"
-        })
-        .filter_map(|d| d["digest"].as_str()?.parse().ok())
+        .filter(|c| c.platform.is_some() || c.attests.is_some())
+        .map(|c| c.digest)
         .collect()
 }
 
 /// An index's platforms, each with its manifest's digest (`os/arch[/variant]`; attestation
 /// manifests are not platforms).
 pub fn index_platforms(index: &[u8]) -> Vec<(Digest, String)> {
-    let Ok(v) = serde_json::from_slice::<Value>(index) else {
-        return Vec::new();
-    };
-    v["manifests"]
-        .as_array()
+    index_children(index)
+        .unwrap_or_default()
         .into_iter()
-        .flatten()
-        .filter(|d| d["annotations"]["vnd.docker.reference.type"] != "attestation-manifest")
-        .filter_map(|d| {
-            let p = d["platform"].as_object()?;
-            let digest = d["digest"].as_str()?.parse().ok()?;
-            let mut name = format!(
-                "{}/{}",
-                p.get("os")?.as_str()?,
-                p.get("architecture")?.as_str()?
-            );
-            if let Some(v) = p.get("variant").and_then(Value::as_str) {
-                name.push('/');
-                name.push_str(v);
-            }
-            Some((digest, name))
-        })
+        .filter(|c| c.attests.is_none())
+        .filter_map(|c| Some((c.digest, c.platform?)))
         .collect()
 }
 

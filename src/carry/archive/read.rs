@@ -94,6 +94,9 @@ pub struct Archive {
     pub path: PathBuf,
     files: Files,
     members: HashMap<String, (u64, u64)>,
+    /// `index.json`, parsed on first use: an archive never changes, and a sync asks it for
+    /// referrers and gaps once per manifest.
+    index: std::sync::OnceLock<std::sync::Arc<Index>>,
 }
 
 /// The volumes an archive path names, checked against the index when there is one.
@@ -339,6 +342,7 @@ impl Archive {
             path: path.to_owned(),
             files,
             members,
+            index: std::sync::OnceLock::new(),
         })
     }
 
@@ -379,7 +383,10 @@ impl Archive {
     }
 
     /// The layout's index (an `oci-layout` member is required).
-    pub fn index(&self) -> Result<Index> {
+    pub fn index(&self) -> Result<std::sync::Arc<Index>> {
+        if let Some(i) = self.index.get() {
+            return Ok(i.clone());
+        }
         if !self.has("oci-layout") {
             return Err(arch_err(
                 self.describe(),
@@ -389,7 +396,10 @@ impl Archive {
         let bytes = self.read_small("index.json", crate::layout::index::MAX_INDEX_BYTES)?;
         let file = IndexFile::parse(&bytes)
             .map_err(|e| arch_err(self.describe(), format!("index.json: {e}")))?;
-        Ok(Index::new(file))
+        Ok(self
+            .index
+            .get_or_init(|| std::sync::Arc::new(Index::new(file)))
+            .clone())
     }
 
     pub fn read_manifest(&self, d: &Digest) -> Result<Bytes> {
